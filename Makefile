@@ -1,0 +1,41 @@
+# Two entry points (see README): `make demo` and `make test`. Both build .venv/ first.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+JA_FONT_PACKAGES := fonts-kouzan-mouhitsu fonts-aoyagi-kouzan-t fonts-aoyagi-soseki \
+                    fonts-yozvox-yozfont-antique fonts-ipaexfont-mincho
+
+.PHONY: venv fonts test demo clean-venv
+
+venv: $(STAMP)
+
+# uv resolves torch/torchvision from the package registry (pip here would prefer a local
+# CPU-only torch wheel that does not match the registry's torchvision).
+$(STAMP): requirements.txt
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check uv
+	$(VENV)/bin/uv pip install -q --python $(VPY) -r requirements.txt
+	$(VPY) -c "import torch, torchvision; torchvision.ops.nms(torch.rand(4, 4).cumsum(1), torch.rand(4), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ok')"
+	@touch $(STAMP)
+
+# Japanese fonts for synthetic pages. Best effort: Debian packages when apt is usable; without them
+# kzlib.synth falls back to the font file shipped by matplotlib-fontja (in requirements.txt).
+fonts:
+	@if command -v fc-list >/dev/null && [ -n "$$(fc-list :lang=ja file 2>/dev/null)" ]; then \
+		echo "Japanese fonts: $$(fc-list :lang=ja file | wc -l) files"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(JA_FONT_PACKAGES) >/dev/null) \
+		|| echo "warning: could not install $(JA_FONT_PACKAGES); using the fallback font"; \
+	else \
+		echo "warning: no Japanese system fonts; using the fallback font (install: $(JA_FONT_PACKAGES))"; \
+	fi
+
+test: $(STAMP) fonts
+	$(VPY) -m pytest -q -n 2 tests
+
+demo: $(STAMP) fonts
+	@echo "make demo arrives with the local runner (run_local.py); see README" && exit 2
+
+clean-venv:
+	rm -rf $(VENV)
