@@ -14,6 +14,7 @@ venv: $(STAMP)
 # CPU-only torch wheel that does not match the registry's torchvision).
 $(STAMP): requirements.txt
 	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip --version >/dev/null 2>&1 || $(VPY) -m ensurepip >/dev/null
 	$(VPY) -m pip install -q --disable-pip-version-check uv
 	$(VENV)/bin/uv pip install -q --python $(VPY) -r requirements.txt
 	$(VPY) -c "import torch, torchvision; torchvision.ops.nms(torch.rand(4, 4).cumsum(1), torch.rand(4), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ok')"

@@ -67,6 +67,7 @@ class SynthConfig:
     labels_source: Path | None = None
     fonts: list[Path] = field(default_factory=list)
     holdout_font: str | None = None
+    glyph_scale: float = 1.0  # glyphs this many times the real relative size (fewer per page)
     workers: int = 0  # 0: one per CPU core
     overwrite: bool = False
 
@@ -305,6 +306,7 @@ def render_page(
     rng: np.random.Generator,
     layout: list[int] | None,
     empty: bool,
+    glyph_scale: float = 1.0,
 ) -> tuple[np.ndarray, list[str], np.ndarray]:
     """One page: (RGB uint8 image, class codes, boxes [N, 4] x y w h)."""
     H = height
@@ -325,7 +327,7 @@ def render_page(
             m2 = m + int(0.008 * H)
             cv2.rectangle(mask, (left - m2, top - m2), (right + m2, bottom + m2), 255, max(1, t * 2))
 
-    glyph_h = style.box_height * H  # target median box height, px
+    glyph_h = style.box_height * H * glyph_scale  # target median box height, px
     if layout is not None and not empty:  # a real layout: glyphs small enough for its columns
         fit_h = (bottom - top) / (max(layout) * (1 + style.char_gap) + 0.3)
         fit_w = (right - left) / (len(layout) * style.aspect * (1 + style.col_gap))
@@ -467,10 +469,10 @@ class _PageJob:
 
 
 def _render_job(args) -> tuple[str, str, int]:
-    job, style, chars, weights, height, seed, layouts, out = args
-    rng = np.random.default_rng([seed, job.book, job.page, 1])
+    job, style, chars, weights, cfg, layouts, out = args
+    rng = np.random.default_rng([cfg.seed, job.book, job.page, 1])
     layout = layouts[int(rng.integers(len(layouts)))] if layouts else None
-    image, codes, boxes = render_page(style, chars, weights, height, rng, layout, job.empty)
+    image, codes, boxes = render_page(style, chars, weights, cfg.height, rng, layout, job.empty, cfg.glyph_scale)
     path = Path(out) / job.folder / f"{job.image_id}.jpg"
     ok = cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
                      [cv2.IMWRITE_JPEG_QUALITY, style.jpeg_quality])
@@ -491,6 +493,8 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
             raise ValueError(f"--{name} must be at least 1")
     if cfg.height < 200:
         raise ValueError("--height must be at least 200")
+    if not 0.2 <= cfg.glyph_scale <= 10:
+        raise ValueError("--glyph-scale must be between 0.2 and 10")
     t0 = time.time()
     rng = np.random.default_rng([cfg.seed, 0])
     fonts = find_fonts(cfg.fonts)
@@ -530,7 +534,7 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
     try:
         (tmp / "train_images").mkdir()
         (tmp / "test_images").mkdir()
-        args = [(j, books[j.book]["style"], chars, weights, cfg.height, cfg.seed, layouts, str(tmp)) for j in jobs]
+        args = [(j, books[j.book]["style"], chars, weights, cfg, layouts, str(tmp)) for j in jobs]
         workers = cfg.workers or os.cpu_count() or 1
         results = {}
         bar = tqdm(total=len(jobs), desc="pages", unit="page", disable=not progress)
@@ -597,11 +601,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--labels-source", type=Path, help="real labels (train.csv format) for class frequencies and column layouts")
     p.add_argument("--font", type=Path, action="append", default=[], help="font file (repeatable); default: the system's Japanese fonts")
     p.add_argument("--holdout-font", help="typeface kept out of training books (name, family or path substring); test books use only it")
+    p.add_argument("--glyph-scale", type=float, default=1.0,
+                   help="glyph size relative to the real distribution (e.g. 2 for small test pages)")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     cfg = SynthConfig(a.out_dir, a.books, a.pages_per_book, a.test_pages, a.classes, a.height, a.seed,
-                      a.labels_source, a.font, a.holdout_font, a.workers, a.overwrite)
+                      a.labels_source, a.font, a.holdout_font, a.glyph_scale, a.workers, a.overwrite)
     try:
         summary = generate(cfg, progress=sys.stderr.isatty())
     except (FontError, FileExistsError, ValueError) as e:

@@ -1,0 +1,230 @@
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+
+from kzlib import data
+from kzlib.data import DataError, ImageError
+
+
+# ---------------------------------------------------------------- labels
+
+def test_parse_labels_basic_and_roundtrip():
+    s = "U+3042 10 20 30 40 U+306E 1 2 3 4"
+    codes, boxes = data.parse_labels(s)
+    assert codes.tolist() == ["U+3042", "U+306E"]
+    assert boxes.tolist() == [[10, 20, 30, 40], [1, 2, 3, 4]]
+    assert boxes.dtype == np.int64
+    assert data.format_labels(codes, boxes) == s
+
+
+@pytest.mark.parametrize("empty", [None, float("nan"), "", "   "])
+def test_parse_labels_empty_means_no_characters(empty):
+    codes, boxes = data.parse_labels(empty)
+    assert len(codes) == 0 and boxes.shape == (0, 4)
+
+
+@pytest.mark.parametrize(
+    "labels, problem",
+    [
+        ("U+3042 10 20 30", "not a multiple of 5"),
+        ("U+3042 10 20 30 4.5", "non-integer coordinate '4.5'"),
+        ("U+3042 10 x 30 40", "non-integer coordinate 'x'"),
+        ("3042 10 20 30 40", "bad class code"),
+        ("U+3042 10 20 0 40", "non-positive width or height"),
+        ("U+9999 10 20 30 40", "U+9999 is not in unicode_translation.csv"),
+    ],
+)
+def test_parse_labels_errors_name_file_image_and_problem(labels, problem):
+    with pytest.raises(DataError) as e:
+        data.parse_labels(labels, image_id="book_0001_1", source="train.csv", classes={"U+3042"})
+    msg = str(e.value)
+    assert "train.csv" in msg and "book_0001_1" in msg and problem in msg
+    assert "\n" not in msg
+
+
+def test_read_labels_csv_treats_nan_strings_as_empty_and_rejects_duplicates(tmp_path):
+    p = tmp_path / "train.csv"
+    p.write_text("image_id,labels\na_1,U+3042 1 2 3 4\nb_1,nan\nc_1,\n")
+    df = data.read_labels_csv(p)
+    assert df["labels"].isna().tolist() == [False, True, True]
+    p.write_text("image_id,labels\na_1,\na_1,\n")
+    with pytest.raises(DataError, match="row 3: duplicate image_id 'a_1'"):
+        data.read_labels_csv(p)
+    p.write_text("id,labels\na_1,\n")
+    with pytest.raises(DataError, match="missing column"):
+        data.read_labels_csv(p)
+
+
+def test_labels_table_one_row_per_character():
+    df = pd.DataFrame({"image_id": ["a_1", "b_1"], "labels": ["U+3042 1 2 3 4 U+3044 5 6 7 8", None]})
+    t = data.labels_table(df)
+    assert t["image_id"].tolist() == ["a_1", "a_1"]
+    assert t[["x", "y", "w", "h"]].to_numpy().tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
+# ---------------------------------------------------------------- books and folds
+
+@pytest.mark.parametrize(
+    "image_id, book",
+    [
+        ("100241706_00004_2", "100241706"),
+        ("200014685-00012_1", "200014685"),
+        ("umgy001-028", "umgy"),
+        ("hnsd006-026", "hnsd"),
+        ("brsk001-001", "brsk"),
+        ("200003076_00034_2", "200003076"),
+    ],
+)
+def test_book_id(image_id, book):
+    assert data.book_id(image_id) == book
+
+
+def test_folds_by_book_sorted_by_page_count():
+    ids = [f"big_{i}" for i in range(5)] + [f"mid_{i}" for i in range(3)] + ["small_0", "tiny_0"]
+    folds = data.make_folds(ids, n_folds=3)
+    fold_of = folds.groupby("book_id")["fold"].agg(set)
+    assert all(len(s) == 1 for s in fold_of)  # no book in two folds
+    # books by page count: big(5) -> 0, mid(3) -> 1, then the 1-page books by id: small -> 2, tiny -> 0
+    assert {b: s.pop() for b, s in fold_of.items()} == {"big": 0, "mid": 1, "small": 2, "tiny": 0}
+    assert folds["image_id"].tolist() == ids  # input order kept
+
+
+def test_folds_deterministic_and_independent_of_order():
+    rng = np.random.default_rng(0)
+    ids = [f"{b}_{p:05d}_1" for b in range(100, 140) for p in range(int(rng.integers(1, 30)))]
+    a = data.make_folds(ids, 5)
+    b = data.make_folds(list(reversed(ids)), 5).set_index("image_id").loc[ids].reset_index()
+    pd.testing.assert_frame_equal(a, b)
+    assert a.groupby("book_id")["fold"].nunique().max() == 1
+    sizes = a.groupby("fold").size()
+    assert sizes.max() - sizes.min() < 30  # big books spread over folds
+
+
+# ---------------------------------------------------------------- images
+
+def _write(path, img, ext_params=()):
+    assert cv2.imwrite(str(path), img, list(ext_params))
+    return path
+
+
+def test_read_image_rgb_and_formats(tmp_path):
+    rgb = np.zeros((64, 48, 3), np.uint8)
+    rgb[:, :, 0] = 200  # red
+    jpg = _write(tmp_path / "a.jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    out = data.read_image(jpg)
+    assert out.dtype == np.uint8 and out.shape == (64, 48, 3)
+    assert out[..., 0].mean() > 190 and out[..., 2].mean() < 10  # RGB order, not BGR
+
+    gray = _write(tmp_path / "g.png", np.full((30, 20), 77, np.uint8))
+    g = data.read_image(gray)
+    assert g.shape == (30, 20, 3) and (g == 77).all()
+
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[:, :5] = (0, 0, 0, 255)  # opaque black left half, transparent right half
+    out = data.read_image(_write(tmp_path / "t.png", rgba))
+    assert (out[:, :5] == 0).all() and (out[:, 5:] == 255).all()  # transparent -> white
+
+    deep = _write(tmp_path / "d.png", np.full((8, 8, 3), 40000, np.uint16))
+    assert data.read_image(deep).dtype == np.uint8 and data.read_image(deep).max() == 40000 >> 8
+
+
+def test_read_image_reduced_decode_matches_full_decode(tmp_path):
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 255, (800, 600, 3), dtype=np.uint8), (0, 0), 6)
+    path = _write(tmp_path / "p.jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    for height in (400, 200, 100, 90, 300):
+        small = data.read_image(path, height=height)
+        assert small.shape == (height, round(600 * height / 800), 3)
+        ref = cv2.resize(data.read_image(path), small.shape[1::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(small.astype(int) - ref.astype(int)).mean() < 3
+
+
+def test_read_image_uses_reduced_decode_when_asked_for_half(tmp_path, monkeypatch):
+    path = _write(tmp_path / "p.jpg", np.zeros((400, 300, 3), np.uint8))
+    flags = []
+    real = cv2.imread
+    monkeypatch.setattr(data.cv2, "imread", lambda p, f: flags.append(f) or real(p, f))
+    data.read_image(path, height=100)
+    data.read_image(path, height=300)
+    assert flags[0] & ~cv2.IMREAD_IGNORE_ORIENTATION == cv2.IMREAD_REDUCED_COLOR_4
+    assert flags[1] & ~cv2.IMREAD_IGNORE_ORIENTATION == cv2.IMREAD_COLOR
+
+
+def test_read_image_errors_name_the_file(tmp_path):
+    with pytest.raises(ImageError, match="missing.jpg: no such image file"):
+        data.read_image(tmp_path / "missing.jpg")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image at all" * 10)
+    with pytest.raises(ImageError, match="bad.jpg"):
+        data.read_image(bad)
+    good = _write(tmp_path / "ok.jpg", np.full((200, 200, 3), 128, np.uint8))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ImageError, match="cut.jpg: truncated JPEG"):
+        data.read_image(cut)
+
+
+# ---------------------------------------------------------------- check CLI
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "kzlib.data", *map(str, args)], capture_output=True, text=True)
+
+
+def test_check_fixture_ok(tiny):
+    r = _cli("check", tiny)
+    assert r.returncode == 0, r.stderr
+    assert "train pages: 6" in r.stdout and "books: 3" in r.stdout and "test pages: 2" in r.stdout
+    assert "pages per fold: [2, 2, 2, 0, 0]" in r.stdout
+
+
+def test_check_lists_every_problem_of_a_broken_copy(tiny):
+    df = pd.read_csv(tiny / "train.csv")
+    ids = df["image_id"].tolist()
+    df.loc[0, "labels"] = df.loc[0, "labels"] + " U+3042 1 2"  # 7 fields
+    df.loc[1, "labels"] = "U+0041 1 1 5 5"  # unknown class
+    df.to_csv(tiny / "train.csv", index=False)
+    (tiny / "train_images" / f"{ids[3]}.jpg").unlink()
+    (tiny / "train_images" / f"{ids[4]}.jpg").write_bytes(b"garbage")
+    r = _cli("check", tiny)
+    assert r.returncode == 1
+    err = r.stderr
+    assert ids[0] in err and "not a multiple of 5" in err
+    assert ids[1] in err and "U+0041 is not in unicode_translation.csv" in err
+    assert f"{ids[3]}.jpg: no such image file" in err
+    assert f"{ids[4]}.jpg" in err
+    assert "Traceback" not in err
+
+
+def test_check_box_outside_image(tiny):
+    df = pd.read_csv(tiny / "train.csv")
+    code = df.loc[0, "labels"].split()[0]
+    df.loc[0, "labels"] = f"{code} 390 10 50 10"
+    df.to_csv(tiny / "train.csv", index=False)
+    r = _cli("check", tiny)
+    assert r.returncode == 1 and "outside the" in r.stderr and df.loc[0, "image_id"] in r.stderr
+
+
+def test_check_missing_folder(tmp_path):
+    r = _cli("check", tmp_path / "nope")
+    assert r.returncode == 1 and "no such directory" in r.stderr
+
+
+def test_folds_cli_writes_csv(tiny, tmp_path):
+    out = tmp_path / "folds.csv"
+    r = _cli("folds", tiny, "--n-folds", "3", "--out", out)
+    assert r.returncode == 0, r.stderr
+    folds = pd.read_csv(out, dtype=str)
+    assert list(folds.columns) == ["image_id", "book_id", "fold"]
+    assert folds.groupby("book_id")["fold"].nunique().max() == 1
+    assert sorted(folds["fold"].unique()) == ["0", "1", "2"]
+
+
+def test_check_real_sample_figures(sample):
+    r = _cli("check", sample)
+    assert r.returncode == 0, r.stderr
+    for line in ("train pages: 5", "characters: 464", "classes: 179", "books: 1", "test pages: 19"):
+        assert line in r.stdout
