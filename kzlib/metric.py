@@ -142,6 +142,24 @@ def match_counts(truth: Flat, preds: Flat) -> tuple[np.ndarray, np.ndarray, np.n
     return tp, preds_per_page - tp, truth_per_page - tp
 
 
+def flat_from_arrays(pages: Sequence[tuple[Sequence[str], np.ndarray]], width: int) -> Flat:
+    """Flatten per-page (codes, values [N, width]) arrays without going through strings."""
+    counts = np.array([len(c) for c, _ in pages], dtype=np.int64)
+    page = np.repeat(np.arange(len(pages), dtype=np.int64), counts)
+    code = np.concatenate([np.asarray(c, dtype=object) for c, _ in pages]) if len(page) else np.empty(0, object)
+    values = (np.concatenate([np.asarray(v, dtype=np.float64).reshape(-1, width) for _, v in pages])
+              if len(page) else np.empty((0, width)))
+    return Flat(page, code, values, len(pages))
+
+
+def score_arrays(truth: Sequence[tuple[Sequence[str], np.ndarray]],
+                 preds: Sequence[tuple[Sequence[str], np.ndarray]]) -> dict:
+    """F1 over pages given as arrays: truth (codes, boxes x y w h), preds (codes, points x y).
+    For a class-agnostic score pass the same code everywhere."""
+    tp, fp, fn = match_counts(flat_from_arrays(truth, 4), flat_from_arrays(preds, 2))
+    return f1_from_counts(tp.sum(), fp.sum(), fn.sum())
+
+
 def f1_from_counts(tp: int, fp: int, fn: int) -> dict:
     tp, fp, fn = int(tp), int(fp), int(fn)
     precision = tp / (tp + fp) if tp + fp else 0.0

@@ -1,0 +1,9 @@
+"""Stage 1: a class-agnostic character detector per fold (torchvision Faster R-CNN, ResNet FPN).
+
+    python -m kzlib.detect train DATA_DIR --fold K --out RUN_DIR [--config FILE | flags] [--resume]
+    python -m kzlib.detect predict RUN_DIR DATA_DIR --split oof|test [--out FILE]
+    python -m kzlib.detect merge-oof RUN_DIR... --out FILE
+
+Outputs: ``oof_boxes.csv`` (image_id,x,y,w,h,score,true) for the fold's held-out train pages and
+``test_boxes.csv`` (image_id,x,y,w,h,score) for the test pages, in original-page pixels.
+"""

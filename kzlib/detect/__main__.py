@@ -1,0 +1,60 @@
+import argparse
+import sys
+from pathlib import Path
+
+from kzlib.data import DataError
+from kzlib.detect import __doc__ as DOC
+from kzlib.detect.config import DetectConfig
+from kzlib.training import add_config_flags, config_from_args
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kzlib.detect", description=DOC.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one fold's detector")
+    t.add_argument("data_dir", type=Path)
+    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--out", type=Path, required=True, help="run folder")
+    t.add_argument("--config", type=Path, help="JSON config (flags override it)")
+    t.add_argument("--val-images", help="comma-separated image ids to hold out instead of the fold's books")
+    t.add_argument("--resume", action="store_true", help="continue the run folder's checkpoint")
+    add_config_flags(t.add_argument_group("config"), DetectConfig)
+    pr = sub.add_parser("predict", help="boxes for the run's held-out pages (oof) or the test pages")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("data_dir", type=Path)
+    pr.add_argument("--split", choices=("oof", "test"), required=True)
+    pr.add_argument("--out", type=Path, help="default: RUN_DIR/oof_boxes.csv or RUN_DIR/test_boxes.csv")
+    pr.add_argument("--device", help="override the run's device (cpu, cuda)")
+    m = sub.add_parser("merge-oof", help="concatenate the folds' OOF boxes")
+    m.add_argument("run_dirs", type=Path, nargs="+")
+    m.add_argument("--out", type=Path, required=True)
+    m.add_argument("--data", type=Path, help="dataset folder (default: the one the runs were trained on)")
+    a = p.parse_args(argv)
+
+    try:
+        if a.cmd == "train":
+            from kzlib.detect.train import train
+
+            cfg = config_from_args(DetectConfig, a, a.config)
+            val = [v for v in a.val_images.split(",") if v] if a.val_images else None
+            result = train(a.data_dir, a.out, cfg, a.fold, val, a.resume)
+            print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
+        elif a.cmd == "predict":
+            from kzlib.detect.predict import predict
+
+            out = predict(a.run_dir, a.data_dir, a.split, a.out, a.device)
+            print(f"wrote {out}")
+        else:
+            from kzlib.detect.predict import merge_oof
+
+            df = merge_oof(a.run_dirs, a.out, a.data)
+            print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
+    except (DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Faster R-CNN with a ResNet FPN backbone and one foreground class ("a character")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import misc as misc_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+from kzlib.detect.config import DetectConfig
+
+
+class PageTransform(GeneralizedRCNNTransform):
+    """Normalise and batch, but never resize: the kit scales pages itself (config.page_height)."""
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
+    """Load ImageNet weights of a torchvision-style ResNet from a local file (a state dict, or a
+    checkpoint holding one under 'state_dict' or 'model'); the classifier head is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
+    own = body.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if len(matched) < 0.9 * len([k for k in own if not k.endswith("num_batches_tracked")]):
+        raise ValueError(f"{path}: only {len(matched)} of {len(own)} backbone tensors match; wrong architecture?")
+    body.load_state_dict(matched, strict=False)
+
+
+def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
+    """The detector of ``cfg``. ``load_pretrained=False`` builds the same architecture without
+    reading the pretrained file (inference: the weights come from the run's checkpoint)."""
+    scratch = cfg.pretrained is None
+    # From scratch, frozen BatchNorm would do nothing: train ordinary BatchNorm instead.
+    norm = nn.BatchNorm2d if scratch else misc_ops.FrozenBatchNorm2d
+    resnet = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm)
+    if not scratch and load_pretrained:
+        load_backbone_weights(resnet, cfg.pretrained)
+    trainable = 5 if scratch else cfg.trainable_layers
+    train_prefixes = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
+    if trainable == 5:
+        train_prefixes.append("bn1")
+    for name, p in resnet.named_parameters():
+        p.requires_grad_(any(name.startswith(t) for t in train_prefixes))
+    c = resnet.inplanes // 8  # channels of layer1 (64 for basic blocks, 256 for bottlenecks)
+    backbone = BackboneWithFPN(
+        resnet,
+        return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
+        in_channels_list=[c, c * 2, c * 4, c * 8],
+        out_channels=cfg.fpn_channels,
+        extra_blocks=LastLevelMaxPool(),
+    )
+    anchors = AnchorGenerator(
+        sizes=tuple((s,) for s in cfg.anchor_sizes),
+        aspect_ratios=(tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes),
+    )
+    model = FasterRCNN(
+        backbone,
+        num_classes=2,
+        rpn_anchor_generator=anchors,
+        box_score_thresh=cfg.score_threshold,
+        box_nms_thresh=cfg.nms_iou,
+        box_detections_per_img=cfg.max_detections,
+        rpn_pre_nms_top_n_test=3000,
+        rpn_post_nms_top_n_test=2000,
+    )
+    t = model.transform
+    model.transform = PageTransform(t.min_size, t.max_size, t.image_mean, t.image_std)
+    return model

@@ -1,0 +1,153 @@
+"""Detector inference on full pages, the OOF matching rule, and merging the folds' OOF files."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.ops import box_iou
+from tqdm import tqdm
+
+from kzlib.data import DataDir, DataError, image_size, parse_labels, read_image, read_labels_csv
+from kzlib.detect.config import DetectConfig
+from kzlib.detect.dataset import Page, to_tensor
+from kzlib.detect.model import build_model
+from kzlib.io import write_csv_atomic
+from kzlib.metric import score_arrays
+from kzlib.training import load_checkpoint, load_config, pick_device
+
+SEG_FP = "seg_fp"
+OOF_COLUMNS = ["image_id", "x", "y", "w", "h", "score", "true"]
+TEST_COLUMNS = OOF_COLUMNS[:-1]
+
+
+def autocast(device: torch.device, enabled: bool):
+    """fp16 autocast on CUDA when enabled; a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
+
+
+@torch.no_grad()
+def detect_page(model, path: Path, cfg: DetectConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x y w h in original-page pixels) and scores of one full page."""
+    w0, h0 = image_size(path)
+    image = read_image(path, height=cfg.page_height)
+    sx, sy = image.shape[1] / w0, image.shape[0] / h0
+    with autocast(device, cfg.amp):
+        out = model([to_tensor(image).to(device)])[0]
+    b = out["boxes"].float().cpu().numpy().reshape(-1, 4) / [sx, sy, sx, sy]
+    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+    return xywh, out["scores"].float().cpu().numpy()
+
+
+def detect_pages(model, pages: Sequence[Page], cfg: DetectConfig, device: torch.device, desc: str = "detect"):
+    model.eval()
+    return [detect_page(model, p.path, cfg, device) for p in tqdm(pages, desc=desc, leave=False, unit="page", disable=None)]
+
+
+def agnostic_f1(pages: Sequence[Page], detections) -> dict:
+    """The competition F1 with every class made one: centre points of the detections against the
+    true boxes."""
+    truth = [(["c"] * len(p.boxes), p.boxes) for p in pages]
+    preds = [(["c"] * len(b), b[:, :2] + b[:, 2:] / 2) for b, _ in detections]
+    return score_arrays(truth, preds)
+
+
+def match_true(pred_xywh: np.ndarray, gt_xywh: np.ndarray, gt_codes: Sequence[str], iou: float = 0.5) -> list[str]:
+    """The class of the ground-truth box of highest IoU with each prediction if that IoU >= ``iou``,
+    else ``seg_fp``."""
+    if len(pred_xywh) == 0:
+        return []
+    if len(gt_xywh) == 0:
+        return [SEG_FP] * len(pred_xywh)
+    xyxy = lambda b: torch.as_tensor(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1), dtype=torch.float64)
+    ious = box_iou(xyxy(np.asarray(pred_xywh, float)), xyxy(np.asarray(gt_xywh, float)))
+    best, idx = ious.max(dim=1)
+    codes = np.asarray(gt_codes, dtype=object)
+    return [codes[j] if v >= iou else SEG_FP for v, j in zip(best.tolist(), idx.tolist())]
+
+
+def load_run(run_dir: Path, device: str | None = None, weights: str = "best"):
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").exists():
+        raise DataError(f"{run_dir}: not a detector run folder (no config.json)")
+    cfg = load_config(DetectConfig, run_dir / "config.json")
+    if device:
+        cfg.device = device
+    path = run_dir / ("best.pth" if weights == "best" else "checkpoint.pth")
+    if not path.exists():
+        path = run_dir / "checkpoint.pth"
+    if not path.exists():
+        raise DataError(f"{run_dir}: no best.pth or checkpoint.pth; train first")
+    dev = pick_device(cfg.device)
+    model = build_model(cfg, load_pretrained=False)
+    model.load_state_dict(load_checkpoint(path)["model"])
+    return cfg, model.to(dev).eval(), dev
+
+
+def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, device: str | None = None) -> Path:
+    """Write ``oof_boxes.csv`` (the run's held-out train pages) or ``test_boxes.csv`` (test pages)."""
+    if split not in ("oof", "test"):
+        raise ValueError(f"split must be oof or test, not {split!r}")
+    run_dir, d = Path(run_dir), DataDir(Path(data_dir))
+    cfg, model, dev = load_run(run_dir, device)
+    if split == "oof":
+        ids = json.loads((run_dir / "split.json").read_text())["val_ids"]
+        if not ids:
+            raise DataError(f"{run_dir}: the run's fold has no held-out pages; nothing to predict")
+        labels = read_labels_csv(d.train_csv).set_index("image_id")["labels"]
+        missing = [i for i in ids if i not in labels.index]
+        if missing:
+            raise DataError(f"{d.train_csv}: held-out pages of {run_dir} missing: {', '.join(missing[:5])}")
+        pages = []
+        for i in ids:
+            codes, boxes = parse_labels(labels[i], image_id=i, source=d.train_csv)
+            pages.append((Page(i, d.image_path(i, "train"), boxes), codes))
+    else:
+        d.require("sample_submission_csv", "test_images")
+        ids = read_labels_csv(d.sample_submission_csv)["image_id"].tolist()
+        pages = [(Page(i, d.image_path(i, "test"), np.empty((0, 4))), []) for i in ids]
+    rows = []
+    for page, codes in tqdm(pages, desc=f"predict {split}", unit="page", disable=None):
+        xywh, scores = detect_page(model, page.path, cfg, dev)
+        frame = pd.DataFrame(np.round(xywh, 1), columns=["x", "y", "w", "h"])
+        frame.insert(0, "image_id", page.image_id)
+        frame["score"] = np.round(scores, 4)
+        if split == "oof":
+            frame["true"] = match_true(xywh, page.boxes, codes)
+        rows.append(frame)
+    df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=OOF_COLUMNS)
+    df = df[OOF_COLUMNS if split == "oof" else TEST_COLUMNS]
+    out = Path(out) if out else run_dir / ("oof_boxes.csv" if split == "oof" else "test_boxes.csv")
+    write_csv_atomic(df, out)
+    return out
+
+
+def merge_oof(run_dirs: Sequence[Path], out: Path, data_dir: Path | None = None) -> pd.DataFrame:
+    """Concatenate the folds' OOF files; every train page must be held out by exactly one run."""
+    seen: Counter = Counter()
+    frames = []
+    for run in map(Path, run_dirs):
+        split_file, oof = run / "split.json", run / "oof_boxes.csv"
+        if not split_file.exists():
+            raise DataError(f"{run}: not a detector run folder (no split.json)")
+        if not oof.exists():
+            raise DataError(f"{oof}: missing; run `python -m kzlib.detect predict {run} DATA_DIR --split oof` first")
+        split = json.loads(split_file.read_text())
+        seen.update(split["val_ids"])
+        data_dir = data_dir or Path(split["data_dir"])
+        frames.append(pd.read_csv(oof, dtype={"image_id": str, "true": str}))
+    ids = read_labels_csv(DataDir(Path(data_dir)).train_csv)["image_id"].tolist()
+    twice = sorted(i for i, n in seen.items() if n > 1)
+    missing = [i for i in ids if i not in seen]
+    if twice or missing:
+        parts = ([f"held out by several runs: {', '.join(twice[:5])}"] if twice else []) + (
+            [f"{len(missing)} train pages held out by no run: {', '.join(missing[:5])}"] if missing else [])
+        raise DataError("merge-oof: " + "; ".join(parts))
+    df = pd.concat(frames, ignore_index=True)
+    write_csv_atomic(df, out)
+    return df

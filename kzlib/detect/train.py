@@ -1,0 +1,154 @@
+"""Training one fold's detector: short explicit loops in the style of torchvision's references."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from kzlib.data import DataDir, DataError, make_folds, parse_labels, read_labels_csv
+from kzlib.detect.config import DetectConfig
+from kzlib.detect.dataset import CropDataset, Page, collate
+from kzlib.detect.model import build_model
+from kzlib.detect.predict import agnostic_f1, autocast, detect_pages
+from kzlib.io import write_json_atomic
+from kzlib.training import (EpochLog, load_checkpoint, load_config, lr_factor, pick_device,
+                            sample_seed, save_checkpoint, save_config, seed_everything)
+
+
+def split_pages(data_dir: Path, fold: int, n_folds: int, val_images: Sequence[str] | None = None):
+    """(train pages, held-out pages): the fold's books are held out, or ``val_images`` when given
+    (data with fewer books than folds, like a single-book sample)."""
+    d = DataDir(data_dir)
+    d.require("train_csv", "train_images")
+    df = read_labels_csv(d.train_csv)
+    ids = df["image_id"].tolist()
+    if val_images:
+        unknown = [i for i in val_images if i not in set(ids)]
+        if unknown:
+            raise DataError(f"{d.train_csv}: --val-images not in train.csv: {', '.join(unknown)}")
+        held = set(val_images)
+    else:
+        if not 0 <= fold < n_folds:
+            raise DataError(f"fold {fold} is outside 0..{n_folds - 1}")
+        folds = make_folds(ids, n_folds)
+        held = set(folds.loc[folds["fold"] == fold, "image_id"])
+        if not held:
+            raise DataError(f"{d.train_csv}: fold {fold} has no pages ({folds['book_id'].nunique()} books in "
+                            f"{n_folds} folds); pass --val-images to choose held-out pages")
+    train, val = [], []
+    for image_id, labels in zip(ids, df["labels"]):
+        _, boxes = parse_labels(labels, image_id=image_id, source=d.train_csv)
+        (val if image_id in held else train).append(Page(image_id, d.image_path(image_id, "train"), boxes))
+    if not train:
+        raise DataError(f"{d.train_csv}: no training pages left once fold {fold} is held out")
+    return train, val
+
+
+def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str) -> dict:
+    model.train()
+    sums: dict[str, float] = {}
+    n = 0
+    bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None)
+    for images, targets in bar:
+        images = [im.to(device, non_blocking=True) for im in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        with autocast(device, amp):
+            losses = model(images, targets)
+            loss = sum(losses.values())
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()} ({desc}, batch {n}); try a lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        n += 1
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item()
+        sums["loss"] = sums.get("loss", 0.0) + loss.item()
+        bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return {("loss" if k == "loss" else f"loss_{k.removeprefix('loss_')}"): v / max(1, n) for k, v in sums.items()}
+
+
+def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_images: Sequence[str] | None = None,
+          resume: bool = False, max_epochs: int | None = None) -> dict:
+    """Train (or resume) a fold's detector into ``out``; returns the best validation scores.
+    ``max_epochs`` stops after that many epochs of this call (the run stays resumable)."""
+    out = Path(out)
+    ckpt_path = out / "checkpoint.pth"
+    checkpoint = None
+    if ckpt_path.exists():
+        if not resume:
+            raise FileExistsError(f"{out}: holds a checkpoint; use --resume to continue it, or another --out")
+        cfg = load_config(DetectConfig, out / "config.json")  # a resumed run keeps its config
+        split = json.loads((out / "split.json").read_text())
+        fold, val_images = split["fold"], split["val_ids"] if split["val_images_given"] else None
+        checkpoint = load_checkpoint(ckpt_path)
+    train_pages, val_pages = split_pages(Path(data_dir), fold, cfg.n_folds, val_images)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    write_json_atomic({"data_dir": str(Path(data_dir).resolve()), "fold": fold, "n_folds": cfg.n_folds,
+                       "val_images_given": bool(val_images), "train_ids": [p.image_id for p in train_pages],
+                       "val_ids": [p.image_id for p in val_pages]}, out / "split.json")
+
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = build_model(cfg).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    dataset = CropDataset(train_pages, cfg)
+    iters = math.ceil(len(dataset) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        lr_factor, iters_per_epoch=iters, epochs=cfg.epochs, warmup_iters=int(cfg.warmup_epochs * iters),
+        schedule=cfg.schedule, steps=cfg.lr_steps, gamma=cfg.lr_gamma))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    start, best = 0, -1.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        start, best = checkpoint["epoch"] + 1, checkpoint["best_f1"]
+        print(f"resuming {out} at epoch {start} (best F1 so far {best:.4f})")
+    log = EpochLog(out / "log.csv", keep_until_epoch=start - 1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    stop = cfg.epochs if max_epochs is None else min(cfg.epochs, start + max_epochs)
+    for epoch in range(start, stop):
+        t0 = time.time()
+        torch.manual_seed(sample_seed(cfg.seed, epoch))  # proposal sampling: same on resume
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1)))
+        losses = train_one_epoch(model, optimizer, scheduler, scaler, loader, device, use_amp,
+                                 f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
+        t_train = time.time() - t0
+        scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
+        f1 = scores.get("f1", -1.0)
+        if f1 > best:
+            best = f1
+            save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "epoch": epoch, "scores": scores},
+                            out / "best.pth")
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                         "epoch": epoch, "best_f1": best, "config": asdict(cfg)}, ckpt_path)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses,
+               **{k: scores[k] for k in ("f1", "precision", "recall") if k in scores},
+               "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0}
+        log.append(row)
+        log.plot(out / "curves.png", ("f1", "precision", "recall"))
+        print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {losses.get('loss', 0):.4f} "
+              f"val F1 {f1:.4f} (best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+    return {"best_f1": best, "epochs_done": stop}

@@ -1,0 +1,164 @@
+"""Plumbing shared by the training stages: devices, seeds, atomic checkpoints, the per-epoch CSV
+log, training curves, typed JSON configs, and the learning-rate schedule."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
+
+C = TypeVar("C")
+
+
+# ---------------------------------------------------------------------------------- configs
+
+def config_from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
+    """Build a config dataclass, refusing unknown keys and coercing lists to tuples."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**clean)
+
+
+def load_config(cls: type[C], path: str | Path) -> C:
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: unreadable config ({e})") from None
+    return config_from_dict(cls, values, str(path))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    write_json_atomic(dataclasses.asdict(cfg), path)
+
+
+# ---------------------------------------------------------------------------------- runtime
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but no CUDA GPU is available (use --device cpu)")
+    return device
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def sample_seed(*parts: int) -> int:
+    """A 31-bit seed from integers (seed, epoch, index): the same sample gets the same randomness
+    whether a run goes straight through or is resumed."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """torch.save through a temporary file: a kill never leaves a half-written checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+# ---------------------------------------------------------------------------------- schedule
+
+def lr_factor(it: int, *, iters_per_epoch: int, epochs: int, warmup_iters: int, schedule: str,
+              steps: tuple[int, ...], gamma: float, warmup_factor: float = 1e-3) -> float:
+    """Multiplier of the base lr at iteration ``it``: linear warm-up, then step (x gamma at each
+    epoch in ``steps``) or cosine to zero at the end."""
+    factor = 1.0
+    if it < warmup_iters:
+        a = it / max(1, warmup_iters)
+        factor = warmup_factor * (1 - a) + a
+    epoch = it // max(1, iters_per_epoch)
+    if schedule == "step":
+        return factor * gamma ** sum(epoch >= s for s in steps)
+    if schedule == "cosine":
+        total = max(1, iters_per_epoch * epochs)
+        return factor * 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
+    raise ValueError(f"unknown schedule {schedule!r} (step or cosine)")
+
+
+# ---------------------------------------------------------------------------------- logs
+
+class EpochLog:
+    """``log.csv`` of a run folder: one row per epoch, rewritten atomically; on resume the rows
+    after the checkpoint's epoch are dropped."""
+
+    def __init__(self, path: str | Path, keep_until_epoch: int | None = None):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if keep_until_epoch is not None and self.path.exists():
+            df = pd.read_csv(self.path)
+            self.rows = df[df["epoch"] <= keep_until_epoch].to_dict("records")
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        write_csv_atomic(pd.DataFrame(self.rows), self.path)
+
+    def plot(self, png: str | Path, metrics: tuple[str, ...]) -> None:
+        """Loss curves on the left, validation metrics on the right."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        df = pd.DataFrame(self.rows)
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        for col in [c for c in df.columns if c.startswith("loss")]:
+            a.plot(df["epoch"], df[col], marker=".", label=col)
+        a.set_xlabel("epoch"), a.set_ylabel("training loss"), a.set_yscale("log"), a.legend(fontsize=8)
+        for col in metrics:
+            if col in df:
+                b.plot(df["epoch"], df[col], marker="o", label=col)
+        b.set_xlabel("epoch"), b.set_ylabel("validation"), b.set_ylim(0, 1), b.grid(alpha=0.3), b.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+def add_config_flags(parser, cls) -> None:
+    """One ``--field-name`` flag per config field (default None: not given), typed from the
+    field's default; tuples take several values."""
+    for f in dataclasses.fields(cls):
+        default = f.default
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(default, bool):
+            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None,
+                                metavar="BOOL", help=f"(default {default})")
+        elif isinstance(default, tuple):
+            kind = type(default[0]) if default else str
+            parser.add_argument(flag, type=kind, nargs="+", default=None, help=f"(default {' '.join(map(str, default))})")
+        else:
+            kind = type(default) if default is not None else str
+            parser.add_argument(flag, type=kind, default=None, help=f"(default {default})")
+
+
+def config_from_args(cls: type[C], args, config_file: str | Path | None = None) -> C:
+    """Defaults, then the JSON file, then the flags that were given."""
+    values = dataclasses.asdict(load_config(cls, config_file)) if config_file else {}
+    for f in dataclasses.fields(cls):
+        v = getattr(args, f.name, None)
+        if v is not None:
+            values[f.name] = v
+    return config_from_dict(cls, values)

@@ -1,0 +1,180 @@
+import json
+import subprocess
+import sys
+from dataclasses import replace
+
+import cv2
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from kzlib.data import DataError
+from kzlib.detect.config import DetectConfig
+from kzlib.detect.dataset import CropDataset, Page
+from kzlib.detect.predict import SEG_FP, match_true, merge_oof, predict
+from kzlib.detect.train import split_pages, train
+from kzlib.training import config_from_dict
+
+TINY = DetectConfig(backbone="resnet18", fpn_channels=16, page_height=256, crop_width=160, crop_height=128,
+                    crops_per_page=1, batch_size=2, epochs=2, lr=0.005, workers=0, device="cpu",
+                    anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05)
+
+
+def test_crops_keep_boxes_aligned(tmp_path):
+    rng = np.random.default_rng(0)
+    page = np.full((1000, 700, 3), 255, np.uint8)
+    boxes = []
+    for _ in range(60):
+        x, y = int(rng.integers(0, 660)), int(rng.integers(0, 960))
+        w, h = int(rng.integers(15, 40)), int(rng.integers(15, 40))
+        if any(abs(x - bx) < 45 and abs(y - by) < 45 for bx, by, _, _ in boxes):
+            continue
+        page[y: y + h, x: x + w] = 0
+        boxes.append((x, y, w, h))
+    path = tmp_path / "p.jpg"
+    cv2.imwrite(str(path), page, [cv2.IMWRITE_JPEG_QUALITY, 98])
+    cfg = replace(TINY, page_height=500, crop_width=256, crop_height=192, crops_per_page=20, scale_aug=0.3)
+    ds = CropDataset([Page("p_1", path, np.array(boxes))], cfg)
+    n_boxes = 0
+    for i in range(len(ds)):
+        image, target = ds[i]
+        gray = image.mean(0).numpy()
+        inside = np.zeros_like(gray, dtype=bool)
+        for x0, y0, x1, y1 in target["boxes"].round().int().tolist():
+            assert gray[y0:y1, x0:x1].mean() < 0.35  # the box sits on its dark rectangle
+            inside[y0:y1, x0:x1] = True
+            n_boxes += 1
+        # dark pixels that no box covers: only rectangles cut by the crop (min_visibility) and edges
+        assert (gray[~inside] < 0.3).mean() < 0.03
+    assert n_boxes > 20
+
+
+def test_crops_are_reproducible_per_epoch_and_index(tiny):
+    train_pages, _ = split_pages(tiny, 0, 3)
+    ds = CropDataset(train_pages, TINY)
+    a, b = ds[1], ds[1]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1]["boxes"], b[1]["boxes"])
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1][0], a[0])
+
+
+def test_match_rule():
+    gt = np.array([[0, 0, 10, 10], [20, 0, 10, 10]])
+    codes = ["U+3042", "U+3044"]
+    pred = np.array([
+        [1, 0, 10, 10],    # IoU 0.82 with box 0
+        [0, 0, 10, 4],     # IoU 0.4: none
+        [18, 0, 10, 10],   # overlaps box 1 most
+        [50, 50, 5, 5],    # nothing
+    ])
+    assert match_true(pred, gt, codes) == ["U+3042", SEG_FP, "U+3044", SEG_FP]
+    assert match_true(pred, np.empty((0, 4)), []) == [SEG_FP] * 4
+    assert match_true(np.empty((0, 4)), gt, codes) == []
+    # exactly 0.5 counts
+    assert match_true(np.array([[0, 0, 10, 5]]), gt[:1], codes[:1]) == ["U+3042"]
+
+
+def test_split_pages_errors(tiny):
+    with pytest.raises(DataError, match="fold 4 has no pages"):
+        split_pages(tiny, 4, 5)
+    with pytest.raises(DataError, match="not in train.csv: nope"):
+        split_pages(tiny, 0, 5, ["nope"])
+    ids = pd.read_csv(tiny / "train.csv")["image_id"].tolist()
+    tr, va = split_pages(tiny, 0, 5, ids[:1])
+    assert [p.image_id for p in va] == ids[:1] and len(tr) == len(ids) - 1
+
+
+def test_config_rejects_unknown_keys_and_bad_values():
+    with pytest.raises(ValueError, match="unknown key"):
+        config_from_dict(DetectConfig, {"backbone": "resnet18", "bakcbone": "x"})
+    with pytest.raises(ValueError, match="backbone"):
+        DetectConfig(backbone="vgg16")
+
+
+def test_empty_page_trains(tmp_path):
+    path = tmp_path / "e.jpg"
+    cv2.imwrite(str(path), np.full((300, 200, 3), 230, np.uint8))
+    from kzlib.detect.model import build_model
+
+    ds = CropDataset([Page("e_1", path, np.empty((0, 4)))], TINY)
+    image, target = ds[0]
+    assert target["boxes"].shape == (0, 4)
+    model = build_model(TINY).train()
+    losses = model([image], [target])
+    sum(losses.values()).backward()
+    assert losses["loss_box_reg"].item() == 0.0
+
+
+def _params(run):
+    return torch.load(run / "checkpoint.pth", weights_only=False)
+
+
+def test_resume_continues_exactly(tiny, tmp_path):
+    straight, split = tmp_path / "a", tmp_path / "b"
+    train(tiny, straight, TINY, fold=0)
+    train(tiny, split, TINY, fold=0, max_epochs=1)  # "killed" after epoch 1
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny, split, TINY, fold=0)
+    train(tiny, split, TINY, fold=0, resume=True)
+    a, b = _params(straight), _params(split)
+    assert a["epoch"] == b["epoch"] == 1
+    for k, v in a["model"].items():
+        assert torch.allclose(v.float(), b["model"][k].float(), atol=1e-6), k
+    la, lb = pd.read_csv(straight / "log.csv"), pd.read_csv(split / "log.csv")
+    assert la["epoch"].tolist() == lb["epoch"].tolist() == [0, 1]
+    assert np.allclose(la["loss"], lb["loss"])
+    assert (straight / "curves.png").stat().st_size > 0
+
+
+def test_train_predict_cli_end_to_end(tiny, tmp_path):
+    run = tmp_path / "run"
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"backbone": "resnet18", "fpn_channels": 16, "page_height": 256, "crop_width": 160,
+                               "crop_height": 128, "crops_per_page": 1, "batch_size": 2, "workers": 0,
+                               "anchor_sizes": [8, 16, 32, 64, 128], "device": "cpu", "score_threshold": 0.0}))
+    cli = lambda *a: subprocess.run([sys.executable, "-m", "kzlib.detect", *map(str, a)], capture_output=True, text=True)
+    r = cli("train", tiny, "--fold", "1", "--n-folds", "3", "--out", run, "--config", cfg, "--epochs", "1")
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["fpn_channels"] == 16  # flag over file over defaults
+    split = json.loads((run / "split.json").read_text())
+    r = cli("predict", run, tiny, "--split", "oof")
+    assert r.returncode == 0, r.stderr
+    oof = pd.read_csv(run / "oof_boxes.csv", dtype={"image_id": str})
+    assert list(oof.columns) == ["image_id", "x", "y", "w", "h", "score", "true"]
+    assert set(oof["image_id"]) <= set(split["val_ids"]) and len(oof) > 0
+    classes = set(pd.read_csv(tiny / "unicode_translation.csv")["Unicode"]) | {SEG_FP}
+    assert set(oof["true"]) <= classes
+    r = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t.csv")
+    assert r.returncode == 0, r.stderr
+    test = pd.read_csv(tmp_path / "t.csv", dtype={"image_id": str})
+    assert list(test.columns) == ["image_id", "x", "y", "w", "h", "score"]
+    assert set(test["image_id"]) <= set(pd.read_csv(tiny / "sample_submission.csv")["image_id"])
+
+    # a corrupt test image: one-line error naming the file, nothing written
+    bad = sorted((tiny / "test_images").iterdir())[0]
+    bad.write_bytes(b"broken")
+    r = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t2.csv")
+    assert r.returncode == 1 and bad.name in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "t2.csv").exists()
+
+
+def _fake_run(path, val_ids, data_dir, rows):
+    path.mkdir()
+    (path / "split.json").write_text(json.dumps({"val_ids": val_ids, "data_dir": str(data_dir)}))
+    pd.DataFrame(rows, columns=["image_id", "x", "y", "w", "h", "score", "true"]).to_csv(path / "oof_boxes.csv", index=False)
+
+
+def test_merge_oof_checks_every_page_once(tiny, tmp_path):
+    ids = pd.read_csv(tiny / "train.csv")["image_id"].tolist()
+    _fake_run(tmp_path / "r0", ids[:3], tiny, [[ids[0], 1, 2, 3, 4, 0.9, "U+3042"]])
+    _fake_run(tmp_path / "r1", ids[3:], tiny, [[ids[4], 1, 2, 3, 4, 0.8, SEG_FP], [ids[5], 1, 2, 3, 4, 0.7, SEG_FP]])
+    df = merge_oof([tmp_path / "r0", tmp_path / "r1"], tmp_path / "all.csv")
+    assert len(df) == 3 and pd.read_csv(tmp_path / "all.csv").shape == (3, 7)
+    with pytest.raises(DataError, match="held out by no run"):
+        merge_oof([tmp_path / "r0"], tmp_path / "x.csv")
+    _fake_run(tmp_path / "r2", ids[2:4], tiny, [])
+    with pytest.raises(DataError, match="held out by several runs"):
+        merge_oof([tmp_path / "r0", tmp_path / "r1", tmp_path / "r2"], tmp_path / "x.csv")
+    assert not (tmp_path / "x.csv").exists()
