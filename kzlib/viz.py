@@ -1,7 +1,7 @@
 """Pictures of pages with their characters: boxes (train.csv format) or points (submissions),
 each labelled with its character in a Japanese font.
 
-    python -m kzlib.viz DATA_DIR IMAGE_ID --out page.png [--labels FILE] [--split train|test] [--height 1400]
+    python -m kzlib.viz DATA_DIR IMAGE_ID --out page.png [--labels FILE] [--boxes BOXES_CSV] [--split train|test] [--height 1400]
 
 Without ``--labels`` the page's boxes come from DATA_DIR/train.csv (train pages) or, for a test
 page, from DATA_DIR/test_labels.csv when the folder has one (synthetic data).
@@ -23,6 +23,7 @@ from kzlib.fonts import FontError, label_font
 
 BOX_COLOUR = (220, 30, 30)
 TEXT_COLOUR = (20, 40, 220)
+DETECTION_COLOUR = (0, 160, 60)
 
 
 def parse_any(labels: object) -> tuple[list[str], np.ndarray]:
@@ -35,8 +36,10 @@ def parse_any(labels: object) -> tuple[list[str], np.ndarray]:
     return table[:, 0].tolist(), table[:, 1:].astype(np.float64)
 
 
-def draw_labels(image: np.ndarray, codes: Sequence[str], coords: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Draw boxes (coords x y w h) or points (coords x y), scaled by ``scale``, with the characters."""
+def draw_labels(image: np.ndarray, codes: Sequence[str], coords: np.ndarray, scale: float = 1.0,
+                colour: tuple[int, int, int] = BOX_COLOUR) -> np.ndarray:
+    """Draw boxes (coords x y w h) or points (coords x y), scaled by ``scale``, with the characters
+    (codes that are not ``U+XXXX``, e.g. empty strings, draw no text)."""
     pil = Image.fromarray(image)
     draw = ImageDraw.Draw(pil)
     coords = np.asarray(coords, dtype=np.float64) * scale
@@ -50,19 +53,20 @@ def draw_labels(image: np.ndarray, codes: Sequence[str], coords: np.ndarray, sca
         ch = code_to_char(code) if code.startswith("U+") else code
         if len(c) == 4:
             x, y, w, h = c
-            draw.rectangle([x, y, x + w, y + h], outline=BOX_COLOUR, width=width)
+            draw.rectangle([x, y, x + w, y + h], outline=colour, width=width)
             tx, ty = x + w + 1, y
         else:
             x, y = c
             r = max(2, width * 2)
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=BOX_COLOUR)
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
             tx, ty = x + r + 1, y - size / 2
-        if font is not None:
+        if font is not None and ch:
             draw.text((tx, ty), ch, font=font, fill=TEXT_COLOUR)
     return np.asarray(pil)
 
 
-def render(data_dir: Path, image_id: str, split: str, labels_file: Path | None, height: int) -> np.ndarray:
+def render(data_dir: Path, image_id: str, split: str, labels_file: Path | None, height: int,
+           boxes_file: Path | None = None) -> np.ndarray:
     d = DataDir(data_dir)
     if labels_file is None:
         labels_file = d.train_csv if split == "train" else d.root / "test_labels.csv"
@@ -76,7 +80,14 @@ def render(data_dir: Path, image_id: str, split: str, labels_file: Path | None, 
         if len(row) == 0:
             raise DataError(f"{labels_file}: no row for image {image_id}")
         codes, coords = parse_any(row.iloc[0])
-    return draw_labels(small, codes, coords, scale)
+    picture = draw_labels(small, codes, coords, scale)
+    if boxes_file is not None:  # a detector's boxes (image_id,x,y,w,h,...) drawn over the truth
+        import pandas as pd
+
+        det = pd.read_csv(boxes_file, dtype={"image_id": str})
+        det = det[det["image_id"] == image_id]
+        picture = draw_labels(picture, [""] * len(det), det[["x", "y", "w", "h"]].to_numpy(), scale, DETECTION_COLOUR)
+    return picture
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,12 +96,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("image_id")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
     p.add_argument("--labels", type=Path, help="labels (train.csv format) or a submission (points)")
+    p.add_argument("--boxes", type=Path, help="detector boxes CSV (oof_boxes.csv / test_boxes.csv), drawn in green")
     p.add_argument("--split", choices=("train", "test"), default=None, help="default: where the image is")
     p.add_argument("--height", type=int, default=1400, help="height of the picture")
     a = p.parse_args(argv)
     split = a.split or ("test" if DataDir(a.data_dir).image_path(a.image_id, "test").exists() else "train")
     try:
-        picture = render(a.data_dir, a.image_id, split, a.labels, a.height)
+        picture = render(a.data_dir, a.image_id, split, a.labels, a.height, a.boxes)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -178,3 +178,14 @@ def test_merge_oof_checks_every_page_once(tiny, tmp_path):
     with pytest.raises(DataError, match="held out by several runs"):
         merge_oof([tmp_path / "r0", tmp_path / "r1", tmp_path / "r2"], tmp_path / "x.csv")
     assert not (tmp_path / "x.csv").exists()
+
+
+def test_init_from_another_run(tiny, tmp_path):
+    first = tmp_path / "first"
+    train(tiny, first, TINY, fold=0)
+    warm = tmp_path / "warm"
+    train(tiny, warm, replace(TINY, init_from=str(first / "checkpoint.pth"), epochs=1), fold=0)
+    loss = lambda run: pd.read_csv(run / "log.csv")["loss"].iloc[0]
+    assert loss(warm) < loss(first)  # starts where the first run ended, not from scratch
+    with pytest.raises(ValueError, match="cannot start from this checkpoint"):
+        train(tiny, tmp_path / "bad", replace(TINY, fpn_channels=32, init_from=str(first / "checkpoint.pth")), fold=0)

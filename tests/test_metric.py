@@ -171,16 +171,16 @@ def test_write_submission_fills_empty_pages_and_refuses_invalid(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["sub.csv"]
 
 
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "kzlib.metric", *map(str, args)], capture_output=True, text=True)
+def _score_cli(tmp_path, solution: str, submission: str):
+    """Run the metric CLI on two CSV texts."""
+    sol, sub = tmp_path / "sol.csv", tmp_path / "sub.csv"
+    sol.write_text("image_id,labels\n" + solution)
+    sub.write_text("image_id,labels\n" + submission)
+    return subprocess.run([sys.executable, "-m", "kzlib.metric", str(sub), str(sol)], capture_output=True, text=True)
 
 
 def test_cli_prints_one_json_line(tmp_path):
-    sol = tmp_path / "sol.csv"
-    sub = tmp_path / "sub.csv"
-    sol.write_text("image_id,labels\na,U+3042 0 0 10 10 U+3044 20 0 10 10\nb,\n")
-    sub.write_text("image_id,labels\na,U+3042 5 5 U+3042 25 5\nb,U+3042 1 1\n")
-    r = _cli(sub, sol)
+    r = _score_cli(tmp_path, "a,U+3042 0 0 10 10 U+3044 20 0 10 10\nb,\n", "a,U+3042 5 5 U+3042 25 5\nb,U+3042 1 1\n")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out == {"f1": pytest.approx(0.4), "precision": pytest.approx(1 / 3), "recall": 0.5,
@@ -188,11 +188,7 @@ def test_cli_prints_one_json_line(tmp_path):
 
 
 def test_cli_invalid_submission_is_one_line_error(tmp_path):
-    sol = tmp_path / "sol.csv"
-    sub = tmp_path / "sub.csv"
-    sol.write_text("image_id,labels\na,U+3042 0 0 10 10\nb,\n")
-    sub.write_text("image_id,labels\na,U+3042 5\n")
-    r = _cli(sub, sol)
+    r = _score_cli(tmp_path, "a,U+3042 0 0 10 10\nb,\n", "a,U+3042 5\n")
     assert r.returncode == 1 and r.stdout == ""
     assert len(r.stderr.strip().splitlines()) == 1
     assert "missing image ids: b" in r.stderr and "row 2 (a)" in r.stderr

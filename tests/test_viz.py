@@ -35,6 +35,13 @@ def test_cli_draws_fixture_page_and_submission(tiny, tmp_path):
     r = subprocess.run([sys.executable, "-m", "kzlib.viz", str(tiny), image_id, "--out", str(out), "--labels", str(sub)],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+    boxes = tmp_path / "boxes.csv"
+    boxes.write_text(f"image_id,x,y,w,h,score\n{image_id},10,10,40,40,0.9\n")
+    r = subprocess.run([sys.executable, "-m", "kzlib.viz", str(tiny), image_id, "--out", str(out), "--boxes", str(boxes),
+                        "--height", "400"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    picture = cv2.imread(str(out))[:, :, ::-1]
+    assert tuple(picture[10, 25]) == (0, 160, 60)  # the detector's box edge, in green
     r = subprocess.run([sys.executable, "-m", "kzlib.viz", str(tiny), "nope_1", "--out", str(tmp_path / "n.png")],
                        capture_output=True, text=True)
     assert r.returncode == 1 and "nope_1" in r.stderr and not (tmp_path / "n.png").exists()

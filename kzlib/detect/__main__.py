@@ -26,6 +26,7 @@ def main(argv=None) -> int:
     pr.add_argument("--split", choices=("oof", "test"), required=True)
     pr.add_argument("--out", type=Path, help="default: RUN_DIR/oof_boxes.csv or RUN_DIR/test_boxes.csv")
     pr.add_argument("--device", help="override the run's device (cpu, cuda)")
+    pr.add_argument("--score-threshold", type=float, help="override the run's inference score threshold")
     m = sub.add_parser("merge-oof", help="concatenate the folds' OOF boxes")
     m.add_argument("run_dirs", type=Path, nargs="+")
     m.add_argument("--out", type=Path, required=True)
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
         elif a.cmd == "predict":
             from kzlib.detect.predict import predict
 
-            out = predict(a.run_dir, a.data_dir, a.split, a.out, a.device)
+            out = predict(a.run_dir, a.data_dir, a.split, a.out, a.device, a.score_threshold)
             print(f"wrote {out}")
         else:
             from kzlib.detect.predict import merge_oof

@@ -14,6 +14,7 @@ class DetectConfig:
     fpn_channels: int = 256
     pretrained: str | None = None  # local file of ImageNet backbone weights; None: from scratch
     trainable_layers: int = 3  # with pretrained weights (frozen BatchNorm); from scratch all train
+    init_from: str | None = None  # a detector checkpoint (another run's best.pth) to start from
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level, px at page_height
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     # data

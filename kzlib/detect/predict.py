@@ -71,13 +71,15 @@ def match_true(pred_xywh: np.ndarray, gt_xywh: np.ndarray, gt_codes: Sequence[st
     return [codes[j] if v >= iou else SEG_FP for v, j in zip(best.tolist(), idx.tolist())]
 
 
-def load_run(run_dir: Path, device: str | None = None, weights: str = "best"):
+def load_run(run_dir: Path, device: str | None = None, weights: str = "best", score_threshold: float | None = None):
     run_dir = Path(run_dir)
     if not (run_dir / "config.json").exists():
         raise DataError(f"{run_dir}: not a detector run folder (no config.json)")
     cfg = load_config(DetectConfig, run_dir / "config.json")
     if device:
         cfg.device = device
+    if score_threshold is not None:
+        cfg.score_threshold = score_threshold
     path = run_dir / ("best.pth" if weights == "best" else "checkpoint.pth")
     if not path.exists():
         path = run_dir / "checkpoint.pth"
@@ -89,12 +91,13 @@ def load_run(run_dir: Path, device: str | None = None, weights: str = "best"):
     return cfg, model.to(dev).eval(), dev
 
 
-def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, device: str | None = None) -> Path:
+def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, device: str | None = None,
+            score_threshold: float | None = None) -> Path:
     """Write ``oof_boxes.csv`` (the run's held-out train pages) or ``test_boxes.csv`` (test pages)."""
     if split not in ("oof", "test"):
         raise ValueError(f"split must be oof or test, not {split!r}")
     run_dir, d = Path(run_dir), DataDir(Path(data_dir))
-    cfg, model, dev = load_run(run_dir, device)
+    cfg, model, dev = load_run(run_dir, device, score_threshold=score_threshold)
     if split == "oof":
         ids = json.loads((run_dir / "split.json").read_text())["val_ids"]
         if not ids:

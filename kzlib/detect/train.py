@@ -103,6 +103,12 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     model = build_model(cfg).to(device)
+    if cfg.init_from and checkpoint is None:
+        try:
+            model.load_state_dict(load_checkpoint(cfg.init_from, device)["model"])
+        except (FileNotFoundError, KeyError, RuntimeError) as e:
+            raise ValueError(f"{cfg.init_from}: cannot start from this checkpoint "
+                             f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dataset = CropDataset(train_pages, cfg)
