@@ -25,7 +25,6 @@ fonts, split).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shutil
@@ -45,7 +44,7 @@ from PIL import Image, ImageDraw
 
 from kzlib.data import char_to_code, format_labels, parse_labels
 from kzlib.fonts import Font, FontError, coverage, find_fonts, pil_font
-from kzlib.io import write_csv_atomic, write_json_atomic
+from kzlib.io import write_json_atomic
 
 # Real statistics (train_labels_777.csv, scans ~3000-3900 px high): box height median 91 px,
 # i.e. ~2.6% of a ~3500 px page; 10th-90th percentile 57-136 px.

@@ -12,7 +12,7 @@ import torch
 from kzlib.data import DataError
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset, Page
-from kzlib.detect.predict import SEG_FP, match_true, merge_oof, predict
+from kzlib.detect.predict import SEG_FP, match_true, merge_oof
 from kzlib.detect.train import split_pages, train
 from kzlib.training import config_from_dict
 
