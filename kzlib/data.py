@@ -250,14 +250,8 @@ class ImageError(DataError):
 
 def image_size(path: str | Path) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
-    path = Path(path)
-    if not path.is_file():
-        raise ImageError(f"{path}: no such image file")
-    try:
-        with Image.open(path) as im:
-            return im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from None
+    with _open_header(Path(path)) as im:
+        return im.size
 
 
 def read_image(path: str | Path, height: int | None = None) -> np.ndarray:

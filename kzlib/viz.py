@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
-from kzlib.data import DataDir, DataError, code_to_char, is_empty, read_image, read_labels_csv
+from kzlib.data import DataDir, DataError, code_to_char, image_size, is_empty, read_image, read_labels_csv
 from kzlib.fonts import FontError, label_font
 
 BOX_COLOUR = (220, 30, 30)
@@ -70,9 +70,10 @@ def render(data_dir: Path, image_id: str, split: str, labels_file: Path | None, 
     d = DataDir(data_dir)
     if labels_file is None:
         labels_file = d.train_csv if split == "train" else d.root / "test_labels.csv"
-    image = read_image(d.image_path(image_id, split))
-    scale = min(1.0, height / image.shape[0])
-    small = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else image
+    path = d.image_path(image_id, split)
+    h0 = image_size(path)[1]
+    small = read_image(path, height=min(height, h0))  # reduced decode when it applies
+    scale = small.shape[0] / h0
     codes, coords = [], np.empty((0, 4))
     if labels_file.exists():
         df = read_labels_csv(labels_file)
