@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kzlib.detect.predict import agnostic_f1, detect_pages, load_run  # noqa: E402
-from kzlib.detect.train import split_pages  # noqa: E402
+from kzlib.pages import split_pages  # noqa: E402
 
 
 def main():

@@ -267,6 +267,18 @@ def read_submission(path: str | Path, expected_ids: Iterable[str] | None = None)
     return df
 
 
+def submission_from_points(codes: Sequence[str], points: np.ndarray, image_ids: Sequence[str]) -> pd.DataFrame:
+    """``image_id,labels`` rows (``U+XXXX cx cy`` ...) from one row per prediction; pages keep the
+    order they first appear in, predictions their order within a page."""
+    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+    if len(points) == 0:
+        return pd.DataFrame({"image_id": [], "labels": []})
+    tokens = pd.Series(np.asarray(codes, dtype=object)) + " " + pd.Series(np.round(points[:, 0]).astype(np.int64)).astype(str) \
+        + " " + pd.Series(np.round(points[:, 1]).astype(np.int64)).astype(str)
+    labels = tokens.groupby(np.asarray(image_ids, dtype=object), sort=False).agg(" ".join)
+    return pd.DataFrame({"image_id": labels.index.astype(str), "labels": labels.to_numpy()})
+
+
 def write_submission(df: pd.DataFrame, path: str | Path, expected_ids: Iterable[str]) -> None:
     """Validate, then write atomically. Expected pages absent from ``df`` are written empty."""
     from kzlib.io import write_csv_atomic

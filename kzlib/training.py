@@ -55,6 +55,11 @@ def pick_device(name: str = "auto") -> torch.device:
     return device
 
 
+def autocast(device: torch.device, enabled: bool):
+    """fp16 autocast on CUDA when enabled; a no-op elsewhere."""
+    return torch.autocast(device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)

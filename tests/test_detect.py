@@ -11,9 +11,10 @@ import torch
 
 from kzlib.data import DataError
 from kzlib.detect.config import DetectConfig
-from kzlib.detect.dataset import CropDataset, Page
+from kzlib.detect.dataset import CropDataset
 from kzlib.detect.predict import SEG_FP, match_true, merge_oof
-from kzlib.detect.train import split_pages, train
+from kzlib.detect.train import train
+from kzlib.pages import Page, split_pages
 from kzlib.training import config_from_dict
 
 TINY = DetectConfig(backbone="resnet18", fpn_channels=16, page_height=256, crop_width=160, crop_height=128,

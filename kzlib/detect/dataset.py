@@ -7,9 +7,6 @@ boxes together inside albumentations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-
 import albumentations as A
 import cv2
 import numpy as np
@@ -18,20 +15,8 @@ from torch.utils.data import Dataset
 
 from kzlib.data import image_size, read_image
 from kzlib.detect.config import DetectConfig
+from kzlib.pages import Page, normalised_xyxy, to_tensor
 from kzlib.training import sample_seed
-
-
-@dataclass
-class Page:
-    image_id: str
-    path: Path
-    boxes: np.ndarray  # [N, 4] x y w h in original pixels
-
-
-def normalised_xyxy(boxes_xywh: np.ndarray, width: int, height: int) -> np.ndarray:
-    b = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
-    xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1) / [width, height, width, height]
-    return np.clip(xyxy, 0.0, 1.0)
 
 
 def crop_transform(cfg: DetectConfig) -> A.Compose:
@@ -47,10 +32,6 @@ def crop_transform(cfg: DetectConfig) -> A.Compose:
         bbox_params=A.BboxParams(format="albumentations", label_fields=["labels"],
                                  min_visibility=cfg.min_visibility, clip=True),
     )
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 class CropDataset(Dataset):

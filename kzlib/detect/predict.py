@@ -15,20 +15,15 @@ from tqdm import tqdm
 
 from kzlib.data import DataDir, DataError, image_size, parse_labels, read_image, read_labels_csv
 from kzlib.detect.config import DetectConfig
-from kzlib.detect.dataset import Page, to_tensor
 from kzlib.detect.model import build_model
 from kzlib.io import write_csv_atomic
+from kzlib.pages import Page, to_tensor
 from kzlib.metric import score_arrays
-from kzlib.training import load_checkpoint, load_config, pick_device
+from kzlib.training import autocast, load_checkpoint, load_config, pick_device
 
 SEG_FP = "seg_fp"
 OOF_COLUMNS = ["image_id", "x", "y", "w", "h", "score", "true"]
 TEST_COLUMNS = OOF_COLUMNS[:-1]
-
-
-def autocast(device: torch.device, enabled: bool):
-    """fp16 autocast on CUDA when enabled; a no-op elsewhere."""
-    return torch.autocast(device.type, dtype=torch.float16, enabled=enabled and device.type == "cuda")
 
 
 @torch.no_grad()

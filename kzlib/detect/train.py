@@ -14,43 +14,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from kzlib.data import DataDir, DataError, make_folds, parse_labels, read_labels_csv
 from kzlib.detect.config import DetectConfig
-from kzlib.detect.dataset import CropDataset, Page, collate
+from kzlib.detect.dataset import CropDataset, collate
 from kzlib.detect.model import build_model
-from kzlib.detect.predict import agnostic_f1, autocast, detect_pages
+from kzlib.detect.predict import agnostic_f1, detect_pages
 from kzlib.io import write_json_atomic
-from kzlib.training import (EpochLog, load_checkpoint, load_config, lr_factor, pick_device,
+from kzlib.pages import split_pages
+from kzlib.training import (EpochLog, autocast, load_checkpoint, load_config, lr_factor, pick_device,
                             sample_seed, save_checkpoint, save_config, seed_everything)
-
-
-def split_pages(data_dir: Path, fold: int, n_folds: int, val_images: Sequence[str] | None = None):
-    """(train pages, held-out pages): the fold's books are held out, or ``val_images`` when given
-    (data with fewer books than folds, like a single-book sample)."""
-    d = DataDir(data_dir)
-    d.require("train_csv", "train_images")
-    df = read_labels_csv(d.train_csv)
-    ids = df["image_id"].tolist()
-    if val_images:
-        unknown = [i for i in val_images if i not in set(ids)]
-        if unknown:
-            raise DataError(f"{d.train_csv}: --val-images not in train.csv: {', '.join(unknown)}")
-        held = set(val_images)
-    else:
-        if not 0 <= fold < n_folds:
-            raise DataError(f"fold {fold} is outside 0..{n_folds - 1}")
-        folds = make_folds(ids, n_folds)
-        held = set(folds.loc[folds["fold"] == fold, "image_id"])
-        if not held:
-            raise DataError(f"{d.train_csv}: fold {fold} has no pages ({folds['book_id'].nunique()} books in "
-                            f"{n_folds} folds); pass --val-images to choose held-out pages")
-    train, val = [], []
-    for image_id, labels in zip(ids, df["labels"]):
-        _, boxes = parse_labels(labels, image_id=image_id, source=d.train_csv)
-        (val if image_id in held else train).append(Page(image_id, d.image_path(image_id, "train"), boxes))
-    if not train:
-        raise DataError(f"{d.train_csv}: no training pages left once fold {fold} is held out")
-    return train, val
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str) -> dict:

@@ -1,0 +1,59 @@
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kzlib.classify import __doc__ as DOC
+from kzlib.classify.config import ClassifyConfig
+from kzlib.data import DataError
+from kzlib.training import add_config_flags, config_from_args
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m kzlib.classify", description=DOC.split("\n")[0],
+                                epilog=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train one fold's classifier on the detector's OOF boxes")
+    t.add_argument("data_dir", type=Path)
+    t.add_argument("--boxes", type=Path, required=True, help="oof_boxes.csv (image_id,x,y,w,h,score,true)")
+    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--out", type=Path, required=True, help="run folder")
+    t.add_argument("--config", type=Path, help="JSON config (flags override it)")
+    t.add_argument("--val-images", help="comma-separated image ids to hold out instead of the fold's books")
+    t.add_argument("--pseudolabels", type=Path, nargs="+", default=[],
+                   help="pseudolabel files (train.csv format, test images) added to training")
+    t.add_argument("--pseudolabels-oversample", dest="pseudo_oversample", type=int,
+                   help="repeat the pseudolabelled pages K times")
+    t.add_argument("--resume", action="store_true", help="continue the run folder's checkpoint")
+    add_config_flags(t.add_argument_group("config"), ClassifyConfig)
+    pr = sub.add_parser("predict", help="detailed file and submission for held-out (valid) or test pages")
+    pr.add_argument("run_dir", type=Path)
+    pr.add_argument("data_dir", type=Path)
+    pr.add_argument("--boxes", type=Path, required=True, help="oof_boxes.csv (valid) or test_boxes.csv (test)")
+    pr.add_argument("--split", choices=("valid", "test"), required=True)
+    pr.add_argument("--n-tta", type=int, default=4, help="number of scales (default 4)")
+    pr.add_argument("--out", type=Path, help="output folder (default RUN_DIR)")
+    pr.add_argument("--device", help="override the run's device (cpu, cuda)")
+    a = p.parse_args(argv)
+
+    try:
+        if a.cmd == "train":
+            from kzlib.classify.train import train
+
+            cfg = config_from_args(ClassifyConfig, a, a.config)
+            val = [v for v in a.val_images.split(",") if v] if a.val_images else None
+            result = train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels, a.resume)
+            print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
+        else:
+            from kzlib.classify.predict import predict
+
+            result = predict(a.run_dir, a.data_dir, a.boxes, a.split, a.n_tta, a.out, a.device)
+            print(json.dumps(result))
+    except (DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

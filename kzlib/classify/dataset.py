@@ -1,0 +1,191 @@
+"""Boxes files in, training crops and inference pages out.
+
+A boxes file is the detector's ``oof_boxes.csv`` (with the ``true`` column: the class of the
+matched character or ``seg_fp``) or ``test_boxes.csv``. Pseudolabel files are in the train.csv
+format. Every crop moves image and boxes together inside albumentations.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import albumentations as A
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from kzlib.classify.config import ClassifyConfig
+from kzlib.data import DataError, image_size, parse_labels, read_image, read_labels_csv
+from kzlib.pages import Page, normalised_xyxy, to_tensor
+from kzlib.training import sample_seed
+
+SEG_FP = "seg_fp"
+BOX_COLUMNS = ["image_id", "x", "y", "w", "h"]
+
+
+def read_boxes(path: Path, known_ids: Sequence[str], need_true: bool, what: str = "train.csv") -> pd.DataFrame:
+    """A detector boxes file, checked: columns, numbers, image ids in ``known_ids``, and no page
+    whose boxes all lie outside it is left to the caller (``check_inside``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: boxes file not found")
+    try:
+        df = pd.read_csv(path, dtype={"image_id": str, "true": str}, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: unreadable boxes file ({str(e).splitlines()[0]})") from None
+    need = BOX_COLUMNS + (["true"] if need_true else [])
+    missing = [c for c in need if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(map(str, df.columns))})")
+    for c in ("x", "y", "w", "h"):
+        values = pd.to_numeric(df[c], errors="coerce")
+        bad = np.flatnonzero(values.isna().to_numpy() | ((values <= 0).to_numpy() if c in "wh" else False))
+        if len(bad):
+            raise DataError(f"{path}: row {bad[0] + 2}: {c} must be a {'positive ' if c in 'wh' else ''}number, "
+                            f"got {df[c].iloc[bad[0]]!r}")
+        df[c] = values.astype(np.float64)
+    known = set(known_ids)
+    unknown = np.flatnonzero(~df["image_id"].isin(known).to_numpy())
+    if len(unknown):
+        r = unknown[0]
+        raise DataError(f"{path}: row {r + 2}: image {df['image_id'].iloc[r]!r} is not in {what}")
+    if need_true:
+        blank = np.flatnonzero(df["true"].to_numpy() == "")
+        if len(blank):
+            raise DataError(f"{path}: row {blank[0] + 2}: empty 'true' class (use seg_fp for boxes matching nothing)")
+    return df
+
+
+def check_inside(df: pd.DataFrame, sizes: dict[str, tuple[int, int]], source: Path) -> None:
+    """Fail on a page whose boxes all fall outside the page (boxes of another scan, or scaled)."""
+    x0, y0 = df["x"].to_numpy(), df["y"].to_numpy()
+    x1, y1 = x0 + df["w"].to_numpy(), y0 + df["h"].to_numpy()
+    wh = np.array([sizes[i] for i in df["image_id"]], dtype=np.float64).reshape(-1, 2)
+    inside = (x1 > 0) & (y1 > 0) & (x0 < wh[:, 0]) & (y0 < wh[:, 1])
+    per_page = pd.Series(inside).groupby(df["image_id"].to_numpy()).any()
+    if not per_page.all():
+        image_id = per_page.index[~per_page.to_numpy()][0]
+        r = int(np.flatnonzero(df["image_id"].to_numpy() == image_id)[0])
+        w, h = sizes[image_id]
+        raise DataError(f"{source}: row {r + 2}: every box of image {image_id!r} lies outside the page ({w}x{h})")
+
+
+def pages_from_boxes(df: pd.DataFrame, ids: Sequence[str], paths: dict[str, Path]) -> list[Page]:
+    """One page per id (in ``ids`` order), with the boxes file's rows of that page in file order;
+    pages with no boxes get empty arrays."""
+    groups = {k: g for k, g in df.groupby("image_id", sort=False)}
+    pages = []
+    for i in ids:
+        g = groups.get(i)
+        boxes = g[["x", "y", "w", "h"]].to_numpy(np.float64) if g is not None else np.empty((0, 4))
+        codes = g["true"].tolist() if g is not None and "true" in g else []
+        pages.append(Page(i, paths[i], boxes, codes))
+    return pages
+
+
+def pseudo_pages(path: Path, test_paths: dict[str, Path]) -> list[Page]:
+    """Pages of a pseudolabel file (train.csv format) on test images."""
+    df = read_labels_csv(path)
+    pages = []
+    for r, (image_id, labels) in enumerate(zip(df["image_id"], df["labels"])):
+        if image_id not in test_paths:
+            raise DataError(f"{path}: row {r + 2}: image {image_id!r} is not a test image (sample_submission.csv)")
+        codes, boxes = parse_labels(labels, image_id=image_id, source=path)
+        pages.append(Page(image_id, test_paths[image_id], boxes.astype(np.float64), list(codes)))
+    return pages
+
+
+def class_index(pages: Sequence[Page], classes: Sequence[str], source: str) -> list[np.ndarray]:
+    """Class indices of every page's boxes; a class outside ``classes`` is an error."""
+    lookup = {c: k for k, c in enumerate(classes)}
+    out = []
+    for p in pages:
+        idx = [lookup.get(c, -1) for c in p.codes]
+        if -1 in idx:
+            c = p.codes[idx.index(-1)]
+            raise DataError(f"{source}: image {p.image_id!r}: class {c} is not in the model's class list "
+                            f"({len(classes)} classes)")
+        out.append(np.asarray(idx, dtype=np.int64))
+    return out
+
+
+def crop_transform(cfg: ClassifyConfig) -> A.Compose:
+    h, w = cfg.crop_height, cfg.crop_width
+    hue, sat, val = cfg.hsv_aug
+    bc = cfg.brightness_contrast
+    return A.Compose(
+        [
+            A.RandomScale(scale_limit=cfg.scale_aug, interpolation=cv2.INTER_AREA, p=1.0),
+            A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=255, position="random"),
+            A.RandomCrop(height=h, width=w),
+            A.HueSaturationValue(hue_shift_limit=hue, sat_shift_limit=sat, val_shift_limit=val, p=0.8),
+            A.RandomBrightnessContrast(brightness_limit=bc, contrast_limit=bc, p=0.5),
+            A.RandomGamma(gamma_limit=tuple(cfg.gamma_aug), p=0.5),
+        ],
+        bbox_params=A.BboxParams(format="albumentations", label_fields=["labels"],
+                                 min_visibility=cfg.min_visibility, clip=True),
+    )
+
+
+class CropDataset(Dataset):
+    """``len(pages) * crops_per_page`` random crops per epoch; item = (image, boxes xyxy in crop
+    pixels, class indices). Sample i of epoch e always gets the same randomness."""
+
+    def __init__(self, pages: Sequence[Page], labels: Sequence[np.ndarray], cfg: ClassifyConfig):
+        self.pages, self.labels, self.cfg = list(pages), list(labels), cfg
+        self.epoch = 0
+        self.transform = crop_transform(cfg)
+        self.norm_boxes = [normalised_xyxy(p.boxes, *image_size(p.path)) for p in self.pages]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pages) * self.cfg.crops_per_page
+
+    def __getitem__(self, i: int):
+        k = i % len(self.pages)
+        image = read_image(self.pages[k].path, height=self.cfg.page_height)
+        self.transform.set_random_seed(sample_seed(self.cfg.seed, self.epoch, i))
+        out = self.transform(image=image, bboxes=self.norm_boxes[k], labels=self.labels[k])
+        crop = out["image"]
+        ch, cw = crop.shape[:2]
+        b = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4) * [cw, ch, cw, ch]
+        y = np.asarray(out["labels"], dtype=np.int64)
+        keep = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
+        return to_tensor(crop), torch.from_numpy(b[keep].astype(np.float32)), torch.from_numpy(y[keep])
+
+
+def cap_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor], max_targets: int,
+                generator: torch.Generator | None = None):
+    """Keep at most ``max_targets`` boxes in a batch, chosen at random, and round the count down
+    to a multiple of 32 (few distinct head shapes: cudnn.benchmark tunes once). 0 = no cap."""
+    n = sum(len(b) for b in boxes)
+    if not max_targets or n <= 32 and n <= max_targets:
+        return boxes, labels
+    keep_n = min(n, max_targets)
+    keep_n -= keep_n % 32
+    if keep_n == n:
+        return boxes, labels
+    chosen = torch.zeros(n, dtype=torch.bool)
+    chosen[torch.randperm(n, generator=generator)[:keep_n]] = True
+    parts = torch.split(chosen, [len(b) for b in boxes])
+    return [b[m] for b, m in zip(boxes, parts)], [y[m] for y, m in zip(labels, parts)]
+
+
+def collate(batch):
+    images, boxes, labels = zip(*batch)
+    return torch.stack(images), list(boxes), list(labels)
+
+
+def page_input(page: Page, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole page at ``height`` and its boxes as xyxy pixels of that size."""
+    w0, h0 = image_size(page.path)
+    image = read_image(page.path, height=height)
+    sx, sy = image.shape[1] / w0, image.shape[0] / h0
+    b = np.asarray(page.boxes, dtype=np.float64).reshape(-1, 4)
+    xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1) * [sx, sy, sx, sy]
+    return to_tensor(image), torch.from_numpy(xyxy.astype(np.float32))

@@ -1,0 +1,183 @@
+"""Classifier inference: whole pages at several scales (TTA, logits averaged), the detailed file
+with each box's top-k classes and logits, and the submission made from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from kzlib.classify.config import ClassifyConfig
+from kzlib.classify.dataset import SEG_FP, check_inside, page_input, pages_from_boxes, read_boxes
+from kzlib.classify.model import Classifier
+from kzlib.data import DataDir, DataError, image_size, parse_labels, read_labels_csv
+from kzlib.io import atomic_path, write_json_atomic
+from kzlib.metric import score_arrays, submission_from_points, write_submission
+from kzlib.pages import Page
+from kzlib.training import autocast, config_from_dict, load_checkpoint, pick_device
+
+DETAILED_COLUMNS = ["image_id", "x", "y", "w", "h", "pred", "true", "top_k_classes", "top_k_logits"]
+
+
+def tta_heights(test_height: int, scale_aug: float, n: int) -> list[int]:
+    """Page heights test_height * (1 + s), s evenly spaced from 0 to the training scale range."""
+    if n < 1:
+        raise ValueError(f"n_tta must be >= 1, not {n}")
+    return [int(round(test_height * (1 + s))) for s in np.linspace(0.0, scale_aug, n)] if n > 1 else [test_height]
+
+
+@torch.no_grad()
+def page_logits(model: Classifier, page: Page, heights: Sequence[int], device: torch.device, amp: bool) -> torch.Tensor:
+    """[boxes, classes] logits of one page, averaged over the scales in ``heights``."""
+    total = None
+    for h in heights:
+        image, boxes = page_input(page, h)
+        with autocast(device, amp):
+            logits = model(image[None].to(device), [boxes.to(device)]).float().cpu()
+        total = logits if total is None else total + logits
+    return total / len(heights)
+
+
+def predict_pages(model: Classifier, pages: Sequence[Page], heights: Sequence[int], device: torch.device,
+                  amp: bool, n_classes: int, desc: str = "classify") -> list[torch.Tensor]:
+    model.eval()
+    return [page_logits(model, p, heights, device, amp) if len(p.boxes) else torch.zeros(0, n_classes)
+            for p in tqdm(pages, desc=desc, leave=False, unit="page", disable=None)]
+
+
+def detailed_frame(pages: Sequence[Page], logits: Sequence[torch.Tensor], classes: Sequence[str], top_k: int,
+                   with_true: bool) -> pd.DataFrame:
+    """One row per box: position, top-1 class, true class (empty on test), top-k classes and logits."""
+    names = np.asarray(classes, dtype=object)
+    k = min(top_k, len(classes))
+    ids, boxes, true, top_c, top_l = [], [], [], [], []
+    for p, lg in zip(pages, logits):
+        if len(p.boxes) == 0:
+            continue
+        values, idx = lg.topk(k, dim=1)
+        ids += [p.image_id] * len(p.boxes)
+        boxes.append(p.boxes)
+        true += list(p.codes) if with_true else [""] * len(p.boxes)
+        top_c.append(names[idx.numpy()])
+        top_l.append(values.numpy())
+    if not ids:
+        return pd.DataFrame(columns=DETAILED_COLUMNS)
+    top_c, top_l = np.concatenate(top_c), np.concatenate(top_l)
+    df = pd.DataFrame(np.round(np.concatenate(boxes), 1), columns=["x", "y", "w", "h"])
+    df.insert(0, "image_id", ids)
+    df["pred"] = top_c[:, 0]
+    df["true"] = true
+    df["top_k_classes"] = [" ".join(r) for r in top_c]
+    df["top_k_logits"] = [" ".join(f"{v:.4f}" for v in r) for r in top_l]
+    return df[DETAILED_COLUMNS]
+
+
+def submission_from_detailed(df: pd.DataFrame, pred_column: str = "pred") -> pd.DataFrame:
+    """Boxes whose class is not ``seg_fp``, as centre points."""
+    keep = df[df[pred_column] != SEG_FP]
+    centres = keep[["x", "y"]].to_numpy(np.float64) + keep[["w", "h"]].to_numpy(np.float64) / 2
+    return submission_from_points(keep[pred_column].to_numpy(), centres, keep["image_id"].to_numpy())
+
+
+def detailed_scores(df: pd.DataFrame, truth_pages: Sequence[Page]) -> dict:
+    """Competition F1 of the detailed file's predictions against the true characters of the pages,
+    plus the box accuracy (pred == true) and how many detector false positives seg_fp removes."""
+    by_page = {i: g for i, g in df[df["pred"] != SEG_FP].groupby("image_id", sort=False)}
+    truth, preds = [], []
+    for p in truth_pages:
+        g = by_page.get(p.image_id)
+        truth.append((p.codes, p.boxes))
+        if g is None:
+            preds.append(([], np.empty((0, 2))))
+        else:
+            preds.append((g["pred"].tolist(), g[["x", "y"]].to_numpy(float) + g[["w", "h"]].to_numpy(float) / 2))
+    scores = score_arrays(truth, preds)
+    fp = df["true"] == SEG_FP
+    scores.update(accuracy=float((df["pred"] == df["true"]).mean()) if len(df) else 0.0, boxes=int(len(df)),
+                  detector_fp=int(fp.sum()), detector_fp_removed=int((fp & (df["pred"] == SEG_FP)).sum()),
+                  true_boxes_vetoed=int((~fp & (df["pred"] == SEG_FP)).sum()))
+    return scores
+
+
+def load_run(run_dir: Path, device: str | None = None, weights: str = "best"):
+    """(config, classes, model in eval mode, device) of a classifier run folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / ("best.pth" if weights == "best" else "checkpoint.pth")
+    if not path.exists():
+        path = run_dir / "checkpoint.pth"
+    if not path.exists():
+        raise DataError(f"{run_dir}: not a trained classifier run (no best.pth or checkpoint.pth)")
+    state = load_checkpoint(path)
+    cfg = config_from_dict(ClassifyConfig, state["config"], str(path))
+    if device:
+        cfg.device = device
+    dev = pick_device(cfg.device)
+    model = Classifier(cfg, len(state["classes"]), load_pretrained=False)
+    model.load_state_dict(state["model"])
+    return cfg, list(state["classes"]), model.to(dev).eval(), dev
+
+
+def write_detailed(df: pd.DataFrame, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False, compression="gzip")
+
+
+def read_detailed(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: detailed file not found")
+    df = pd.read_csv(path, dtype={"image_id": str, "pred": str, "true": str, "top_k_classes": str,
+                                  "top_k_logits": str}, keep_default_na=False)
+    missing = [c for c in DETAILED_COLUMNS if c not in df.columns]
+    if missing:
+        raise DataError(f"{path}: not a detailed file (missing {', '.join(missing)})")
+    return df
+
+
+def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int = 4, out_dir: Path | None = None,
+            device: str | None = None) -> dict:
+    """Write ``detailed.csv.gz`` + ``submission.csv`` (+ ``scores.json``) for the run's held-out
+    pages (split valid) or ``test_detailed.csv.gz`` + ``test_submission.csv`` for the test pages."""
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test, not {split!r}")
+    run_dir, d = Path(run_dir), DataDir(Path(data_dir))
+    out_dir = Path(out_dir) if out_dir else run_dir
+    cfg, classes, model, dev = load_run(run_dir, device)
+    if split == "valid":
+        split_info = json.loads((run_dir / "split.json").read_text())
+        ids = split_info["val_ids"]
+        if not ids:
+            raise DataError(f"{run_dir}: the run has no held-out pages; nothing to validate")
+        labels = read_labels_csv(d.train_csv).set_index("image_id")["labels"]
+        paths = {i: d.image_path(i, "train") for i in labels.index}
+        table = read_boxes(boxes, labels.index, need_true=True)
+    else:
+        d.require("sample_submission_csv", "test_images")
+        ids = read_labels_csv(d.sample_submission_csv)["image_id"].tolist()
+        paths = {i: d.image_path(i, "test") for i in ids}
+        table = read_boxes(boxes, ids, need_true=False, what="sample_submission.csv")
+    table = table[table["image_id"].isin(set(ids))]
+    check_inside(table, {i: image_size(paths[i]) for i in table["image_id"].unique()}, Path(boxes))
+    pages = pages_from_boxes(table, ids, paths)
+    heights = tta_heights(cfg.test_height, cfg.scale_aug, n_tta)
+    logits = predict_pages(model, pages, heights, dev, cfg.amp, len(classes), f"classify {split}")
+    detailed = detailed_frame(pages, logits, classes, cfg.top_k, with_true=split == "valid")
+    prefix = "" if split == "valid" else "test_"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"detailed": str(out_dir / f"{prefix}detailed.csv.gz"), "submission": str(out_dir / f"{prefix}submission.csv"),
+              "heights": heights}
+    write_detailed(detailed, Path(result["detailed"]))
+    write_submission(submission_from_detailed(detailed), result["submission"], ids)
+    if split == "valid":
+        truth = []
+        for i in ids:
+            codes, b = parse_labels(labels[i], image_id=i, source=d.train_csv)
+            truth.append(Page(i, paths[i], b, list(codes)))
+        result["scores"] = detailed_scores(detailed, truth)
+        write_json_atomic(result["scores"], out_dir / "scores.json")
+    return result

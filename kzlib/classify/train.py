@@ -1,0 +1,218 @@
+"""Training one fold's classifier on the detector's out-of-fold boxes (plus pseudolabelled test
+pages): explicit loops, gradient accumulation normalised over the whole accumulated batch."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from functools import partial
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from kzlib.classify.config import ClassifyConfig
+from kzlib.classify.dataset import (SEG_FP, CropDataset, cap_targets, check_inside, class_index, collate,
+                                    pages_from_boxes, pseudo_pages, read_boxes)
+from kzlib.classify.model import Classifier
+from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_heights
+from kzlib.data import DataDir, DataError, image_size, read_labels_csv
+from kzlib.io import write_json_atomic
+from kzlib.pages import split_pages
+from kzlib.training import (EpochLog, autocast, load_checkpoint, load_config, lr_factor, pick_device,
+                            sample_seed, save_checkpoint, save_config, seed_everything)
+
+
+def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler) -> tuple[float, int, int]:
+    """Backward pass over several micro-batches as if they were one batch: each micro-batch's
+    summed cross-entropy is divided by the box count of the whole group, so k small steps
+    accumulate exactly the gradient of one big step. Returns (mean loss, boxes, correct)."""
+    total = sum(int(sum(len(y) for y in labels)) for _, _, labels in micro_batches)
+    loss_sum, correct = 0.0, 0
+    for images, boxes, labels in micro_batches:
+        y = torch.cat(labels).to(device)
+        with autocast(device, amp):
+            logits = model(images.to(device, non_blocking=True), [b.to(device) for b in boxes])
+        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training loss is {loss.item()}; try a lower --lr")
+        scaler.scale(loss / total).backward()
+        loss_sum += loss.item()
+        correct += int((logits.argmax(1) == y).sum())
+    return loss_sum / max(1, total), total, correct
+
+
+def groups(loader, k: int):
+    """Consecutive groups of k micro-batches (the last one may be shorter)."""
+    group = []
+    for batch in loader:
+        group.append(batch)
+        if len(group) == k:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+def train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg: ClassifyConfig, device, amp: bool,
+                    epoch: int, desc: str) -> dict:
+    model.train()
+    loss_sum, boxes, correct, steps = 0.0, 0, 0, 0
+    total_steps = math.ceil(len(loader) / cfg.accumulation_steps)
+    bar = tqdm(groups(loader, cfg.accumulation_steps), total=total_steps, desc=desc, leave=False, unit="step", disable=None)
+    for step, group in enumerate(bar):
+        micro = []
+        for j, (images, b, y) in enumerate(group):
+            g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, step, j))
+            b, y = cap_targets(b, y, cfg.max_targets, g)
+            if sum(len(t) for t in y) >= 2:  # BatchNorm needs two boxes
+                micro.append((images, b, y))
+        if micro:
+            optimizer.zero_grad(set_to_none=True)
+            loss, n, ok = accumulate_gradients(model, micro, device, amp, scaler)
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum, boxes, correct, steps = loss_sum + loss * n, boxes + n, correct + ok, steps + 1
+        scheduler.step()
+        bar.set_postfix(loss=f"{loss_sum / max(1, boxes):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+    return {"loss": loss_sum / max(1, boxes), "train_accuracy": correct / max(1, boxes), "train_boxes": boxes}
+
+
+def prepare(data_dir: Path, boxes: Path, fold: int, cfg: ClassifyConfig, val_images: Sequence[str] | None,
+            pseudolabels: Sequence[Path], classes: Sequence[str] | None):
+    """Training pages (OOF boxes of the other folds' pages, pseudolabelled test pages repeated),
+    held-out pages with their boxes, the truth of the held-out pages, and the class list."""
+    d = DataDir(Path(data_dir))
+    train_truth, val_truth = split_pages(d.root, fold, cfg.n_folds, val_images)
+    paths = {p.image_id: p.path for p in train_truth + val_truth}
+    table = read_boxes(boxes, list(paths), need_true=True)
+    check_inside(table, {i: image_size(paths[i]) for i in table["image_id"].unique()}, Path(boxes))
+    train_pages = pages_from_boxes(table, [p.image_id for p in train_truth], paths)
+    val_pages = pages_from_boxes(table, [p.image_id for p in val_truth], paths)
+    extra = []
+    if pseudolabels:
+        d.require("sample_submission_csv", "test_images")
+        test_ids = read_labels_csv(d.sample_submission_csv)["image_id"].tolist()
+        test_paths = {i: d.image_path(i, "test") for i in test_ids}
+        for f in pseudolabels:
+            extra += pseudo_pages(Path(f), test_paths) * max(1, cfg.pseudo_oversample)
+    if classes is None:
+        seen = {c for p in train_truth + val_truth + extra for c in p.codes}
+        classes = sorted(seen - {SEG_FP}) + [SEG_FP]
+    source = f"{boxes}" + (f" / {', '.join(map(str, pseudolabels))}" if pseudolabels else "")
+    labels = class_index(train_pages + extra, classes, source)
+    class_index(val_pages, classes, source)  # held-out boxes must be nameable too
+    return train_pages + extra, labels, val_pages, val_truth, list(classes)
+
+
+def validate(model, val_pages, val_truth, classes, cfg: ClassifyConfig, device) -> dict:
+    if not val_pages:
+        return {}
+    heights = tta_heights(cfg.test_height, cfg.scale_aug, cfg.n_tta)
+    logits = predict_pages(model, val_pages, heights, device, cfg.amp, len(classes), "validate")
+    return detailed_scores(detailed_frame(val_pages, logits, classes, 1, with_true=True), val_truth)
+
+
+def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int = 0,
+          val_images: Sequence[str] | None = None, pseudolabels: Sequence[Path] = (), resume: bool = False,
+          max_epochs: int | None = None) -> dict:
+    """Train (or resume) a fold's classifier into ``out``; returns the best validation F1.
+    ``max_epochs`` stops after that many epochs of this call (the run stays resumable)."""
+    out = Path(out)
+    ckpt_path = out / "checkpoint.pth"
+    checkpoint = None
+    if ckpt_path.exists():
+        if not resume:
+            raise FileExistsError(f"{out}: holds a checkpoint; use --resume to continue it, or another --out")
+        cfg = load_config(ClassifyConfig, out / "config.json")  # a resumed run keeps its config and inputs
+        split = json.loads((out / "split.json").read_text())
+        fold, boxes, pseudolabels = split["fold"], split["boxes"], split["pseudolabels"]
+        val_images = split["val_ids"] if split["val_images_given"] else None
+        checkpoint = load_checkpoint(ckpt_path)
+    init = None
+    if cfg.init_from and checkpoint is None:
+        if not Path(cfg.init_from).is_file():
+            raise FileNotFoundError(f"{cfg.init_from}: checkpoint to fine-tune from not found")
+        init = load_checkpoint(cfg.init_from)
+        if "classes" not in init:
+            raise DataError(f"{cfg.init_from}: not a classifier checkpoint (no class list)")
+    classes = checkpoint["classes"] if checkpoint else init["classes"] if init else None
+    train_pages, labels, val_pages, val_truth, classes = prepare(
+        Path(data_dir), Path(boxes), fold, cfg, val_images, [Path(p) for p in pseudolabels], classes)
+    if sum(len(y) for y in labels) < 2:
+        raise DataError(f"{boxes}: fewer than two training boxes outside fold {fold}")
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.json")
+    write_json_atomic({"data_dir": str(Path(data_dir).resolve()), "boxes": str(Path(boxes).resolve()),
+                       "pseudolabels": [str(Path(p).resolve()) for p in pseudolabels], "fold": fold,
+                       "n_folds": cfg.n_folds, "val_images_given": bool(val_images),
+                       "train_ids": sorted({p.image_id for p in train_pages}),
+                       "val_ids": [p.image_id for p in val_pages], "classes": len(classes)}, out / "split.json")
+
+    device = pick_device(cfg.device)
+    seed_everything(cfg.seed)
+    model = Classifier(cfg, len(classes), load_pretrained=checkpoint is None and init is None).to(device)
+    if init is not None:
+        try:
+            model.load_state_dict(init["model"])
+        except RuntimeError as e:
+            raise ValueError(f"{cfg.init_from}: cannot start from this checkpoint ({str(e).splitlines()[0]}); "
+                             "the same base is needed") from None
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    dataset = CropDataset(train_pages, labels, cfg)
+    steps = math.ceil(math.ceil(len(dataset) / cfg.batch_size) / cfg.accumulation_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        lr_factor, iters_per_epoch=steps, epochs=cfg.epochs, warmup_iters=int(cfg.warmup_epochs * steps),
+        schedule=cfg.schedule, steps=cfg.lr_steps, gamma=cfg.lr_gamma))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    start, best = 0, -1.0
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        scaler.load_state_dict(checkpoint["scaler"])
+        start, best = checkpoint["epoch"] + 1, checkpoint["best_f1"]
+        print(f"resuming {out} at epoch {start} (best F1 so far {best:.4f})")
+    log = EpochLog(out / "log.csv", keep_until_epoch=start - 1)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    stop = cfg.epochs if max_epochs is None else min(cfg.epochs, start + max_epochs)
+    for epoch in range(start, stop):
+        t0 = time.time()
+        torch.manual_seed(sample_seed(cfg.seed, epoch))  # dropout: same on resume
+        dataset.set_epoch(epoch)
+        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
+                            num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                            generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1)))
+        stats = train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg, device, use_amp, epoch,
+                                f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
+        t_train = time.time() - t0
+        last = epoch + 1 == cfg.epochs
+        scores = validate(model, val_pages, val_truth, classes, cfg, device) \
+            if (epoch + 1) % cfg.validate_every == 0 or last else {}
+        f1 = scores.get("f1", -1.0)
+        if f1 > best or (not val_pages and last):
+            best = max(best, f1)
+            save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "classes": classes,
+                             "epoch": epoch, "scores": scores}, out / "best.pth")
+        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "classes": classes,
+                         "epoch": epoch, "best_f1": best, "config": asdict(cfg)}, ckpt_path)
+        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
+               **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
+               "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0}
+        log.append(row)
+        log.plot(out / "curves.png", ("f1", "accuracy", "train_accuracy"))
+        print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} train acc "
+              f"{stats['train_accuracy']:.3f} val F1 {f1:.4f} acc {scores.get('accuracy', float('nan')):.3f} "
+              f"(best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+    return {"best_f1": best, "epochs_done": stop, "classes": len(classes)}
+
