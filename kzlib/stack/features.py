@@ -1,0 +1,111 @@
+"""Level-2 features: one row per (box, candidate class), built with pandas/numpy only.
+
+Groups are model kinds; a group's detailed files (e.g. one kind's folds on the test pages) are
+blended first. Candidates of a box are the union of the groups' top-3 classes plus ``seg_fp``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torchvision.ops import box_iou
+
+from kzlib.data import DataError
+from kzlib.pseudolabel import KEY, SEG_FP, blend_files, check_same_boxes, top_k_long
+
+TOP = 3
+
+
+def encode_class(codes) -> np.ndarray:
+    """``U+XXXX`` -> its code point; ``seg_fp`` -> -1."""
+    s = pd.Series(codes, dtype=object)
+    out = np.full(len(s), -1, dtype=np.int64)
+    real = (s != SEG_FP).to_numpy()
+    out[real] = s[real].str.slice(2).apply(int, base=16).to_numpy(np.int64) if real.any() else []
+    return out
+
+
+def max_overlap(df: pd.DataFrame) -> np.ndarray:
+    """Each box's highest IoU with another box of its page."""
+    out = np.zeros(len(df))
+    xyxy = np.array(df[["x", "y", "w", "h"]], dtype=np.float64)
+    xyxy[:, 2:] += xyxy[:, :2]
+    for rows in df.groupby("image_id", sort=False).indices.values():
+        if len(rows) < 2:
+            continue
+        b = torch.from_numpy(xyxy[rows])
+        iou = box_iou(b, b)
+        iou.fill_diagonal_(0)
+        out[rows] = iou.max(dim=1).values.numpy()
+    return out
+
+
+def group_table(df: pd.DataFrame, g: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(per-box top-3 classes and scores of group g, long (row, cls, score) of its whole top-k)."""
+    long = top_k_long(df)
+    long["rank"] = long.groupby("row").cumcount()
+    top = long[long["rank"] < TOP].pivot(index="row", columns="rank")
+    box = pd.DataFrame(index=np.arange(len(df)))
+    for r in range(TOP):
+        box[f"g{g}_cls{r}"] = top[("cls", r)].reindex(box.index).fillna(SEG_FP).to_numpy() if ("cls", r) in top else SEG_FP
+        box[f"g{g}_score{r}"] = top[("logit", r)].reindex(box.index).fillna(-99.0).to_numpy() if ("logit", r) in top else -99.0
+    return box, long.rename(columns={"logit": f"g{g}_cand_score"})[["row", "cls", f"g{g}_cand_score"]]
+
+
+def build(groups: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """Candidate rows for blended detailed frames of the same boxes (one per group)."""
+    if not groups:
+        raise DataError("no groups of detailed files given")
+    check_same_boxes(groups, [f"group {g}" for g in range(len(groups))])
+    base = groups[0][KEY + ["true"]].reset_index(drop=True)
+    boxes = base.copy()
+    boxes["max_iou"] = max_overlap(base)
+    boxes["page_boxes"] = base.groupby("image_id")["x"].transform("size").to_numpy()
+    cands, longs = [], []
+    for g, df in enumerate(groups):
+        box, long = group_table(df.reset_index(drop=True), g)
+        boxes = pd.concat([boxes, box], axis=1)
+        longs.append(long)
+        for r in range(TOP):
+            cands.append(pd.DataFrame({"row": np.arange(len(df)), "cls": box[f"g{g}_cls{r}"].to_numpy()}))
+    cands.append(pd.DataFrame({"row": np.arange(len(base)), "cls": SEG_FP}))
+    rows = pd.concat(cands).drop_duplicates(["row", "cls"]).sort_values(["row"], kind="stable").reset_index(drop=True)
+    for long in longs:
+        rows = rows.merge(long.drop_duplicates(["row", "cls"]), on=["row", "cls"], how="left")
+    rows = rows.merge(boxes, left_on="row", right_index=True, how="left")
+    for g in range(len(groups)):
+        rows[f"g{g}_cand_score"] = rows[f"g{g}_cand_score"].fillna(0.0)  # absent from the top-k: 0, as in blending
+        for r in range(TOP):
+            rows[f"g{g}_is_top{r}"] = (rows[f"g{g}_cls{r}"] == rows["cls"]).astype(np.int8)
+            rows[f"g{g}_cls{r}"] = encode_class(rows[f"g{g}_cls{r}"])
+        rows[f"g{g}_gap"] = rows[f"g{g}_score0"] - rows[f"g{g}_score1"]
+    score_cols = [f"g{g}_cand_score" for g in range(len(groups))]
+    rows["cand_score_mean"] = rows[score_cols].mean(axis=1)
+    rows["cand_rank"] = rows.groupby("row")["cand_score_mean"].rank(ascending=False, method="first")
+    rows["cand"] = encode_class(rows["cls"])
+    rows["cand_is_seg_fp"] = (rows["cls"] == SEG_FP).astype(np.int8)
+    if (base["true"] != "").all():
+        true = base["true"].to_numpy(object)
+        in_cands = pd.Series(False, index=np.arange(len(base)))
+        hit = rows.loc[rows["cls"].to_numpy(object) == true[rows["row"].to_numpy()], "row"].unique()
+        in_cands[hit] = True
+        true = np.where(in_cands.to_numpy(), true, SEG_FP)  # an unreachable class counts as seg_fp
+        rows["target"] = (rows["cls"].to_numpy(object) == true[rows["row"].to_numpy()]).astype(np.int8)
+    return rows
+
+
+def feature_columns(rows: pd.DataFrame) -> list[str]:
+    skip = {"row", "cls", "image_id", "x", "y", "true", "target", "fold"}
+    return [c for c in rows.columns if c not in skip]
+
+
+def build_from_files(groups: Mapping[str, Sequence[Path]]) -> pd.DataFrame:
+    """Blend each group's files, then build the candidate rows."""
+    blended = [blend_files([Path(p) for p in paths]) for paths in groups.values()]
+    rows = build(blended)
+    rows.attrs["groups"] = list(groups)
+    return rows

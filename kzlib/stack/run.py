@@ -1,0 +1,96 @@
+"""The three level-2 jobs behind the CLI: features, train (with the F1 report), predict."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from kzlib.data import DataDir, DataError, parse_labels, read_labels_csv
+from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
+from kzlib.metric import score_arrays, write_submission
+from kzlib.stack.features import build_from_files
+from kzlib.stack.models import StackConfig, pick_best, predict_rows, submission_rows, train_folds
+from kzlib.training import load_config
+
+
+def build_features(groups: Mapping[str, Sequence[str]], out: Path) -> dict:
+    if not isinstance(groups, dict) or not groups or not all(isinstance(v, list) and v for v in groups.values()):
+        raise DataError('groups: expected {"kind": ["detailed file", ...], ...} with at least one file per kind')
+    t0 = time.time()
+    rows = build_from_files({k: [Path(p) for p in v] for k, v in groups.items()})
+    seconds = time.time() - t0
+    with atomic_path(out) as tmp:
+        rows.to_csv(tmp, index=False, compression="gzip")
+    write_json_atomic({"groups": groups}, Path(str(out) + ".json"))
+    return {"features": str(out), "boxes": int(rows["row"].nunique()), "rows": int(len(rows)),
+            "seconds": round(seconds, 2), "boxes_per_s": round(rows["row"].nunique() / max(seconds, 1e-9))}
+
+
+def read_features(path: Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: features file not found (python -m kzlib.stack features ...)")
+    return pd.read_csv(path, dtype={"image_id": str, "cls": str, "true": str}, keep_default_na=False)
+
+
+def f1_of(best: pd.DataFrame, truth: pd.Series) -> float:
+    """Competition F1 of a box-level prediction frame (cls per box) on the pages it covers."""
+    by_page = {i: g for i, g in best[best["cls"] != "seg_fp"].groupby("image_id", sort=False)}
+    t, p = [], []
+    for image_id in best["image_id"].unique():
+        codes, boxes = parse_labels(truth[image_id], image_id=image_id)
+        t.append((codes, boxes))
+        g = by_page.get(image_id)
+        p.append(([], np.empty((0, 2))) if g is None else
+                 (g["cls"].tolist(), g[["x", "y"]].to_numpy(float) + g[["w", "h"]].to_numpy(float) / 2))
+    return score_arrays(t, p)["f1"]
+
+
+def train(features: Sequence[Path], data_dir: Path, out: Path, config: Path | None = None) -> dict:
+    cfg = load_config(StackConfig, config) if config else StackConfig()
+    folds = [read_features(p) for p in features]
+    n_groups = sum(c.endswith("_cand_score") for c in folds[0].columns)
+    truth = read_labels_csv(DataDir(Path(data_dir)).train_csv).set_index("image_id")["labels"]
+    unknown = sorted(set(pd.concat([f["image_id"] for f in folds])) - set(truth.index))
+    if unknown:
+        raise DataError(f"features name pages not in {DataDir(Path(data_dir)).train_csv}: {', '.join(unknown[:5])}")
+    t0 = time.time()
+    data = train_folds(folds, Path(out), cfg)
+    seconds = time.time() - t0
+    methods = {f"group {g}": data[f"g{g}_cand_score"].to_numpy() for g in range(n_groups)}
+    methods["blend"] = data["cand_score_mean"].to_numpy()
+    for lib in cfg.libraries:
+        methods[lib] = data[f"prob_{lib}"].to_numpy()
+    methods["level 2"] = data["prob"].to_numpy()
+    table = []
+    for name, score in methods.items():
+        best = pick_best(data, score)
+        per = {}
+        for k in range(len(folds)):
+            part = pick_best(data[data["fold"] == k], score[(data["fold"] == k).to_numpy()])
+            per[f"fold {k}"] = f1_of(part, truth)
+        per["all"] = f1_of(best, truth)
+        table.append({"method": name, **per})
+    report = pd.DataFrame(table)
+    write_csv_atomic(report, Path(out) / "report.csv")
+    result = {"seconds": round(seconds, 1), "rows": int(len(data)), "report": report.round(4).to_dict("records")}
+    write_json_atomic(result, Path(out) / "report.json")
+    print(report.round(4).to_string(index=False))
+    return result
+
+
+def predict(model_dir: Path, features: Path, data_dir: Path, out: Path) -> dict:
+    rows = read_features(features)
+    d = DataDir(Path(data_dir))
+    d.require("sample_submission_csv")
+    ids = read_labels_csv(d.sample_submission_csv)["image_id"].tolist()
+    prob = predict_rows(model_dir, rows)
+    best = pick_best(rows, prob)
+    write_submission(submission_rows(best), out, ids)
+    return {"submission": str(out), "boxes": int(len(best)), "characters": int((best["cls"] != "seg_fp").sum()),
+            "pages": len(ids)}
+
