@@ -190,3 +190,20 @@ def test_init_from_another_run(tiny, tmp_path):
     assert loss(warm) < loss(first)  # starts where the first run ended, not from scratch
     with pytest.raises(ValueError, match="cannot start from this checkpoint"):
         train(tiny, tmp_path / "bad", replace(TINY, fpn_channels=32, init_from=str(first / "checkpoint.pth")), fold=0)
+
+
+def test_vote_boxes_keeps_majority_clusters_and_averages_them():
+    from kzlib.detect.predict import vote_boxes
+
+    a = np.array([[10, 10, 20, 20], [100, 100, 20, 20], [300, 300, 10, 10]], float)
+    b = np.array([[12, 10, 20, 20], [100, 102, 20, 20]], float)
+    c = np.array([[10, 12, 20, 20], [500, 500, 10, 10]], float)
+    s = [np.array([0.9, 0.8, 0.7]), np.array([0.6, 0.9]), np.array([0.9, 0.5])]
+    boxes, scores = vote_boxes([a, b, c], s, min_votes=2)
+    order = np.argsort(boxes[:, 0])
+    np.testing.assert_allclose(boxes[order], [[32 / 3, 32 / 3, 20, 20], [100, 101, 20, 20]])
+    np.testing.assert_allclose(scores[order], [(0.9 + 0.6 + 0.9) / 3, (0.8 + 0.9) / 3])
+    assert len(vote_boxes([a, b, c], s, min_votes=1)[0]) == 4  # every cluster
+    assert len(vote_boxes([a, np.empty((0, 4)), c], [s[0], np.empty(0), s[2]], min_votes=3)[0]) == 0
+    one, _ = vote_boxes([a], [s[0]], 1)
+    np.testing.assert_array_equal(one, a)

@@ -31,6 +31,10 @@ def main(argv=None) -> int:
     m.add_argument("run_dirs", type=Path, nargs="+")
     m.add_argument("--out", type=Path, required=True)
     m.add_argument("--data", type=Path, help="dataset folder (default: the one the runs were trained on)")
+    mt = sub.add_parser("merge-test", help="vote the folds' test boxes into one shared set")
+    mt.add_argument("files", type=Path, nargs="+", help="the folds' test_boxes.csv")
+    mt.add_argument("--out", type=Path, required=True)
+    mt.add_argument("--min-votes", type=int, help="folds that must agree on a box (default: a majority)")
     a = p.parse_args(argv)
 
     try:
@@ -46,6 +50,11 @@ def main(argv=None) -> int:
 
             out = predict(a.run_dir, a.data_dir, a.split, a.out, a.device, a.score_threshold)
             print(f"wrote {out}")
+        elif a.cmd == "merge-test":
+            from kzlib.detect.predict import merge_test
+
+            df = merge_test(a.files, a.out, a.min_votes)
+            print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
         else:
             from kzlib.detect.predict import merge_oof
 

@@ -17,6 +17,7 @@ class DetectConfig:
     init_from: str | None = None  # a detector checkpoint (another run's best.pth) to start from
     anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level, px at page_height
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
+    box_batch_per_image: int = 512  # proposals sampled per image for the box head while training
     # data
     page_height: int = 1500  # pages are rescaled to this height, for training and inference
     crop_width: int = 512

@@ -78,6 +78,7 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
         box_detections_per_img=cfg.max_detections,
         rpn_pre_nms_top_n_test=3000,
         rpn_post_nms_top_n_test=2000,
+        box_batch_size_per_image=cfg.box_batch_per_image,
     )
     t = model.transform
     model.transform = PageTransform(t.min_size, t.max_size, t.image_mean, t.image_std)

@@ -149,3 +149,66 @@ def merge_oof(run_dirs: Sequence[Path], out: Path, data_dir: Path | None = None)
     df = pd.concat(frames, ignore_index=True)
     write_csv_atomic(df, out)
     return df
+
+
+def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarray], min_votes: int,
+               iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Merge one page's boxes from several detectors: clusters around the boxes that survive NMS
+    over all of them, kept when at least ``min_votes`` detectors have a box of IoU >= ``iou`` with
+    the cluster's seed; the kept box is the mean of each voting detector's best-matching box and
+    its score the mean over all detectors (0 for a detector without a match)."""
+    from torchvision.ops import nms
+
+    n = len(fold_boxes)
+    boxes = [np.asarray(b, np.float64).reshape(-1, 4) for b in fold_boxes]
+    if n == 1:
+        return boxes[0], np.asarray(fold_scores[0], np.float64)
+    xyxy = [torch.from_numpy(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)) for b in boxes]
+    every = torch.cat(xyxy)
+    if len(every) == 0:
+        return np.empty((0, 4)), np.empty(0)
+    scores = torch.cat([torch.as_tensor(np.asarray(s, np.float64)) for s in fold_scores])
+    seeds = every[nms(every.float(), scores.float(), iou)]
+    total = torch.zeros(len(seeds), 4, dtype=torch.float64)
+    votes = torch.zeros(len(seeds), dtype=torch.int64)
+    score_sum = torch.zeros(len(seeds), dtype=torch.float64)
+    for b, s in zip(xyxy, fold_scores):
+        if len(b) == 0:
+            continue
+        m, j = box_iou(seeds, b).max(dim=1)
+        hit = m >= iou
+        total[hit] += b[j[hit]]
+        votes += hit.long()
+        score_sum[hit] += torch.as_tensor(np.asarray(s, np.float64))[j[hit]]
+    keep = votes >= min_votes
+    mean = (total[keep] / votes[keep, None]).numpy()
+    return np.concatenate([mean[:, :2], mean[:, 2:] - mean[:, :2]], axis=1), (score_sum[keep] / n).numpy()
+
+
+def merge_test(files: Sequence[Path], out: Path, min_votes: int | None = None) -> pd.DataFrame:
+    """Combine the folds' ``test_boxes.csv`` by voting (default: a majority of the folds), so the
+    classifiers of every fold see one shared set of test boxes."""
+    frames = []
+    for f in map(Path, files):
+        if not f.exists():
+            raise DataError(f"{f}: missing; run `python -m kzlib.detect predict RUN DATA_DIR --split test` first")
+        frames.append(pd.read_csv(f, dtype={"image_id": str}))
+    n = len(frames)
+    min_votes = min_votes or n // 2 + 1
+    if not 1 <= min_votes <= n:
+        raise ValueError(f"min_votes must be within 1..{n}, not {min_votes}")
+    ids = list(dict.fromkeys(i for f in frames for i in f["image_id"]))
+    groups = [dict(tuple(f.groupby("image_id", sort=False))) for f in frames]
+    rows = []
+    for image_id in ids:
+        parts = [g.get(image_id) for g in groups]
+        b = [p[["x", "y", "w", "h"]].to_numpy(np.float64) if p is not None else np.empty((0, 4)) for p in parts]
+        s = [p["score"].to_numpy(np.float64) if p is not None else np.empty(0) for p in parts]
+        xywh, score = vote_boxes(b, s, min_votes)
+        frame = pd.DataFrame(np.round(xywh, 1), columns=["x", "y", "w", "h"])
+        frame.insert(0, "image_id", image_id)
+        frame["score"] = np.round(score, 4)
+        rows.append(frame)
+    df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TEST_COLUMNS)
+    write_csv_atomic(df[TEST_COLUMNS], out)
+    return df

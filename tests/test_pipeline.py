@@ -1,0 +1,101 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kzlib.data import read_labels_csv
+from kzlib.metric import read_submission
+from kzlib.pipeline import fold_pages, load_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
+RUNNER = [sys.executable, str(ROOT / "run_local.py")]
+
+
+def test_folds_by_book_or_by_page():
+    ids = [f"{b}_{p:05d}_1" for b in ("100", "200", "300") for p in range(1, 3 + (b == "100"))]
+    folds, mode = fold_pages(ids, 3)
+    assert mode == "book" and sorted(map(len, folds)) == [2, 2, 3] and all(len({i[:3] for i in f}) == 1 for f in folds)
+    one_book = [f"100_{p:05d}_1" for p in range(1, 6)]
+    folds, mode = fold_pages(one_book, 2)
+    assert mode == "page" and folds == [one_book[0::2], one_book[1::2]]
+    with pytest.raises(ValueError, match="cannot fill"):
+        fold_pages(one_book[:1], 2)
+
+
+def test_presets_are_valid():
+    for name in ("preset_full", "preset_demo"):
+        cfg = load_preset(ROOT / "configs" / f"{name}.json")
+        assert cfg.detect_config().n_folds == cfg.n_folds
+        for kind in cfg.kinds:
+            cfg.classify_config(kind)
+    full = load_preset(ROOT / "configs" / "preset_full.json")
+    rx = full.classify_config("resnext101")
+    assert (rx.base, rx.frozen_start, rx.max_targets, rx.batch_size, rx.lr) == ("resnext101_32x8d", True, 256, 12, 0.016)
+
+
+def _state(work):
+    return {p.name: p.stat().st_mtime_ns for p in (work / "state").glob("*.json")}
+
+
+def test_killed_run_resumes_without_redoing_finished_stages(tiny, tmp_path):
+    preset = json.loads(PRESET.read_text())
+    preset["kinds"]["a"]["epochs"] = 4  # a wider window to kill the classifier in
+    (tmp_path / "preset.json").write_text(json.dumps(preset))
+    work = tmp_path / "work"
+    cmd = RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(tmp_path / "preset.json")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    ckpt = work / "classify" / "a" / "fold0" / "checkpoint.pth"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists(), proc.stdout.read()
+    assert not (work / "state" / "classify-a-f0.json").exists()  # killed in the middle of the stage
+    before = _state(work)
+    assert "detect-merge.json" in before
+
+    plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
+    status = {line.split()[0]: line.split()[1] for line in plan.stdout.splitlines()}
+    assert status["detect-f0"] == "done" and status["classify-a-f0"] == "partial" and status["stack"] == "to"
+
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "resuming" in (work / "logs" / "classify-a-f0.log").read_text()
+    after = _state(work)
+    assert all(after[k] == v for k, v in before.items())  # finished stages were not redone
+    assert "classify-a-f0.json" in after and "stack.json" in after
+    sub = read_submission(work / "submission.csv")
+    assert sub["image_id"].tolist() == read_labels_csv(tiny / "sample_submission.csv")["image_id"].tolist()
+    table = pd.read_csv(work / "summary.csv")
+    assert {"a", "b", "a-pl-ft", "a-pl", "blend", "level 2"} <= set(table["model"])
+    assert (work / "page.png").exists()
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 0 and again.stdout.count("done earlier") == len(after)
+
+
+def test_bad_data_stops_before_training(tiny, tmp_path):
+    next((tiny / "train_images").iterdir()).unlink()
+    work = tmp_path / "work"
+    out = subprocess.run(RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(PRESET)],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "fails `python -m kzlib.data check`" in out.stderr and "  - " in out.stderr
+    assert not (work / "state").exists()
+
+
+def test_full_preset_needs_a_gpu_unless_told(tiny, tmp_path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = subprocess.run(RUNNER + ["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", "full"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "--device cpu" in out.stderr
+    plan = subprocess.run(RUNNER + ["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", "full",
+                                    "--device", "cpu", "--dry-run"], capture_output=True, text=True)
+    assert plan.returncode == 0 and "classify-resnext101-f4" in plan.stdout
