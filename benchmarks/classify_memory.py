@@ -5,7 +5,7 @@ otherwise.
 
 GPU: peak allocated memory and crops/s of real training steps (fp16 autocast + GradScaler, SGD).
 CPU estimate: the bytes autograd saves for backward in one training step, counted with
-``torch.autograd.graph.saved_tensors_hooks`` under bf16 autocast (2 bytes a value, as fp16 on
+``torch.autograd.graph.saved_tensors_hooks`` (each storage once) under bf16 autocast (2 bytes a value, as fp16 on
 CUDA), plus weights, gradients and momentum in fp32. It leaves out cuDNN workspaces, the
 allocator's fragmentation and the CUDA context (~0.5 GB), so expect the real peak higher.
 """
@@ -72,10 +72,13 @@ def main():
         print(f"GPU {torch.cuda.get_device_name()}: peak allocated {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB, "
               f"reserved {torch.cuda.max_memory_reserved() / 2**30:.2f} GiB, {a.batch * a.steps / dt:.1f} crops/s")
         return
-    saved = [0]
+    saved, seen = [0], set()
 
-    def pack(t):
-        saved[0] += t.numel() * t.element_size()
+    def pack(t):  # a tensor saved by several ops (conv input = previous ReLU output) counts once
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape))
+        if key not in seen:
+            seen.add(key)
+            saved[0] += t.numel() * t.element_size()
         return t
 
     images, boxes, y = batch(cfg, 1, max(1, a.max_targets // a.batch), a.classes, dev)
