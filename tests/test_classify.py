@@ -19,6 +19,7 @@ from kzlib.data import DataError, parse_labels, read_labels_csv
 from kzlib.metric import read_submission
 from kzlib.pages import Page
 
+A, B, C = "U+3042", "U+3044", "U+3046"
 TINY = ClassifyConfig(base="resnet18", page_height=256, test_height=256, crop_width=96, crop_height=128,
                       crops_per_page=2, batch_size=3, epochs=2, lr=0.01, workers=0, device="cpu", hidden=32,
                       n_folds=3, top_k=3, amp=False)
@@ -246,3 +247,14 @@ def test_bad_boxes_files_fail_with_one_line(tiny, tmp_path, change, message):
     assert out.stderr.count("\n") == 1 and "bad.csv" in out.stderr
     assert re.search(message, out.stderr), out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_true_boxes_the_detector_missed_join_the_training_boxes():
+    from kzlib.classify.train import add_missed
+
+    truth = Page("p", None, np.array([[0, 0, 10, 10], [50, 50, 10, 10], [100, 0, 10, 10]], float), [A, B, C])
+    found = Page("p", None, np.array([[1, 1, 10, 10], [200, 200, 5, 5]], float), [A, SEG_FP])
+    out = add_missed(found, truth)
+    assert out.codes == [A, SEG_FP, B, C]
+    np.testing.assert_array_equal(out.boxes[2:], truth.boxes[1:])
+    assert add_missed(Page("p", None, np.empty((0, 4)), []), truth).codes == [A, B, C]

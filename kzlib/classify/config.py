@@ -29,6 +29,7 @@ class ClassifyConfig:
     min_visibility: float = 0.5          # boxes less visible than this in a crop are dropped
     max_targets: int = 0                 # cap on boxes per batch, a multiple of 32 (0 = no cap)
     pseudo_oversample: int = 1           # pseudolabelled pages are repeated this many times
+    add_missed_truth: bool = True        # also train on true boxes that no detector box matched
     # optimisation
     epochs: int = 50
     batch_size: int = 10

@@ -11,9 +11,11 @@ from functools import partial
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from kzlib.classify.config import ClassifyConfig
@@ -23,7 +25,7 @@ from kzlib.classify.model import Classifier
 from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_heights
 from kzlib.data import DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import write_json_atomic
-from kzlib.pages import split_pages
+from kzlib.pages import Page, split_pages
 from kzlib.training import (EpochLog, autocast, load_checkpoint, load_config, lr_factor, pick_device,
                             sample_seed, save_checkpoint, save_config, seed_everything)
 
@@ -83,6 +85,20 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg: ClassifyCo
     return {"loss": loss_sum / max(1, boxes), "train_accuracy": correct / max(1, boxes), "train_boxes": boxes}
 
 
+def add_missed(page: Page, truth: Page, iou: float = 0.5) -> Page:
+    """The page's detector boxes plus the true boxes that none of them matches (IoU < ``iou``), so
+    characters the detector missed still teach the classifier (and a weak detector still leaves
+    something to learn from)."""
+    if len(truth.boxes) == 0:
+        return page
+    missed = np.ones(len(truth.boxes), dtype=bool)
+    if len(page.boxes):
+        xyxy = lambda b: torch.from_numpy(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1).astype(np.float64))
+        missed = (box_iou(xyxy(truth.boxes), xyxy(page.boxes)).max(dim=1).values < iou).numpy()
+    return Page(page.image_id, page.path, np.concatenate([page.boxes.reshape(-1, 4), truth.boxes[missed]]),
+                list(page.codes) + [c for c, m in zip(truth.codes, missed) if m])
+
+
 def prepare(data_dir: Path, boxes: Path, fold: int, cfg: ClassifyConfig, val_images: Sequence[str] | None,
             pseudolabels: Sequence[Path], classes: Sequence[str] | None):
     """Training pages (OOF boxes of the other folds' pages, pseudolabelled test pages repeated),
@@ -93,6 +109,8 @@ def prepare(data_dir: Path, boxes: Path, fold: int, cfg: ClassifyConfig, val_ima
     table = read_boxes(boxes, list(paths), need_true=True)
     check_inside(table, {i: image_size(paths[i]) for i in table["image_id"].unique()}, Path(boxes))
     train_pages = pages_from_boxes(table, [p.image_id for p in train_truth], paths)
+    if cfg.add_missed_truth:
+        train_pages = [add_missed(p, t) for p, t in zip(train_pages, train_truth)]
     val_pages = pages_from_boxes(table, [p.image_id for p in val_truth], paths)
     extra = []
     if pseudolabels:
