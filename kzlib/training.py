@@ -10,9 +10,12 @@ import random
 from pathlib import Path
 from typing import Any, TypeVar
 
+from functools import partial
+
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader
 
 from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
 
@@ -99,6 +102,53 @@ def lr_factor(it: int, *, iters_per_epoch: int, epochs: int, warmup_iters: int, 
         total = max(1, iters_per_epoch * epochs)
         return factor * 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
     raise ValueError(f"unknown schedule {schedule!r} (step or cosine)")
+
+
+# ---------------------------------------------------------------------------------- optimisation
+
+class Optimisation:
+    """What the training stages share: SGD with momentum over the trainable parameters, the
+    per-step learning-rate schedule (``lr_factor``) and the GradScaler (fp16 on CUDA only).
+    ``cfg`` needs lr, momentum, weight_decay, epochs, warmup_epochs, schedule, lr_steps, lr_gamma
+    and amp."""
+
+    def __init__(self, model: torch.nn.Module, cfg, device: torch.device, steps_per_epoch: int):
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, partial(
+            lr_factor, iters_per_epoch=steps_per_epoch, epochs=cfg.epochs,
+            warmup_iters=int(cfg.warmup_epochs * steps_per_epoch), schedule=cfg.schedule, steps=cfg.lr_steps,
+            gamma=cfg.lr_gamma))
+        self.use_amp = bool(cfg.amp) and device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict()}
+
+    def resume(self, model: torch.nn.Module, checkpoint: dict | None, out: Path) -> tuple[int, float]:
+        """Restore model and optimisation from a run's ``checkpoint.pth``; (first epoch, best F1)."""
+        if checkpoint is None:
+            return 0, -1.0
+        model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.scheduler.load_state_dict(checkpoint["scheduler"])
+        self.scaler.load_state_dict(checkpoint["scaler"])
+        start, best = checkpoint["epoch"] + 1, checkpoint["best_f1"]
+        print(f"resuming {out} at epoch {start} (best F1 so far {best:.4f})")
+        return start, best
+
+
+def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> DataLoader:
+    """The epoch's shuffled loader; its order is seeded by (seed, epoch), so a resumed run sees the
+    same batches as an uninterrupted one."""
+    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,
+                      num_workers=cfg.workers, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1)))
 
 
 # ---------------------------------------------------------------------------------- logs

@@ -7,14 +7,12 @@ import json
 import math
 import time
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
@@ -26,8 +24,8 @@ from kzlib.classify.predict import detailed_frame, detailed_scores, predict_page
 from kzlib.data import DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import write_json_atomic
 from kzlib.pages import Page, split_pages
-from kzlib.training import (EpochLog, autocast, load_checkpoint, load_config, lr_factor, pick_device,
-                            sample_seed, save_checkpoint, save_config, seed_everything)
+from kzlib.training import (EpochLog, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
+                            pick_device, sample_seed, save_checkpoint, save_config, seed_everything)
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler) -> tuple[float, int, int]:
@@ -181,23 +179,10 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         except RuntimeError as e:
             raise ValueError(f"{cfg.init_from}: cannot start from this checkpoint ({str(e).splitlines()[0]}); "
                              "the same base is needed") from None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(math.ceil(len(dataset) / cfg.batch_size) / cfg.accumulation_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        lr_factor, iters_per_epoch=steps, epochs=cfg.epochs, warmup_iters=int(cfg.warmup_epochs * steps),
-        schedule=cfg.schedule, steps=cfg.lr_steps, gamma=cfg.lr_gamma))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    start, best = 0, -1.0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start, best = checkpoint["epoch"] + 1, checkpoint["best_f1"]
-        print(f"resuming {out} at epoch {start} (best F1 so far {best:.4f})")
+    opt = Optimisation(model, cfg, device, steps)
+    start, best = opt.resume(model, checkpoint, out)
     log = EpochLog(out / "log.csv", keep_until_epoch=start - 1)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -207,11 +192,9 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         t0 = time.time()
         torch.manual_seed(sample_seed(cfg.seed, epoch))  # dropout: same on resume
         dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                            num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1)))
-        stats = train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg, device, use_amp, epoch,
-                                f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
+        loader = epoch_loader(dataset, cfg, epoch, collate, device)
+        stats = train_one_epoch(model, opt.optimizer, opt.scheduler, opt.scaler, loader, cfg, device, opt.use_amp,
+                                epoch, f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
         last = epoch + 1 == cfg.epochs
         scores = validate(model, val_pages, val_truth, classes, cfg, device) \
@@ -221,10 +204,9 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
             best = max(best, f1)
             save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "classes": classes,
                              "epoch": epoch, "scores": scores}, out / "best.pth")
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "classes": classes,
-                         "epoch": epoch, "best_f1": best, "config": asdict(cfg)}, ckpt_path)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **stats,
+        save_checkpoint({"model": model.state_dict(), **opt.state_dict(), "classes": classes, "epoch": epoch,
+                         "best_f1": best, "config": asdict(cfg)}, ckpt_path)
+        row = {"epoch": epoch, "lr": opt.lr, **stats,
                **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
                "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0}
         log.append(row)

@@ -6,12 +6,10 @@ import json
 import math
 import time
 from dataclasses import asdict
-from functools import partial
 from pathlib import Path
 from typing import Sequence
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from kzlib.detect.config import DetectConfig
@@ -20,8 +18,8 @@ from kzlib.detect.model import build_model
 from kzlib.detect.predict import agnostic_f1, detect_pages
 from kzlib.io import write_json_atomic
 from kzlib.pages import split_pages
-from kzlib.training import (EpochLog, autocast, load_checkpoint, load_config, lr_factor, pick_device,
-                            sample_seed, save_checkpoint, save_config, seed_everything)
+from kzlib.training import (EpochLog, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
+                            pick_device, sample_seed, save_checkpoint, save_config, seed_everything)
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str) -> dict:
@@ -80,23 +78,9 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
         except (FileNotFoundError, KeyError, RuntimeError) as e:
             raise ValueError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     dataset = CropDataset(train_pages, cfg)
-    iters = math.ceil(len(dataset) / cfg.batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        lr_factor, iters_per_epoch=iters, epochs=cfg.epochs, warmup_iters=int(cfg.warmup_epochs * iters),
-        schedule=cfg.schedule, steps=cfg.lr_steps, gamma=cfg.lr_gamma))
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    start, best = 0, -1.0
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        scaler.load_state_dict(checkpoint["scaler"])
-        start, best = checkpoint["epoch"] + 1, checkpoint["best_f1"]
-        print(f"resuming {out} at epoch {start} (best F1 so far {best:.4f})")
+    opt = Optimisation(model, cfg, device, math.ceil(len(dataset) / cfg.batch_size))
+    start, best = opt.resume(model, checkpoint, out)
     log = EpochLog(out / "log.csv", keep_until_epoch=start - 1)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -106,10 +90,8 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
         t0 = time.time()
         torch.manual_seed(sample_seed(cfg.seed, epoch))  # proposal sampling: same on resume
         dataset.set_epoch(epoch)
-        loader = DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate,
-                            num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                            generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1)))
-        losses = train_one_epoch(model, optimizer, scheduler, scaler, loader, device, use_amp,
+        loader = epoch_loader(dataset, cfg, epoch, collate, device)
+        losses = train_one_epoch(model, opt.optimizer, opt.scheduler, opt.scaler, loader, device, opt.use_amp,
                                  f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
         scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
@@ -118,10 +100,9 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
             best = f1
             save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "epoch": epoch, "scores": scores},
                             out / "best.pth")
-        save_checkpoint({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                         "epoch": epoch, "best_f1": best, "config": asdict(cfg)}, ckpt_path)
-        row = {"epoch": epoch, "lr": optimizer.param_groups[0]["lr"], **losses,
+        save_checkpoint({"model": model.state_dict(), **opt.state_dict(), "epoch": epoch, "best_f1": best,
+                         "config": asdict(cfg)}, ckpt_path)
+        row = {"epoch": epoch, "lr": opt.lr, **losses,
                **{k: scores[k] for k in ("f1", "precision", "recall") if k in scores},
                "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0}
         log.append(row)
