@@ -31,6 +31,9 @@ _CODE_RE = re.compile(r"^U\+[0-9A-F]{4,6}$")
 _LETTERS_DIGITS_RE = re.compile(r"^([A-Za-z]+)\d+$")
 
 
+SEG_FP = "seg_fp"  # the class of a detected box that matches no true character
+
+
 class DataError(ValueError):
     """Bad input data. The message is one line that names the file (and row) at fault."""
 

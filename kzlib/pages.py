@@ -9,6 +9,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torchvision.ops import box_convert, box_iou
 
 from kzlib.data import DataDir, DataError, make_folds, parse_labels, read_labels_csv
 
@@ -29,6 +30,20 @@ def normalised_xyxy(boxes_xywh: np.ndarray, width: int, height: int) -> np.ndarr
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def xyxy_tensor(boxes_xywh) -> torch.Tensor:
+    return box_convert(torch.as_tensor(np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)), "xywh", "xyxy")
+
+
+def best_iou(a_xywh, b_xywh) -> tuple[np.ndarray, np.ndarray]:
+    """For each box of ``a``, the highest IoU with a box of ``b`` and that box's index
+    (0 and -1 when ``b`` is empty)."""
+    a, b = xyxy_tensor(a_xywh), xyxy_tensor(b_xywh)
+    if len(b) == 0 or len(a) == 0:
+        return np.zeros(len(a)), np.full(len(a), -1)
+    best, idx = box_iou(a, b).max(dim=1)
+    return best.numpy(), idx.numpy()
 
 
 def held_out_ids(ids: Sequence[str], fold: int, n_folds: int, source: Path) -> set[str]:

@@ -20,10 +20,9 @@ import numpy as np
 import pandas as pd
 
 from kzlib.classify.predict import DETAILED_COLUMNS, read_detailed
-from kzlib.data import DataError
+from kzlib.data import SEG_FP, DataError
 from kzlib.io import write_csv_atomic, write_json_atomic
 
-SEG_FP = "seg_fp"
 KEY = ["image_id", "x", "y", "w", "h"]
 
 

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from kzlib.classify.config import ClassifyConfig
-from kzlib.classify.dataset import SEG_FP, CropDataset, cap_targets
+from kzlib.classify.dataset import CropDataset, cap_targets
 from kzlib.classify.model import Classifier
 from kzlib.classify.predict import page_logits, read_detailed
 from kzlib.classify.train import accumulate_gradients, train
-from kzlib.data import DataError, parse_labels, read_labels_csv
+from kzlib.data import SEG_FP, DataError, parse_labels, read_labels_csv
 from kzlib.metric import read_submission
 from kzlib.pages import Page
 

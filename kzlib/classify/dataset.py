@@ -19,10 +19,9 @@ from torch.utils.data import Dataset
 
 from kzlib.classify.config import ClassifyConfig
 from kzlib.data import DataError, image_size, parse_labels, read_image, read_labels_csv
-from kzlib.pages import Page, normalised_xyxy, to_tensor
+from kzlib.pages import Page, normalised_xyxy, to_tensor, xyxy_tensor
 from kzlib.training import sample_seed
 
-SEG_FP = "seg_fp"
 BOX_COLUMNS = ["image_id", "x", "y", "w", "h"]
 
 
@@ -186,6 +185,4 @@ def page_input(page: Page, height: int) -> tuple[torch.Tensor, torch.Tensor]:
     w0, h0 = image_size(page.path)
     image = read_image(page.path, height=height)
     sx, sy = image.shape[1] / w0, image.shape[0] / h0
-    b = np.asarray(page.boxes, dtype=np.float64).reshape(-1, 4)
-    xyxy = np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1) * [sx, sy, sx, sy]
-    return to_tensor(image), torch.from_numpy(xyxy.astype(np.float32))
+    return to_tensor(image), (xyxy_tensor(page.boxes) * torch.tensor([sx, sy, sx, sy], dtype=torch.float64)).float()

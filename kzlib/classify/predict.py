@@ -13,9 +13,9 @@ import torch
 from tqdm import tqdm
 
 from kzlib.classify.config import ClassifyConfig
-from kzlib.classify.dataset import SEG_FP, check_inside, page_input, pages_from_boxes, read_boxes
+from kzlib.classify.dataset import check_inside, page_input, pages_from_boxes, read_boxes
 from kzlib.classify.model import Classifier
-from kzlib.data import DataDir, DataError, image_size, parse_labels, read_labels_csv
+from kzlib.data import SEG_FP, DataDir, DataError, image_size, parse_labels, read_labels_csv
 from kzlib.io import atomic_path, write_json_atomic
 from kzlib.metric import score_arrays, submission_from_points, write_submission
 from kzlib.pages import Page

@@ -13,17 +13,16 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from kzlib.classify.config import ClassifyConfig
-from kzlib.classify.dataset import (SEG_FP, CropDataset, cap_targets, check_inside, class_index, collate,
+from kzlib.classify.dataset import (CropDataset, cap_targets, check_inside, class_index, collate,
                                     pages_from_boxes, pseudo_pages, read_boxes)
 from kzlib.classify.model import Classifier
 from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_heights
-from kzlib.data import DataDir, DataError, image_size, read_labels_csv
+from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import write_json_atomic
-from kzlib.pages import Page, split_pages
+from kzlib.pages import Page, best_iou, split_pages
 from kzlib.training import (EpochLog, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
                             pick_device, sample_seed, save_checkpoint, save_config, seed_everything)
 
@@ -89,10 +88,7 @@ def add_missed(page: Page, truth: Page, iou: float = 0.5) -> Page:
     something to learn from)."""
     if len(truth.boxes) == 0:
         return page
-    missed = np.ones(len(truth.boxes), dtype=bool)
-    if len(page.boxes):
-        xyxy = lambda b: torch.from_numpy(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1).astype(np.float64))
-        missed = (box_iou(xyxy(truth.boxes), xyxy(page.boxes)).max(dim=1).values < iou).numpy()
+    missed = best_iou(truth.boxes, page.boxes)[0] < iou
     return Page(page.image_id, page.path, np.concatenate([page.boxes.reshape(-1, 4), truth.boxes[missed]]),
                 list(page.codes) + [c for c, m in zip(truth.codes, missed) if m])
 

@@ -10,18 +10,17 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from torchvision.ops import box_iou
+from torchvision.ops import box_convert, box_iou, nms
 from tqdm import tqdm
 
-from kzlib.data import DataDir, DataError, image_size, parse_labels, read_image, read_labels_csv
+from kzlib.data import SEG_FP, DataDir, DataError, image_size, parse_labels, read_image, read_labels_csv
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.model import build_model
 from kzlib.io import write_csv_atomic
-from kzlib.pages import Page, to_tensor
+from kzlib.pages import Page, best_iou, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
 from kzlib.training import autocast, load_checkpoint, load_config, pick_device
 
-SEG_FP = "seg_fp"
 OOF_COLUMNS = ["image_id", "x", "y", "w", "h", "score", "true"]
 TEST_COLUMNS = OOF_COLUMNS[:-1]
 
@@ -34,8 +33,7 @@ def detect_page(model, path: Path, cfg: DetectConfig, device: torch.device) -> t
     sx, sy = image.shape[1] / w0, image.shape[0] / h0
     with autocast(device, cfg.amp):
         out = model([to_tensor(image).to(device)])[0]
-    b = out["boxes"].float().cpu().numpy().reshape(-1, 4) / [sx, sy, sx, sy]
-    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+    xywh = box_convert(out["boxes"].double().cpu(), "xyxy", "xywh").numpy().reshape(-1, 4) / [sx, sy, sx, sy]
     return xywh, out["scores"].float().cpu().numpy()
 
 
@@ -55,13 +53,7 @@ def agnostic_f1(pages: Sequence[Page], detections) -> dict:
 def match_true(pred_xywh: np.ndarray, gt_xywh: np.ndarray, gt_codes: Sequence[str], iou: float = 0.5) -> list[str]:
     """The class of the ground-truth box of highest IoU with each prediction if that IoU >= ``iou``,
     else ``seg_fp``."""
-    if len(pred_xywh) == 0:
-        return []
-    if len(gt_xywh) == 0:
-        return [SEG_FP] * len(pred_xywh)
-    xyxy = lambda b: torch.as_tensor(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1), dtype=torch.float64)
-    ious = box_iou(xyxy(np.asarray(pred_xywh, float)), xyxy(np.asarray(gt_xywh, float)))
-    best, idx = ious.max(dim=1)
+    best, idx = best_iou(pred_xywh, gt_xywh)
     codes = np.asarray(gt_codes, dtype=object)
     return [codes[j] if v >= iou else SEG_FP for v, j in zip(best.tolist(), idx.tolist())]
 
@@ -157,13 +149,12 @@ def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarra
     over all of them, kept when at least ``min_votes`` detectors have a box of IoU >= ``iou`` with
     the cluster's seed; the kept box is the mean of each voting detector's best-matching box and
     its score the mean over all detectors (0 for a detector without a match)."""
-    from torchvision.ops import nms
 
     n = len(fold_boxes)
     boxes = [np.asarray(b, np.float64).reshape(-1, 4) for b in fold_boxes]
     if n == 1:
         return boxes[0], np.asarray(fold_scores[0], np.float64)
-    xyxy = [torch.from_numpy(np.concatenate([b[:, :2], b[:, :2] + b[:, 2:]], axis=1)) for b in boxes]
+    xyxy = [xyxy_tensor(b) for b in boxes]
     every = torch.cat(xyxy)
     if len(every) == 0:
         return np.empty((0, 4)), np.empty(0)
@@ -181,8 +172,8 @@ def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarra
         votes += hit.long()
         score_sum[hit] += torch.as_tensor(np.asarray(s, np.float64))[j[hit]]
     keep = votes >= min_votes
-    mean = (total[keep] / votes[keep, None]).numpy()
-    return np.concatenate([mean[:, :2], mean[:, 2:] - mean[:, :2]], axis=1), (score_sum[keep] / n).numpy()
+    mean = box_convert(total[keep] / votes[keep, None], "xyxy", "xywh")
+    return mean.numpy(), (score_sum[keep] / n).numpy()
 
 
 def merge_test(files: Sequence[Path], out: Path, min_votes: int | None = None) -> pd.DataFrame:

@@ -11,11 +11,11 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 from torchvision.ops import box_iou
 
-from kzlib.data import DataError
-from kzlib.pseudolabel import KEY, SEG_FP, blend_files, check_same_boxes, top_k_long
+from kzlib.data import SEG_FP, DataError
+from kzlib.pages import xyxy_tensor
+from kzlib.pseudolabel import KEY, blend_files, check_same_boxes, top_k_long
 
 TOP = 3
 
@@ -32,13 +32,11 @@ def encode_class(codes) -> np.ndarray:
 def max_overlap(df: pd.DataFrame) -> np.ndarray:
     """Each box's highest IoU with another box of its page."""
     out = np.zeros(len(df))
-    xyxy = np.array(df[["x", "y", "w", "h"]], dtype=np.float64)
-    xyxy[:, 2:] += xyxy[:, :2]
+    xyxy = xyxy_tensor(df[["x", "y", "w", "h"]].to_numpy(np.float64))
     for rows in df.groupby("image_id", sort=False).indices.values():
         if len(rows) < 2:
             continue
-        b = torch.from_numpy(xyxy[rows])
-        iou = box_iou(b, b)
+        iou = box_iou(xyxy[rows], xyxy[rows])
         iou.fill_diagonal_(0)
         out[rows] = iou.max(dim=1).values.numpy()
     return out

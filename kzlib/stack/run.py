@@ -9,7 +9,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from kzlib.data import DataDir, DataError, parse_labels, read_labels_csv
+from kzlib.data import SEG_FP, DataDir, DataError, parse_labels, read_labels_csv
 from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
 from kzlib.metric import score_arrays, write_submission
 from kzlib.stack.features import build_from_files
@@ -39,7 +39,7 @@ def read_features(path: Path) -> pd.DataFrame:
 
 def f1_of(best: pd.DataFrame, truth: pd.Series) -> float:
     """Competition F1 of a box-level prediction frame (cls per box) on the pages it covers."""
-    by_page = {i: g for i, g in best[best["cls"] != "seg_fp"].groupby("image_id", sort=False)}
+    by_page = {i: g for i, g in best[best["cls"] != SEG_FP].groupby("image_id", sort=False)}
     t, p = [], []
     for image_id in best["image_id"].unique():
         codes, boxes = parse_labels(truth[image_id], image_id=image_id)
@@ -91,6 +91,6 @@ def predict(model_dir: Path, features: Path, data_dir: Path, out: Path) -> dict:
     prob = predict_rows(model_dir, rows)
     best = pick_best(rows, prob)
     write_submission(submission_rows(best), out, ids)
-    return {"submission": str(out), "boxes": int(len(best)), "characters": int((best["cls"] != "seg_fp").sum()),
+    return {"submission": str(out), "boxes": int(len(best)), "characters": int((best["cls"] != SEG_FP).sum()),
             "pages": len(ids)}
 
