@@ -33,7 +33,7 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 
 def xyxy_tensor(boxes_xywh) -> torch.Tensor:
-    return box_convert(torch.as_tensor(np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)), "xywh", "xyxy")
+    return box_convert(torch.tensor(np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)), "xywh", "xyxy")
 
 
 def best_iou(a_xywh, b_xywh) -> tuple[np.ndarray, np.ndarray]:
