@@ -267,16 +267,31 @@ def read_submission(path: str | Path, expected_ids: Iterable[str] | None = None)
     return df
 
 
-def submission_from_points(codes: Sequence[str], points: np.ndarray, image_ids: Sequence[str]) -> pd.DataFrame:
-    """``image_id,labels`` rows (``U+XXXX cx cy`` ...) from one row per prediction; pages keep the
-    order they first appear in, predictions their order within a page."""
-    points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-    if len(points) == 0:
+def labels_from_rows(codes: Sequence[str], numbers: np.ndarray, image_ids: Sequence[str]) -> pd.DataFrame:
+    """``image_id,labels`` rows (``U+XXXX n1 n2 ...`` per item) from one row per item and its
+    integers (points for a submission, boxes for a labels file); pages keep the order they first
+    appear in, items their order within a page."""
+    numbers = np.asarray(numbers, dtype=np.int64)
+    if len(numbers) == 0:
         return pd.DataFrame({"image_id": [], "labels": []})
-    tokens = pd.Series(np.asarray(codes, dtype=object)) + " " + pd.Series(np.round(points[:, 0]).astype(np.int64)).astype(str) \
-        + " " + pd.Series(np.round(points[:, 1]).astype(np.int64)).astype(str)
+    tokens = pd.Series(np.asarray(codes, dtype=object))
+    for column in numbers.T:
+        tokens = tokens + " " + pd.Series(column).astype(str)
     labels = tokens.groupby(np.asarray(image_ids, dtype=object), sort=False).agg(" ".join)
     return pd.DataFrame({"image_id": labels.index.astype(str), "labels": labels.to_numpy()})
+
+
+def submission_from_points(codes: Sequence[str], points: np.ndarray, image_ids: Sequence[str]) -> pd.DataFrame:
+    """A submission (``U+XXXX cx cy`` ...) from one row per prediction."""
+    points = np.round(np.asarray(points, dtype=np.float64).reshape(-1, 2))
+    return labels_from_rows(codes, points, image_ids)
+
+
+def score_on_pages(submission: pd.DataFrame, solution: pd.DataFrame, image_ids: Iterable[str]) -> dict:
+    """``score`` restricted to ``image_ids``; a page the submission lacks counts as empty."""
+    ids = set(image_ids)
+    sol = solution[solution["image_id"].isin(ids)]
+    return score(sol[["image_id"]].merge(submission, on="image_id", how="left"), sol)
 
 
 def write_submission(df: pd.DataFrame, path: str | Path, expected_ids: Iterable[str]) -> None:

@@ -303,7 +303,7 @@ def _brief(result: dict) -> str:
 def summary(p: Pipeline) -> tuple[pd.DataFrame, pd.DataFrame]:
     """F1 of every model kind, the blends, level 2 — on the folds' held-out pages (valid) and, when
     the data folder has ``test_labels.csv`` (synthetic data), on the test pages — plus wall times."""
-    from kzlib.metric import score
+    from kzlib.metric import score_on_pages
     from kzlib.classify.predict import read_detailed, submission_from_detailed
     from kzlib.pseudolabel import blend_files
 
@@ -313,9 +313,7 @@ def summary(p: Pipeline) -> tuple[pd.DataFrame, pd.DataFrame]:
     ids_test = read_labels_csv(d.sample_submission_csv)["image_id"].tolist()
 
     def f1(sub: pd.DataFrame, sol: pd.DataFrame, ids) -> float:
-        sol = sol[sol["image_id"].isin(set(ids))]
-        sub = sol[["image_id"]].merge(sub, on="image_id", how="left")
-        return score(sub, sol)["f1"]
+        return score_on_pages(sub, sol, ids)["f1"]
 
     def kinds_f1(kinds: list[str]) -> tuple[float | None, float | None]:
         folds = range(p.cfg.n_folds)

@@ -22,6 +22,7 @@ import pandas as pd
 from kzlib.classify.predict import DETAILED_COLUMNS, read_detailed
 from kzlib.data import SEG_FP, DataError
 from kzlib.io import write_csv_atomic, write_json_atomic
+from kzlib.metric import labels_from_rows
 
 KEY = ["image_id", "x", "y", "w", "h"]
 
@@ -93,9 +94,7 @@ def labels_file(df: pd.DataFrame) -> pd.DataFrame:
     """Kept boxes as ``image_id,labels`` (``U+XXXX x y w h`` ...), pages in order of appearance."""
     b = df[["x", "y", "w", "h"]].to_numpy(np.float64).round().astype(np.int64)
     b[:, 2:] = np.maximum(b[:, 2:], 1)
-    tokens = df["pred"].to_numpy(object) + " " + pd.DataFrame(b).astype(str).agg(" ".join, axis=1).to_numpy(object)
-    labels = pd.Series(tokens).groupby(df["image_id"].to_numpy(object), sort=False).agg(" ".join)
-    return pd.DataFrame({"image_id": labels.index.astype(str), "labels": labels.to_numpy()})
+    return labels_from_rows(df["pred"].to_numpy(object), b, df["image_id"].to_numpy(object))
 
 
 def report(df: pd.DataFrame, keep: np.ndarray) -> dict:

@@ -6,12 +6,11 @@ import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import numpy as np
 import pandas as pd
 
-from kzlib.data import SEG_FP, DataDir, DataError, parse_labels, read_labels_csv
+from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
 from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
-from kzlib.metric import score_arrays, write_submission
+from kzlib.metric import score_on_pages, write_submission
 from kzlib.stack.features import build_from_files
 from kzlib.stack.models import StackConfig, pick_best, predict_rows, submission_rows, train_folds
 from kzlib.training import load_config
@@ -37,25 +36,17 @@ def read_features(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"image_id": str, "cls": str, "true": str}, keep_default_na=False)
 
 
-def f1_of(best: pd.DataFrame, truth: pd.Series) -> float:
+def f1_of(best: pd.DataFrame, solution: pd.DataFrame) -> float:
     """Competition F1 of a box-level prediction frame (cls per box) on the pages it covers."""
-    by_page = {i: g for i, g in best[best["cls"] != SEG_FP].groupby("image_id", sort=False)}
-    t, p = [], []
-    for image_id in best["image_id"].unique():
-        codes, boxes = parse_labels(truth[image_id], image_id=image_id)
-        t.append((codes, boxes))
-        g = by_page.get(image_id)
-        p.append(([], np.empty((0, 2))) if g is None else
-                 (g["cls"].tolist(), g[["x", "y"]].to_numpy(float) + g[["w", "h"]].to_numpy(float) / 2))
-    return score_arrays(t, p)["f1"]
+    return score_on_pages(submission_rows(best), solution, best["image_id"].unique())["f1"]
 
 
 def train(features: Sequence[Path], data_dir: Path, out: Path, config: Path | None = None) -> dict:
     cfg = load_config(StackConfig, config) if config else StackConfig()
     folds = [read_features(p) for p in features]
     n_groups = sum(c.endswith("_cand_score") for c in folds[0].columns)
-    truth = read_labels_csv(DataDir(Path(data_dir)).train_csv).set_index("image_id")["labels"]
-    unknown = sorted(set(pd.concat([f["image_id"] for f in folds])) - set(truth.index))
+    truth = read_labels_csv(DataDir(Path(data_dir)).train_csv)
+    unknown = sorted(set(pd.concat([f["image_id"] for f in folds])) - set(truth["image_id"]))
     if unknown:
         raise DataError(f"features name pages not in {DataDir(Path(data_dir)).train_csv}: {', '.join(unknown[:5])}")
     t0 = time.time()
