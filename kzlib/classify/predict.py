@@ -15,10 +15,10 @@ from tqdm import tqdm
 from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import check_inside, page_input, pages_from_boxes, read_boxes
 from kzlib.classify.model import Classifier
-from kzlib.data import SEG_FP, DataDir, DataError, image_size, parse_labels, read_labels_csv
+from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import atomic_path, write_json_atomic
 from kzlib.metric import score_arrays, submission_from_points, write_submission
-from kzlib.pages import Page
+from kzlib.pages import Page, split_pages
 from kzlib.training import autocast, config_from_dict, load_checkpoint, pick_device
 
 DETAILED_COLUMNS = ["image_id", "x", "y", "w", "h", "pred", "true", "top_k_classes", "top_k_logits"]
@@ -153,9 +153,9 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
         ids = split_info["val_ids"]
         if not ids:
             raise DataError(f"{run_dir}: the run has no held-out pages; nothing to validate")
-        labels = read_labels_csv(d.train_csv).set_index("image_id")["labels"]
-        paths = {i: d.image_path(i, "train") for i in labels.index}
-        table = read_boxes(boxes, labels.index, need_true=True)
+        others, truth = split_pages(d.root, split_info["fold"], split_info["n_folds"], ids)
+        paths = {p.image_id: p.path for p in others + truth}
+        table = read_boxes(boxes, list(paths), need_true=True)
     else:
         d.require("sample_submission_csv", "test_images")
         ids = read_labels_csv(d.sample_submission_csv)["image_id"].tolist()
@@ -174,10 +174,6 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
     write_detailed(detailed, Path(result["detailed"]))
     write_submission(submission_from_detailed(detailed), result["submission"], ids)
     if split == "valid":
-        truth = []
-        for i in ids:
-            codes, b = parse_labels(labels[i], image_id=i, source=d.train_csv)
-            truth.append(Page(i, paths[i], b, list(codes)))
         result["scores"] = detailed_scores(detailed, truth)
         write_json_atomic(result["scores"], out_dir / "scores.json")
     return result
