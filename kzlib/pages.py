@@ -9,9 +9,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset
 from torchvision.ops import box_convert, box_iou
 
-from kzlib.data import DataDir, DataError, make_folds, parse_labels, read_labels_csv
+from kzlib.data import DataDir, DataError, image_size, make_folds, parse_labels, read_image, read_labels_csv
+from kzlib.training import sample_seed
 
 
 @dataclass
@@ -30,6 +32,39 @@ def normalised_xyxy(boxes_xywh: np.ndarray, width: int, height: int) -> np.ndarr
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+class PageCrops(Dataset):
+    """``len(pages) * crops_per_page`` random crops per epoch of pages rescaled to ``page_height``,
+    pages without characters included. ``transform`` is an albumentations pipeline with bbox params
+    in the ``albumentations`` (normalised xyxy) format and a ``labels`` field. Sample i of epoch e
+    always gets the same randomness, so a resumed run repeats an uninterrupted one."""
+
+    def __init__(self, pages: Sequence[Page], labels: Sequence[np.ndarray], transform, page_height: int,
+                 crops_per_page: int, seed: int):
+        self.pages, self.labels, self.transform = list(pages), list(labels), transform
+        self.page_height, self.crops_per_page, self.seed = page_height, crops_per_page, seed
+        self.epoch = 0
+        self.norm_boxes = [normalised_xyxy(p.boxes, *image_size(p.path)) for p in self.pages]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.pages) * self.crops_per_page
+
+    def crop(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(crop image, its boxes as xyxy pixels, their labels); boxes under a pixel are dropped."""
+        k = i % len(self.pages)
+        image = read_image(self.pages[k].path, height=self.page_height)
+        self.transform.set_random_seed(sample_seed(self.seed, self.epoch, i))
+        out = self.transform(image=image, bboxes=self.norm_boxes[k], labels=self.labels[k])
+        crop = out["image"]
+        ch, cw = crop.shape[:2]
+        b = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4) * [cw, ch, cw, ch]
+        y = np.asarray(out["labels"], dtype=np.int64)
+        keep = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
+        return crop, b[keep].astype(np.float32), y[keep]
 
 
 def xyxy_tensor(boxes_xywh) -> torch.Tensor:

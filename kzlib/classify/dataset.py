@@ -15,12 +15,10 @@ import cv2
 import numpy as np
 import pandas as pd
 import torch
-from torch.utils.data import Dataset
 
 from kzlib.classify.config import ClassifyConfig
 from kzlib.data import DataError, image_size, parse_labels, read_image, read_labels_csv
-from kzlib.pages import Page, normalised_xyxy, to_tensor, xyxy_tensor
-from kzlib.training import sample_seed
+from kzlib.pages import Page, PageCrops, to_tensor, xyxy_tensor
 
 BOX_COLUMNS = ["image_id", "x", "y", "w", "h"]
 
@@ -129,33 +127,15 @@ def crop_transform(cfg: ClassifyConfig) -> A.Compose:
     )
 
 
-class CropDataset(Dataset):
-    """``len(pages) * crops_per_page`` random crops per epoch; item = (image, boxes xyxy in crop
-    pixels, class indices). Sample i of epoch e always gets the same randomness."""
+class CropDataset(PageCrops):
+    """Random crops; item = (image, boxes xyxy in crop pixels, class indices)."""
 
     def __init__(self, pages: Sequence[Page], labels: Sequence[np.ndarray], cfg: ClassifyConfig):
-        self.pages, self.labels, self.cfg = list(pages), list(labels), cfg
-        self.epoch = 0
-        self.transform = crop_transform(cfg)
-        self.norm_boxes = [normalised_xyxy(p.boxes, *image_size(p.path)) for p in self.pages]
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pages) * self.cfg.crops_per_page
+        super().__init__(pages, labels, crop_transform(cfg), cfg.page_height, cfg.crops_per_page, cfg.seed)
 
     def __getitem__(self, i: int):
-        k = i % len(self.pages)
-        image = read_image(self.pages[k].path, height=self.cfg.page_height)
-        self.transform.set_random_seed(sample_seed(self.cfg.seed, self.epoch, i))
-        out = self.transform(image=image, bboxes=self.norm_boxes[k], labels=self.labels[k])
-        crop = out["image"]
-        ch, cw = crop.shape[:2]
-        b = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4) * [cw, ch, cw, ch]
-        y = np.asarray(out["labels"], dtype=np.int64)
-        keep = ((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)
-        return to_tensor(crop), torch.from_numpy(b[keep].astype(np.float32)), torch.from_numpy(y[keep])
+        crop, boxes, labels = self.crop(i)
+        return to_tensor(crop), torch.from_numpy(boxes), torch.from_numpy(labels)
 
 
 def cap_targets(boxes: list[torch.Tensor], labels: list[torch.Tensor], max_targets: int,

@@ -11,12 +11,9 @@ import albumentations as A
 import cv2
 import numpy as np
 import torch
-from torch.utils.data import Dataset
 
-from kzlib.data import image_size, read_image
 from kzlib.detect.config import DetectConfig
-from kzlib.pages import Page, normalised_xyxy, to_tensor
-from kzlib.training import sample_seed
+from kzlib.pages import Page, PageCrops, to_tensor
 
 
 def crop_transform(cfg: DetectConfig) -> A.Compose:
@@ -34,38 +31,16 @@ def crop_transform(cfg: DetectConfig) -> A.Compose:
     )
 
 
-class CropDataset(Dataset):
-    """``len(pages) * crops_per_page`` random crops per epoch, pages with no characters included
-    (they teach the model to find nothing). Sample i of epoch e always gets the same randomness."""
+class CropDataset(PageCrops):
+    """Random crops of the pages with their boxes as the detector's targets (one class)."""
 
     def __init__(self, pages: list[Page], cfg: DetectConfig):
-        self.pages = pages
-        self.cfg = cfg
-        self.epoch = 0
-        self.transform = crop_transform(cfg)
-        self.norm_boxes = []
-        for p in pages:
-            w, h = image_size(p.path)
-            self.norm_boxes.append(normalised_xyxy(p.boxes, w, h))
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.pages) * self.cfg.crops_per_page
+        super().__init__(pages, [np.ones(len(p.boxes), dtype=np.int64) for p in pages], crop_transform(cfg),
+                         cfg.page_height, cfg.crops_per_page, cfg.seed)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
-        k = i % len(self.pages)
-        image = read_image(self.pages[k].path, height=self.cfg.page_height)
-        boxes = self.norm_boxes[k]
-        self.transform.set_random_seed(sample_seed(self.cfg.seed, self.epoch, i))
-        out = self.transform(image=image, bboxes=boxes, labels=np.zeros(len(boxes), dtype=np.int64))
-        crop = out["image"]
-        ch, cw = crop.shape[:2]
-        b = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4) * [cw, ch, cw, ch]
-        b = b[((b[:, 2] - b[:, 0]) >= 1) & ((b[:, 3] - b[:, 1]) >= 1)]
-        target = {"boxes": torch.from_numpy(b.astype(np.float32)), "labels": torch.ones(len(b), dtype=torch.int64)}
-        return to_tensor(crop), target
+        crop, boxes, labels = self.crop(i)
+        return to_tensor(crop), {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels)}
 
 
 def collate(batch):
