@@ -24,7 +24,7 @@ import pandas as pd
 from kzlib.classify.config import ClassifyConfig
 from kzlib.data import DataDir, DataError, book_id, make_folds, read_labels_csv
 from kzlib.detect.config import DetectConfig
-from kzlib.io import write_csv_atomic, write_json_atomic
+from kzlib.io import write_json_atomic
 from kzlib.stack.models import StackConfig
 from kzlib.training import config_from_dict, load_config
 
@@ -205,15 +205,13 @@ class Pipeline:
         return stages
 
     def _pseudolabel(self) -> dict:
-        from kzlib.pseudolabel import blend_files, labels_file, report, select
+        from kzlib.pseudolabel import blend_files, report, select, write_pseudolabels
 
         cfg = self.cfg
         test = blend_files([self.cls_run(kind, k) / "test_detailed.csv.gz" for kind in cfg.kinds for k in range(cfg.n_folds)])
-        keep = select(test, cfg.pseudo_min_gap, cfg.pseudo_max_second)
-        write_csv_atomic(labels_file(test[keep]), self.pseudo_labels)
         valid = pd.concat([blend_files([self.cls_run(kind, k) / "detailed.csv.gz" for kind in cfg.kinds])
                            for k in range(cfg.n_folds)], ignore_index=True)
-        result = {"test": report(test, keep),
+        result = {"test": write_pseudolabels(test, self.pseudo_labels, cfg.pseudo_min_gap, cfg.pseudo_max_second),
                   "valid": report(valid, select(valid, cfg.pseudo_min_gap, cfg.pseudo_max_second))}
         write_json_atomic(result, self.pseudo_labels.with_suffix(".json"))
         return result

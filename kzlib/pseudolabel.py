@@ -107,6 +107,15 @@ def report(df: pd.DataFrame, keep: np.ndarray) -> dict:
     return out
 
 
+def write_pseudolabels(blended: pd.DataFrame, out: Path, min_gap: float = 5.0, max_second_score: float = 10.0,
+                       drop_seg_fp: bool = True) -> dict:
+    """Keep the confident boxes of a blended detailed frame, write them as a labels file, and
+    return the report."""
+    keep = select(blended, min_gap, max_second_score, drop_seg_fp)
+    write_csv_atomic(labels_file(blended[keep]), out)
+    return report(blended, keep)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.pseudolabel", description=__doc__.split("\n")[0],
                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,13 +128,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     try:
         df = blend_files(a.detailed)
-        keep = select(df, a.min_gap, a.max_second_score, not a.keep_seg_fp)
-        write_csv_atomic(labels_file(df[keep]), a.out)
+        result = write_pseudolabels(df, a.out, a.min_gap, a.max_second_score, not a.keep_seg_fp)
         if a.blend_out:
             from kzlib.classify.predict import write_detailed
 
             write_detailed(df, a.blend_out)
-        result = report(df, keep)
         write_json_atomic(result, a.out.with_suffix(".json"))
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
