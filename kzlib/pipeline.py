@@ -90,8 +90,11 @@ class Stage:
 
 
 class Pipeline:
-    def __init__(self, data: Path, work: Path, cfg: PipelineConfig, folds: Sequence[int] | None = None):
-        self.data, self.work, self.cfg = Path(data), Path(work), cfg
+    def __init__(self, data: Path, work: Path, cfg: PipelineConfig, folds: Sequence[int] | None = None,
+                 deadline: float | None = None):
+        """``deadline`` (a ``time.time()`` value): trainings stop before an epoch that would end
+        after it, and the run stops there, resumable (used by the Kaggle kernels)."""
+        self.data, self.work, self.cfg, self.deadline = Path(data), Path(work), cfg, deadline
         d = DataDir(self.data)
         self.train_ids = read_labels_csv(d.train_csv)["image_id"].tolist()
         self.val_ids, self.fold_mode = fold_pages(self.train_ids, cfg.n_folds)
@@ -147,7 +150,8 @@ class Pipeline:
             run = self.det_run(k)
             stages += [
                 Stage(f"detect-f{k}", [], [run / "best.pth"],
-                      lambda k=k, run=run: det_train(data, run, cfg.detect_config(), k, self.val_ids[k], resume=True),
+                      lambda k=k, run=run: det_train(data, run, cfg.detect_config(), k, self.val_ids[k], resume=True,
+                                                         deadline=self.deadline),
                       [run / "checkpoint.pth"]),
                 Stage(f"detect-oof-f{k}", [f"detect-f{k}"], [run / "oof_boxes.csv"],
                       lambda run=run: {"out": str(det_predict(run, data, "oof"))}),
@@ -175,7 +179,8 @@ class Pipeline:
 
             return [
                 Stage(f"classify-{kind}-f{k}", deps, [run / "best.pth"],
-                      lambda: cls_train(data, self.oof_boxes, run, make_cfg(), k, self.val_ids[k], pseudo, resume=True),
+                      lambda: cls_train(data, self.oof_boxes, run, make_cfg(), k, self.val_ids[k], pseudo, resume=True,
+                                        deadline=self.deadline),
                       [run / "checkpoint.pth"]),
                 Stage(f"classify-{kind}-predict-f{k}", [f"classify-{kind}-f{k}"],
                       [run / "detailed.csv.gz", run / "test_detailed.csv.gz"], do_predict),
@@ -278,6 +283,9 @@ class Pipeline:
                 print(f"=== {s.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})", flush=True)
                 result = s.run() or {}
             seconds = time.time() - t0
+            if result.get("stopped_early"):
+                log(f"{head}  stopped for the time budget after {seconds:.0f} s; rerun to resume it")
+                return {"ran": results, "blocked": blocked, "stopped": s.name}
             record = {"stage": s.name, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
                       "outputs": [str(p) for p in s.outputs], "result": _jsonable(result)}
             write_json_atomic(record, self.state_file(s.name))

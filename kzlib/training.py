@@ -7,6 +7,7 @@ import dataclasses
 import json
 import math
 import random
+import time
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -149,6 +150,30 @@ def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> 
     return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,
                       num_workers=cfg.workers, pin_memory=device.type == "cuda",
                       generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1)))
+
+
+class Epochs:
+    """The epochs ``start..stop-1`` of a training call. With a ``deadline`` (a ``time.time()``
+    value) it stops before an epoch that the longest epoch so far says would end after it, and sets
+    ``stopped_early``; the run's checkpoint then resumes it (Kaggle sessions end after ~12 h)."""
+
+    def __init__(self, start: int, stop: int, deadline: float | None = None):
+        self.start, self.stop, self.deadline = start, stop, deadline
+        self.stopped_early = False
+        self.done = start  # epochs finished, counted from 0
+
+    def __iter__(self):
+        longest = 0.0
+        for epoch in range(self.start, self.stop):
+            if self.deadline is not None and time.time() + longest > self.deadline:
+                print(f"time budget: stopping before epoch {epoch + 1} (an epoch takes up to {longest:.0f} s); "
+                      "rerun to resume from the checkpoint", flush=True)
+                self.stopped_early = True
+                return
+            t0 = time.time()
+            yield epoch
+            self.done = epoch + 1
+            longest = max(longest, time.time() - t0)
 
 
 # ---------------------------------------------------------------------------------- logs

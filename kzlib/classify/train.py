@@ -23,7 +23,7 @@ from kzlib.classify.predict import detailed_frame, detailed_scores, predict_page
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import write_json_atomic
 from kzlib.pages import Page, best_iou, split_pages
-from kzlib.training import (EpochLog, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
+from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
                             pick_device, sample_seed, save_checkpoint, save_config, seed_everything)
 
 
@@ -132,9 +132,10 @@ def validate(model, val_pages, val_truth, classes, cfg: ClassifyConfig, device) 
 
 def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int = 0,
           val_images: Sequence[str] | None = None, pseudolabels: Sequence[Path] = (), resume: bool = False,
-          max_epochs: int | None = None) -> dict:
+          max_epochs: int | None = None, deadline: float | None = None) -> dict:
     """Train (or resume) a fold's classifier into ``out``; returns the best validation F1.
-    ``max_epochs`` stops after that many epochs of this call (the run stays resumable)."""
+    ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a ``time.time()`` value)
+    before an epoch that would end after it; the run stays resumable."""
     out = Path(out)
     ckpt_path = out / "checkpoint.pth"
     checkpoint = None
@@ -184,7 +185,8 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         torch.backends.cudnn.benchmark = True
 
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, start + max_epochs)
-    for epoch in range(start, stop):
+    epochs = Epochs(start, stop, deadline)
+    for epoch in epochs:
         t0 = time.time()
         torch.manual_seed(sample_seed(cfg.seed, epoch))  # dropout: same on resume
         dataset.set_epoch(epoch)
@@ -210,5 +212,5 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} train acc "
               f"{stats['train_accuracy']:.3f} val F1 {f1:.4f} acc {scores.get('accuracy', float('nan')):.3f} "
               f"(best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
-    return {"best_f1": best, "epochs_done": stop, "classes": len(classes)}
+    return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early, "classes": len(classes)}
 

@@ -18,7 +18,7 @@ from kzlib.detect.model import build_model
 from kzlib.detect.predict import agnostic_f1, detect_pages
 from kzlib.io import write_json_atomic
 from kzlib.pages import split_pages
-from kzlib.training import (EpochLog, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
+from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
                             pick_device, sample_seed, save_checkpoint, save_config, seed_everything)
 
 
@@ -49,9 +49,11 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bo
 
 
 def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_images: Sequence[str] | None = None,
-          resume: bool = False, max_epochs: int | None = None) -> dict:
+          resume: bool = False, max_epochs: int | None = None,
+          deadline: float | None = None) -> dict:
     """Train (or resume) a fold's detector into ``out``; returns the best validation scores.
-    ``max_epochs`` stops after that many epochs of this call (the run stays resumable)."""
+    ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a ``time.time()`` value)
+    before an epoch that would end after it; the run stays resumable."""
     out = Path(out)
     ckpt_path = out / "checkpoint.pth"
     checkpoint = None
@@ -86,7 +88,8 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
         torch.backends.cudnn.benchmark = True
 
     stop = cfg.epochs if max_epochs is None else min(cfg.epochs, start + max_epochs)
-    for epoch in range(start, stop):
+    epochs = Epochs(start, stop, deadline)
+    for epoch in epochs:
         t0 = time.time()
         torch.manual_seed(sample_seed(cfg.seed, epoch))  # proposal sampling: same on resume
         dataset.set_epoch(epoch)
@@ -109,4 +112,4 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
         log.plot(out / "curves.png", ("f1", "precision", "recall"))
         print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {losses.get('loss', 0):.4f} "
               f"val F1 {f1:.4f} (best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
-    return {"best_f1": best, "epochs_done": stop}
+    return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early}

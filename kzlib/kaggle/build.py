@@ -1,0 +1,187 @@
+"""The Kaggle Dataset folder that kernels import kzlib from (``build_dataset.py``).
+
+Layout of the folder (mounted on Kaggle at ``/kaggle/input/<dataset slug>``)::
+
+    dataset-metadata.json      rendered from the template at the repository root
+    kzlib/                     the package source (only ``.py`` files; no caches)
+    configs/                   the presets and stage configs
+    weights/<name>/            trained runs: best.pth and config.json (``--weights``)
+    pretrained/<file>          backbone weight files named by presets (``--pretrained``)
+    wheels/*.whl               packages the Kaggle image lacks (``--wheels``), installed offline
+    MANIFEST.tsv               every file with its size and SHA-256
+
+Building twice from the same inputs gives the same files with the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from kzlib.kaggle.plan import DATASET_SLUG, check_slug
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "dataset-metadata.json"
+SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
+
+
+class BuildError(RuntimeError):
+    pass
+
+
+def kaggle_config() -> dict:
+    folder = Path(os.environ.get("KAGGLE_CONFIG_DIR", Path.home() / ".kaggle"))
+    path = folder / "kaggle.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise BuildError(f"{path}: not valid JSON ({e})") from None
+    return {}
+
+
+def kaggle_user(user: str | None = None) -> str:
+    """``user``, else ``KAGGLE_USERNAME``, else the username of ``~/.kaggle/kaggle.json``."""
+    user = user or os.environ.get("KAGGLE_USERNAME") or kaggle_config().get("username")
+    if not user:
+        raise BuildError("no Kaggle user name: pass --user NAME, or set KAGGLE_USERNAME, or put your API token "
+                         "in ~/.kaggle/kaggle.json")
+    return user
+
+
+def has_credentials() -> bool:
+    return bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or "key" in kaggle_config()
+
+
+def _sources(root: Path) -> list[tuple[Path, str]]:
+    """(file, path in the dataset) of the package source and the configs, sorted."""
+    files = []
+    for path in sorted((root / "kzlib").rglob("*.py")):
+        if not SKIP_DIRS & set(path.relative_to(root).parts):
+            files.append((path, path.relative_to(root).as_posix()))
+    for path in sorted((root / "configs").glob("*.json")):
+        files.append((path, f"configs/{path.name}"))
+    return files
+
+
+def _weights(run_dirs: Sequence[str]) -> list[tuple[Path, str]]:
+    files, names = [], set()
+    for item in run_dirs:
+        name, _, path = item.rpartition("=") if "=" in item else ("", "", item)
+        run = Path(path)
+        name = name or "-".join(run.resolve().parts[-2:])
+        if not (run / "best.pth").is_file():
+            raise BuildError(f"--weights {item}: {run / 'best.pth'} not found (a detector or classifier run folder)")
+        if name in names:
+            raise BuildError(f"--weights {item}: the name {name!r} is used twice; give NAME=RUN_DIR")
+        names.add(name)
+        files += [(run / f, f"weights/{name}/{f}") for f in ("best.pth", "config.json") if (run / f).is_file()]
+    return files
+
+
+def _wheels(items: Sequence[str], tmp: Path) -> list[tuple[Path, str]]:
+    """Wheel files given as paths are copied; other items are requirement specs that pip
+    downloads (binary wheels only, without dependencies: list each package the image lacks)."""
+    files = []
+    specs = [i for i in items if not i.endswith(".whl")]
+    for item in items:
+        if item.endswith(".whl"):
+            if not Path(item).is_file():
+                raise BuildError(f"--wheels {item}: file not found")
+            files.append((Path(item), f"wheels/{Path(item).name}"))
+    if specs:
+        down = tmp / "wheels"
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d",
+               str(down), *specs]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode:
+            raise BuildError(f"--wheels: pip download failed for {' '.join(specs)}: "
+                             f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+        files += [(p, f"wheels/{p.name}") for p in sorted(down.glob("*.whl"))]
+    return files
+
+
+def render_metadata(user: str, slug: str = DATASET_SLUG, template: Path = TEMPLATE) -> dict:
+    meta = json.loads(template.read_text())
+    meta["id"] = meta["id"].replace("USER", user).replace("SLUG", slug)
+    owner, _, ds = meta["id"].partition("/")
+    if owner != user or ds != slug:
+        raise BuildError(f"{template}: id must be USER/SLUG (got {meta['id']!r})")
+    if not 6 <= len(slug) <= 50:  # the kaggle CLI refuses other lengths
+        raise BuildError(f"dataset slug {slug!r}: Kaggle needs 6-50 characters")
+    check_slug(slug, "dataset")
+    if not 6 <= len(meta.get("title", "")) <= 50 or len(meta.get("licenses", [])) != 1:
+        raise BuildError(f"{template}: the kaggle CLI needs a 6-50 character title and exactly one licence")
+    return meta
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_dataset(out: Path, user: str, weights: Sequence[str] = (), pretrained: Sequence[str] = (),
+                  wheels: Sequence[str] = (), slug: str = DATASET_SLUG, root: Path = ROOT) -> list[tuple[str, int]]:
+    """Assemble the dataset folder at ``out`` (replaced whole); returns (path, size) of its files."""
+    out = Path(out)
+    meta = render_metadata(user, slug)
+    for f in pretrained:
+        if not Path(f).is_file():
+            raise BuildError(f"--pretrained {f}: file not found")
+    with tempfile.TemporaryDirectory(prefix="kzlib-dataset-") as t:
+        tmp = Path(t)
+        files = _sources(root) + _weights(weights) + [(Path(f), f"pretrained/{Path(f).name}") for f in pretrained]
+        files += _wheels(wheels, tmp)
+        seen: dict[str, Path] = {}
+        for src, rel in files:
+            if rel in seen and seen[rel].resolve() != src.resolve():
+                raise BuildError(f"two inputs would both be {rel}: {seen[rel]} and {src}")
+            seen[rel] = src
+        stage = out.parent / f".{out.name}.building"
+        if stage.exists():
+            shutil.rmtree(stage)
+        for rel, src in sorted(seen.items()):
+            dst = stage / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
+        (stage / "dataset-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        listing = sorted((p.relative_to(stage).as_posix(), p.stat().st_size) for p in stage.rglob("*") if p.is_file())
+        manifest = "".join(f"{rel}\t{size}\t{sha256(stage / rel)}\n" for rel, size in listing)
+        (stage / "MANIFEST.tsv").write_text("path\tbytes\tsha256\n" + manifest)
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    return sorted((p.relative_to(out).as_posix(), p.stat().st_size) for p in out.rglob("*") if p.is_file())
+
+
+def push_command(out: Path, user: str, slug: str = DATASET_SLUG, exists: bool | None = None) -> list[list[str]]:
+    create = ["kaggle", "datasets", "create", "-p", str(out), "-r", "zip"]
+    version = ["kaggle", "datasets", "version", "-p", str(out), "-r", "zip", "-m", "kzlib build"]
+    if exists is None:
+        return [create, version]
+    return [version if exists else create]
+
+
+def push(out: Path, user: str, slug: str = DATASET_SLUG) -> None:
+    """Create the dataset on Kaggle, or add a version when it exists (sub-folders zipped)."""
+    if not shutil.which("kaggle"):
+        raise BuildError("--push: the kaggle CLI is not installed (pip install kaggle)")
+    if not has_credentials():
+        raise BuildError("--push: no Kaggle credentials; put your API token in ~/.kaggle/kaggle.json "
+                         "(or set KAGGLE_USERNAME and KAGGLE_KEY)")
+    status = subprocess.run(["kaggle", "datasets", "status", f"{user}/{slug}"], capture_output=True, text=True)
+    cmd = push_command(out, user, slug, exists=status.returncode == 0)[0]
+    print("running: " + shlex.join(cmd), flush=True)
+    if subprocess.run(cmd).returncode:
+        raise BuildError(f"--push: {' '.join(cmd)} failed (see above)")
