@@ -64,7 +64,11 @@ def test_rendered_metadata_is_valid_for_the_kaggle_cli(tmp_path):
         assert (folder / meta["code_file"]).is_file() and meta["enable_internet"] is False
         assert meta["competition_sources"] == ["kuzushiji-recognition"]
         assert meta["enable_gpu"] == (slug not in ("kzlib-pseudolabel", "kzlib-stack"))
-        compile((folder / meta["code_file"]).read_text(), slug, "exec")
+        script = (folder / meta["code_file"]).read_text()
+        compile(script, slug, "exec")
+        spec = json.loads(script.split('r"""')[1].split('"""')[0])
+        assert spec["kernel"] == slug and spec["gpu"] == meta["enable_gpu"] and spec["preset"]["device"] == "cuda"
+        assert spec["upstream"] == [s.split("/")[1] for s in meta["kernel_sources"] if s.split("/")[1] != slug]
     det3 = json.loads((tmp_path / "k" / "kzlib-detect-f3" / "kernel-metadata.json").read_text())
     assert det3["kernel_sources"] == ["test/kzlib-detect-f3"]  # a continuation reads its own output
     ft0 = json.loads((tmp_path / "k" / "kzlib-cls-resnext101-pl-ft-f0" / "kernel-metadata.json").read_text())
@@ -163,3 +167,19 @@ def test_emulated_kaggle_chain_ends_in_a_scored_submission(tiny, tmp_path):
                        capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert 0.0 <= json.loads(r.stdout)["f1"] <= 1.0
+
+
+def test_kernel_without_its_upstream_outputs_says_which(tiny, tmp_path):
+    render(_preset(tmp_path), "test", tmp_path / "kernels")
+    build_dataset(tmp_path / "dataset", "test")
+    inp = tmp_path / "input"
+    inp.mkdir()
+    (inp / "kzlib-kit").symlink_to(tmp_path / "dataset")
+    env = {"PATH": "/usr/bin:/bin", "KAGGLE_INPUT_ROOT": str(inp), "KAGGLE_WORKING": str(tmp_path / "working")}
+    script = tmp_path / "kernels" / "kzlib-cls-a-f0" / "kernel.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and "kuzushiji-recognition competition" in r.stderr
+    (inp / "kuzushiji-recognition").symlink_to(tiny)
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert r.returncode == 1 and "kzlib-detect-f0, kzlib-detect-f1, kzlib-detect-f2 are not attached" in r.stderr
+    assert not (tmp_path / "working").exists()

@@ -161,7 +161,7 @@ def render(cfg: PipelineConfig, user: str, out: Path, dataset_slug: str = DATASE
         if folder.exists():
             shutil.rmtree(folder)
         spec = {"kernel": k.slug, "stages": k.stages, "upstream": k.upstream, "dataset": dataset_slug,
-                "competition": COMPETITION, "preset": asdict(cfg)}
+                "competition": COMPETITION, "gpu": k.gpu, "preset": asdict(cfg)}
         script = SCRIPT.format(slug=k.slug, what=k.what, stages=", ".join(k.stages), dataset=dataset_slug,
                                spec=json.dumps(spec, indent=1))
         with atomic_path(folder / "kernel.py") as tmp:

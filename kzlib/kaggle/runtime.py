@@ -152,7 +152,9 @@ def _run(spec: dict) -> int:
             links += more[0]
             dirs += more[1]
         cfg = config_from_dict(PipelineConfig, resolve_weights(spec["preset"], dataset), "preset")
-        if cfg.device.startswith("cuda"):
+        if not spec.get("gpu"):
+            cfg.device = "cpu"  # pseudolabels and level 2: no GPU attached, none needed
+        elif cfg.device.startswith("cuda"):
             import torch
             if not torch.cuda.is_available():
                 raise KernelError("this kernel trains on a GPU and none is available: turn on the GPU "
