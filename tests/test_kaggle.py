@@ -101,6 +101,7 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     names = [rel for rel, _ in a]
     assert "kzlib/kaggle/runtime.py" in names and "configs/preset_full.json" in names
+    assert "kzlib/synth.py" not in names and "kzlib/kaggle/build.py" not in names  # only what kernels import
     assert {"weights/det0/best.pth", "weights/det0/config.json", "pretrained/resnet18.pth"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
     meta = json.loads((tmp_path / "a" / "dataset-metadata.json").read_text())

@@ -3,7 +3,7 @@
 Layout of the folder (mounted on Kaggle at ``/kaggle/input/<dataset slug>``)::
 
     dataset-metadata.json      rendered from the template at the repository root
-    kzlib/                     the package source (only ``.py`` files; no caches)
+    kzlib/                     the package modules kernels import (source only; no caches)
     configs/                   the presets and stage configs
     weights/<name>/            trained runs: best.pth and config.json (``--weights``)
     pretrained/<file>          backbone weight files named by presets (``--pretrained``)
@@ -15,6 +15,7 @@ Building twice from the same inputs gives the same files with the same bytes.
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import os
@@ -30,7 +31,6 @@ from kzlib.kaggle.plan import DATASET_SLUG, check_slug
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "dataset-metadata.json"
-SKIP_DIRS = {"__pycache__", ".ipynb_checkpoints", ".pytest_cache"}
 
 
 class BuildError(RuntimeError):
@@ -61,16 +61,41 @@ def has_credentials() -> bool:
     return bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or "key" in kaggle_config()
 
 
-def _sources(root: Path) -> list[tuple[Path, str]]:
-    """(file, path in the dataset) of the package source and the configs, sorted."""
-    files = []
-    for path in sorted((root / "kzlib").rglob("*.py")):
-        if not SKIP_DIRS & set(path.relative_to(root).parts):
-            files.append((path, path.relative_to(root).as_posix()))
-    for path in sorted((root / "configs").glob("*.json")):
-        files.append((path, f"configs/{path.name}"))
-    return files
+def kernel_modules(root: Path = ROOT, entry: str = "kzlib.kaggle.runtime") -> list[Path]:
+    """The kzlib source files a kernel can import: every ``kzlib`` module reachable from the
+    kernel runtime through import statements (including imports inside functions), plus the
+    ``__init__.py`` of each package on the way."""
+    def path_of(module: str) -> Path | None:
+        base = root.joinpath(*module.split("."))
+        for p in (base.with_suffix(".py"), base / "__init__.py"):
+            if p.is_file():
+                return p
+        return None
 
+    seen: set[Path] = set()
+    todo = [entry]
+    while todo:
+        module = todo.pop()
+        parts = module.split(".")
+        for i in range(1, len(parts) + 1):  # the packages above it run their __init__ first
+            p = path_of(".".join(parts[:i]))
+            if p is None or p in seen:
+                continue
+            seen.add(p)
+            for node in ast.walk(ast.parse(p.read_text(), str(p))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "kzlib":
+                    todo.append(node.module)
+                    todo += [f"{node.module}.{a.name}" for a in node.names]  # submodules imported by name
+                elif isinstance(node, ast.Import):
+                    todo += [a.name for a in node.names if a.name.split(".")[0] == "kzlib"]
+    return sorted(seen)
+
+
+def _sources(root: Path) -> list[tuple[Path, str]]:
+    """(file, path in the dataset) of the kernels' kzlib modules and the configs, sorted."""
+    files = [(p, p.relative_to(root).as_posix()) for p in kernel_modules(root)]
+    files += [(p, f"configs/{p.name}") for p in sorted((root / "configs").glob("*.json"))]
+    return files
 
 def _weights(run_dirs: Sequence[str]) -> list[tuple[Path, str]]:
     files, names = [], set()
