@@ -33,7 +33,7 @@ fonts:
 	fi
 
 test: $(STAMP) fonts
-	$(VPY) -m pytest -q -n 2 tests
+	$(VPY) -m pytest -q -n 2 --durations=5 tests
 
 # The embedded default: a small synthetic dataset (4 books of 8 pages, 5 test pages from a fifth
 # book), then the whole chain with the CPU demo preset. Rerunning resumes/skips finished stages.
