@@ -64,8 +64,9 @@ def blend(frames: Sequence[pd.DataFrame], top_k: int = 5, names: Sequence[str] |
     scores["txt"] = np.char.mod("%.4f", scores["logit"].to_numpy())
     agg = scores.groupby("row").agg(classes=("cls", " ".join), logits=("txt", " ".join))
     out = frames[0][KEY + ["true"]].reset_index(drop=True).copy()
-    out["top_k_classes"] = agg["classes"].reindex(out.index).to_numpy()
-    out["top_k_logits"] = agg["logits"].reindex(out.index).to_numpy()
+    # as strings even when there are no boxes (an empty reindex would be float)
+    out["top_k_classes"] = agg["classes"].reindex(out.index).fillna("").astype(str).to_numpy()
+    out["top_k_logits"] = agg["logits"].reindex(out.index).fillna("").astype(str).to_numpy()
     out["pred"] = out["top_k_classes"].str.split(" ").str[0]
     return out[DETAILED_COLUMNS]
 
@@ -77,6 +78,8 @@ def blend_files(paths: Sequence[Path], top_k: int = 5, weights: Sequence[float] 
 
 def top_two(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     logits = df["top_k_logits"].str.split(" ", expand=True).astype(np.float64).to_numpy()
+    if logits.shape[1] == 0:  # no boxes
+        return np.zeros(0), np.zeros(0)
     second = logits[:, 1] if logits.shape[1] > 1 else np.full(len(df), -np.inf)
     return logits[:, 0], np.nan_to_num(second, nan=-np.inf)
 

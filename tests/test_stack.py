@@ -36,6 +36,16 @@ def test_blend_counts_missing_classes_as_zero():
     assert out["pred"].tolist() == [B, C]
 
 
+def test_blend_of_files_without_boxes(tmp_path):
+    """A fold whose held-out pages got no boxes (the real sample's detector after a few epochs)."""
+    for name in ("a", "b"):
+        write_detailed(detailed([]), tmp_path / f"{name}.csv.gz")
+    frames = [read_detailed(tmp_path / f"{n}.csv.gz") for n in ("a", "b")]
+    out = blend(frames)
+    assert len(out) == 0 and list(out.columns) == DETAILED_COLUMNS
+    assert report(out, select(out))["kept"] == 0
+
+
 def test_blend_refuses_different_boxes():
     m1 = detailed([("p_1", 0, [(A, 8)]), ("p_1", 40, [(B, 6)])])
     swapped = m1.iloc[::-1].reset_index(drop=True)
