@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,7 +44,10 @@ def _fit(lib: str, cfg: StackConfig, X, y, Xv, yv):
         model = lgb.LGBMClassifier(n_estimators=cfg.rounds, learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
                                    subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=cfg.seed,
                                    n_jobs=cfg.threads or None, verbose=-1)
-        model.fit(X, y, eval_X=(Xv,), eval_y=(yv,), callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
+        # lightgbm 4.7 takes eval_X/eval_y (eval_set is deprecated); the Kaggle image's 4.6 only eval_set
+        newer = "eval_X" in inspect.signature(lgb.LGBMClassifier.fit).parameters
+        evals = {"eval_X": (Xv,), "eval_y": (yv,)} if newer else {"eval_set": [(Xv, yv)]}
+        model.fit(X, y, **evals, callbacks=[lgb.early_stopping(cfg.early_stopping, verbose=False)])
         return model
     if lib == "xgboost":
         import xgboost as xgb
