@@ -32,8 +32,8 @@ def top_k_long(df: pd.DataFrame) -> pd.DataFrame:
     classes = df["top_k_classes"].str.split(" ", expand=True)
     logits = df["top_k_logits"].str.split(" ", expand=True).astype(np.float64)
     k = classes.shape[1]
-    return pd.DataFrame({"row": np.repeat(np.arange(len(df)), k), "cls": classes.to_numpy().ravel(),
-                         "logit": logits.to_numpy().ravel()}).dropna(subset=["cls"])
+    return pd.DataFrame({"row": np.repeat(np.arange(len(df)), k), "cls": classes.to_numpy(object).ravel(),
+                         "logit": logits.to_numpy(np.float64).ravel()}).dropna(subset=["cls"])
 
 
 def check_same_boxes(frames: Sequence[pd.DataFrame], names: Sequence[str]) -> None:

@@ -11,6 +11,7 @@ from kzlib.data import DataError, read_labels_csv
 from kzlib.metric import read_submission
 from kzlib.pseudolabel import blend, labels_file, report, select
 from kzlib.stack.features import build, encode_class
+from kzlib.stack.models import StackConfig, TooFewRows, train_folds
 from kzlib.stack.run import build_features, predict, train
 
 A, B, C = "U+3042", "U+3044", "U+3046"
@@ -44,6 +45,11 @@ def test_blend_of_files_without_boxes(tmp_path):
     out = blend(frames)
     assert len(out) == 0 and list(out.columns) == DETAILED_COLUMNS
     assert report(out, select(out))["kept"] == 0
+    rows = build([out, out])
+    assert len(rows) == 0 and "g1_cand_score" in rows.columns
+    rows["target"] = rows["cand"]
+    with pytest.raises(TooFewRows, match="fold 0 has 0 candidate rows"):
+        train_folds([rows, rows], tmp_path / "models", StackConfig())
 
 
 def test_blend_refuses_different_boxes():

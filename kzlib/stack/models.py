@@ -120,6 +120,10 @@ def submission_rows(best: pd.DataFrame) -> pd.DataFrame:
     return submission_from_points(keep["cls"].to_numpy(), centres, keep["image_id"].to_numpy())
 
 
+class TooFewRows(DataError):
+    """The folds' candidate rows cannot train level 2 (no rows in a fold, or one target class)."""
+
+
 def train_folds(folds: Sequence[pd.DataFrame], out: Path, cfg: StackConfig) -> pd.DataFrame:
     """Train every library per fold into ``out``; returns the OOF candidate rows with ``prob``."""
     if len(folds) < 2:
@@ -129,6 +133,11 @@ def train_folds(folds: Sequence[pd.DataFrame], out: Path, cfg: StackConfig) -> p
             raise DataError(f"fold {k}: features have no target (built from test files?)")
     offsets = np.cumsum([0] + [int(f["row"].max()) + 1 if len(f) else 0 for f in folds])
     data = pd.concat([f.assign(fold=k, row=f["row"] + offsets[k]) for k, f in enumerate(folds)], ignore_index=True)
+    for k in range(len(folds)):
+        tr, va = data.loc[data["fold"] != k, "target"], data.loc[data["fold"] == k, "target"]
+        if tr.nunique() < 2 or len(va) == 0:
+            raise TooFewRows(f"level 2 cannot be trained: fold {k} has {len(va)} candidate rows and the other folds "
+                             f"{len(tr)} with {int(tr.sum())} positives (both classes and rows in every fold needed)")
     cols = feature_columns(data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
