@@ -157,7 +157,8 @@ class Epochs:
     value) it stops before an epoch that the longest epoch so far says would end after it, and sets
     ``stopped_early``; the run's checkpoint then resumes it (Kaggle sessions end after ~12 h)."""
 
-    def __init__(self, start: int, stop: int, deadline: float | None = None):
+    def __init__(self, start: int, stop: int, deadline: float | None = None, max_epochs: int | None = None):
+        stop = stop if max_epochs is None else min(stop, start + max_epochs)
         self.start, self.stop, self.deadline = start, stop, deadline
         self.stopped_early = False
         self.done = start  # epochs finished, counted from 0
@@ -174,6 +175,15 @@ class Epochs:
             yield epoch
             self.done = epoch + 1
             longest = max(longest, time.time() - t0)
+
+    def loaders(self, dataset, cfg, collate_fn, device: torch.device):
+        """(epoch, loader) per epoch: torch's global RNG (dropout, proposal sampling), the dataset's
+        augmentations and the batch order are seeded by (seed, epoch), so a resumed run trains as
+        an uninterrupted one."""
+        for epoch in self:
+            torch.manual_seed(sample_seed(cfg.seed, epoch))
+            dataset.set_epoch(epoch)
+            yield epoch, epoch_loader(dataset, cfg, epoch, collate_fn, device)
 
 
 # ---------------------------------------------------------------------------------- logs

@@ -23,7 +23,7 @@ from kzlib.classify.predict import detailed_frame, detailed_scores, predict_page
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import write_json_atomic
 from kzlib.pages import Page, best_iou, split_pages
-from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
+from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, load_checkpoint, load_config,
                             pick_device, sample_seed, save_checkpoint, save_config, seed_everything)
 
 
@@ -184,13 +184,9 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    stop = cfg.epochs if max_epochs is None else min(cfg.epochs, start + max_epochs)
-    epochs = Epochs(start, stop, deadline)
-    for epoch in epochs:
+    epochs = Epochs(start, cfg.epochs, deadline, max_epochs)
+    for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
-        torch.manual_seed(sample_seed(cfg.seed, epoch))  # dropout: same on resume
-        dataset.set_epoch(epoch)
-        loader = epoch_loader(dataset, cfg, epoch, collate, device)
         stats = train_one_epoch(model, opt.optimizer, opt.scheduler, opt.scaler, loader, cfg, device, opt.use_amp,
                                 epoch, f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0

@@ -18,8 +18,8 @@ from kzlib.detect.model import build_model
 from kzlib.detect.predict import agnostic_f1, detect_pages
 from kzlib.io import write_json_atomic
 from kzlib.pages import split_pages
-from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, epoch_loader, load_checkpoint, load_config,
-                            pick_device, sample_seed, save_checkpoint, save_config, seed_everything)
+from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, load_checkpoint, load_config, pick_device,
+                            save_checkpoint, save_config, seed_everything)
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str) -> dict:
@@ -87,13 +87,9 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
-    stop = cfg.epochs if max_epochs is None else min(cfg.epochs, start + max_epochs)
-    epochs = Epochs(start, stop, deadline)
-    for epoch in epochs:
+    epochs = Epochs(start, cfg.epochs, deadline, max_epochs)
+    for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
-        torch.manual_seed(sample_seed(cfg.seed, epoch))  # proposal sampling: same on resume
-        dataset.set_epoch(epoch)
-        loader = epoch_loader(dataset, cfg, epoch, collate, device)
         losses = train_one_epoch(model, opt.optimizer, opt.scheduler, opt.scaler, loader, device, opt.use_amp,
                                  f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
