@@ -17,10 +17,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
+from kzlib.cli import one_line_errors  # noqa: E402
 from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user, push, push_command  # noqa: E402
 from kzlib.kaggle.plan import DATASET_SLUG  # noqa: E402
 
 
+@one_line_errors(BuildError, code=2)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,22 +38,18 @@ def main(argv=None) -> int:
     p.add_argument("--slug", default=DATASET_SLUG, help="dataset slug; kernels find kzlib at /kaggle/input/SLUG")
     p.add_argument("--push", action="store_true", help="create or version the dataset with the kaggle CLI")
     a = p.parse_args(argv)
-    try:
-        user = kaggle_user(a.user)
-        files = build_dataset(a.out, user, a.weights, a.pretrained, a.wheels, a.slug)
-        width = max(len(f) for f, _ in files)
-        for f, size in files:
-            print(f"{f:<{width}}  {size:>12,d}")
-        print(f"{len(files)} files, {sum(s for _, s in files) / 2**20:.1f} MiB in {a.out} (dataset {user}/{a.slug})")
-        if a.push:
-            push(a.out, user, a.slug)
-        else:
-            create, version = push_command(a.out, user, a.slug)
-            print("to upload: " + shlex.join(create) + "   (first time)\n"
-                  "       or: " + shlex.join(version) + "   (new version)")
-    except BuildError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    user = kaggle_user(a.user)
+    files = build_dataset(a.out, user, a.weights, a.pretrained, a.wheels, a.slug)
+    width = max(len(f) for f, _ in files)
+    for f, size in files:
+        print(f"{f:<{width}}  {size:>12,d}")
+    print(f"{len(files)} files, {sum(s for _, s in files) / 2**20:.1f} MiB in {a.out} (dataset {user}/{a.slug})")
+    if a.push:
+        push(a.out, user, a.slug)
+    else:
+        create, version = push_command(a.out, user, a.slug)
+        print("to upload: " + shlex.join(create) + "   (first time)\n"
+              "       or: " + shlex.join(version) + "   (new version)")
     return 0
 
 

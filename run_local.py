@@ -18,6 +18,9 @@ import sys
 import time
 from pathlib import Path
 
+from kzlib.cli import one_line_errors
+from kzlib.data import DataError
+
 ROOT = Path(__file__).resolve().parent
 PRESETS = {"full": ROOT / "configs" / "preset_full.json", "demo": ROOT / "configs" / "preset_demo.json"}
 
@@ -43,6 +46,7 @@ def save_picture(data: Path, submission: Path, out: Path) -> str | None:
     return image_id
 
 
+@one_line_errors(DataError, ValueError, FileNotFoundError, FileExistsError, RuntimeError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,47 +61,42 @@ def main(argv=None) -> int:
 
     import torch
 
-    from kzlib.data import DataError
     from kzlib.pipeline import Pipeline, check_data, load_preset, summary
 
-    try:
-        preset = Path(PRESETS.get(a.preset, a.preset))
-        cfg = load_preset(preset)
-        if a.device:
-            cfg.device = a.device
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise DataError(f"preset {a.preset} runs on a CUDA GPU and none is available; "
-                            "pass --device cpu to run it on the CPU anyway (slow)")
-        folds = [int(f) for f in a.folds.split(",") if f] if a.folds else None
-        if not a.dry_run:
-            print(f"checking {a.data} ...", flush=True)
-            check_data(a.data, cfg.n_folds)
-        pipe = Pipeline(a.data, a.work, cfg, folds)
-        if pipe.fold_mode == "page":
-            print(f"note: fewer books than the {cfg.n_folds} folds: folds are made by page, not by book")
-        t0 = time.time()
-        result = pipe.run(a.only, a.dry_run)
-        if a.dry_run:
-            return 0
-        table, times = summary(pipe)
-        print(f"\nfinished in {time.time() - t0:.0f} s; work folder {a.work}")
-        if result["blocked"]:
-            print(f"{len(result['blocked'])} stage(s) wait for other folds; rerun when they are done")
-        if len(table):
-            print("\nF1 (valid: the folds' held-out pages; test: test_labels.csv when the data has it)")
-            print(table.round(4).to_string(index=False))
-            table.to_csv(a.work / "summary.csv", index=False)
-        if len(times):
-            times.to_csv(a.work / "stage_times.csv", index=False)
-            print(f"\nwall time per stage: {a.work / 'stage_times.csv'} (total {times['seconds'].sum():.0f} s)")
-        if pipe.submission.exists():
-            print(f"submission: {pipe.submission}")
-            picture = save_picture(a.data, pipe.submission, a.work / "page.png")
-            if picture:
-                print(f"picture of test page {picture} with the recognised characters: {a.work / 'page.png'}")
-    except (DataError, ValueError, FileNotFoundError, FileExistsError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    preset = Path(PRESETS.get(a.preset, a.preset))
+    cfg = load_preset(preset)
+    if a.device:
+        cfg.device = a.device
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise DataError(f"preset {a.preset} runs on a CUDA GPU and none is available; "
+                        "pass --device cpu to run it on the CPU anyway (slow)")
+    folds = [int(f) for f in a.folds.split(",") if f] if a.folds else None
+    if not a.dry_run:
+        print(f"checking {a.data} ...", flush=True)
+        check_data(a.data, cfg.n_folds)
+    pipe = Pipeline(a.data, a.work, cfg, folds)
+    if pipe.fold_mode == "page":
+        print(f"note: fewer books than the {cfg.n_folds} folds: folds are made by page, not by book")
+    t0 = time.time()
+    result = pipe.run(a.only, a.dry_run)
+    if a.dry_run:
+        return 0
+    table, times = summary(pipe)
+    print(f"\nfinished in {time.time() - t0:.0f} s; work folder {a.work}")
+    if result["blocked"]:
+        print(f"{len(result['blocked'])} stage(s) wait for other folds; rerun when they are done")
+    if len(table):
+        print("\nF1 (valid: the folds' held-out pages; test: test_labels.csv when the data has it)")
+        print(table.round(4).to_string(index=False))
+        table.to_csv(a.work / "summary.csv", index=False)
+    if len(times):
+        times.to_csv(a.work / "stage_times.csv", index=False)
+        print(f"\nwall time per stage: {a.work / 'stage_times.csv'} (total {times['seconds'].sum():.0f} s)")
+    if pipe.submission.exists():
+        print(f"submission: {pipe.submission}")
+        picture = save_picture(a.data, pipe.submission, a.work / "page.png")
+        if picture:
+            print(f"picture of test page {picture} with the recognised characters: {a.work / 'page.png'}")
     return 0
 
 

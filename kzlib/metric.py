@@ -30,6 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from kzlib.cli import one_line_errors
 from kzlib.data import DataError, is_empty
 
 MAX_PREDICTIONS_PER_PAGE = 1200
@@ -309,6 +310,7 @@ def write_submission(df: pd.DataFrame, path: str | Path, expected_ids: Iterable[
     write_csv_atomic(out, path)
 
 
+@one_line_errors(DataError)
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m kzlib.metric", description="Score a submission with the competition F1.")
@@ -317,13 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from kzlib.data import read_labels_csv
 
-    try:
-        solution = read_labels_csv(args.solution)
-        sub = read_submission(args.submission, solution["image_id"].tolist())
-        result = score(sub, solution)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    solution = read_labels_csv(args.solution)
+    sub = read_submission(args.submission, solution["image_id"].tolist())
+    result = score(sub, solution)
     print(json.dumps(result))
     return 0
 

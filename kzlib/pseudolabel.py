@@ -19,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from kzlib.cli import one_line_errors
 from kzlib.classify.predict import DETAILED_COLUMNS, read_detailed
 from kzlib.data import SEG_FP, DataError
 from kzlib.io import write_csv_atomic, write_json_atomic
@@ -119,6 +120,7 @@ def write_pseudolabels(blended: pd.DataFrame, out: Path, min_gap: float = 5.0, m
     return report(blended, keep)
 
 
+@one_line_errors(DataError)
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.pseudolabel", description=__doc__.split("\n")[0],
                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,17 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--keep-seg-fp", action="store_true", help="do not drop boxes whose blended class is seg_fp")
     p.add_argument("--blend-out", type=Path, help="also write the blended detailed file here")
     a = p.parse_args(argv)
-    try:
-        df = blend_files(a.detailed)
-        result = write_pseudolabels(df, a.out, a.min_gap, a.max_second_score, not a.keep_seg_fp)
-        if a.blend_out:
-            from kzlib.classify.predict import write_detailed
+    df = blend_files(a.detailed)
+    result = write_pseudolabels(df, a.out, a.min_gap, a.max_second_score, not a.keep_seg_fp)
+    if a.blend_out:
+        from kzlib.classify.predict import write_detailed
 
-            write_detailed(df, a.blend_out)
-        write_json_atomic(result, a.out.with_suffix(".json"))
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        write_detailed(df, a.blend_out)
+    write_json_atomic(result, a.out.with_suffix(".json"))
     print(json.dumps(result))
     return 0
 

@@ -3,12 +3,14 @@ import json
 import sys
 from pathlib import Path
 
+from kzlib.cli import one_line_errors
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
 from kzlib.data import DataError
 from kzlib.training import add_config_flags, config_from_args
 
 
+@one_line_errors(DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.classify", description=DOC.split("\n")[0],
                                 epilog=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,22 +38,18 @@ def main(argv=None) -> int:
     pr.add_argument("--device", help="override the run's device (cpu, cuda)")
     a = p.parse_args(argv)
 
-    try:
-        if a.cmd == "train":
-            from kzlib.classify.train import train
+    if a.cmd == "train":
+        from kzlib.classify.train import train
 
-            cfg = config_from_args(ClassifyConfig, a, a.config)
-            val = [v for v in a.val_images.split(",") if v] if a.val_images else None
-            result = train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels, a.resume)
-            print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
-        else:
-            from kzlib.classify.predict import predict
+        cfg = config_from_args(ClassifyConfig, a, a.config)
+        val = [v for v in a.val_images.split(",") if v] if a.val_images else None
+        result = train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels, a.resume)
+        print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
+    else:
+        from kzlib.classify.predict import predict
 
-            result = predict(a.run_dir, a.data_dir, a.boxes, a.split, a.n_tta, a.out, a.device)
-            print(json.dumps(result))
-    except (DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        result = predict(a.run_dir, a.data_dir, a.boxes, a.split, a.n_tta, a.out, a.device)
+        print(json.dumps(result))
     return 0
 
 

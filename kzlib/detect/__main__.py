@@ -2,12 +2,14 @@ import argparse
 import sys
 from pathlib import Path
 
+from kzlib.cli import one_line_errors
 from kzlib.data import DataError
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig
 from kzlib.training import add_config_flags, config_from_args
 
 
+@one_line_errors(DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.detect", description=DOC.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -37,32 +39,28 @@ def main(argv=None) -> int:
     mt.add_argument("--min-votes", type=int, help="folds that must agree on a box (default: a majority)")
     a = p.parse_args(argv)
 
-    try:
-        if a.cmd == "train":
-            from kzlib.detect.train import train
+    if a.cmd == "train":
+        from kzlib.detect.train import train
 
-            cfg = config_from_args(DetectConfig, a, a.config)
-            val = [v for v in a.val_images.split(",") if v] if a.val_images else None
-            result = train(a.data_dir, a.out, cfg, a.fold, val, a.resume)
-            print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
-        elif a.cmd == "predict":
-            from kzlib.detect.predict import predict
+        cfg = config_from_args(DetectConfig, a, a.config)
+        val = [v for v in a.val_images.split(",") if v] if a.val_images else None
+        result = train(a.data_dir, a.out, cfg, a.fold, val, a.resume)
+        print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
+    elif a.cmd == "predict":
+        from kzlib.detect.predict import predict
 
-            out = predict(a.run_dir, a.data_dir, a.split, a.out, a.device, a.score_threshold)
-            print(f"wrote {out}")
-        elif a.cmd == "merge-test":
-            from kzlib.detect.predict import merge_test
+        out = predict(a.run_dir, a.data_dir, a.split, a.out, a.device, a.score_threshold)
+        print(f"wrote {out}")
+    elif a.cmd == "merge-test":
+        from kzlib.detect.predict import merge_test
 
-            df = merge_test(a.files, a.out, a.min_votes)
-            print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
-        else:
-            from kzlib.detect.predict import merge_oof
+        df = merge_test(a.files, a.out, a.min_votes)
+        print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
+    else:
+        from kzlib.detect.predict import merge_oof
 
-            df = merge_oof(a.run_dirs, a.out, a.data)
-            print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
-    except (DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        df = merge_oof(a.run_dirs, a.out, a.data)
+        print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
     return 0
 
 

@@ -16,6 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
+from kzlib.cli import one_line_errors
+from kzlib.kaggle.build import BuildError
+from kzlib.kaggle.emulate import EmulationError
+from kzlib.kaggle.plan import DATASET_SLUG, PlanError
+
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = {"full": ROOT / "configs" / "preset_full.json", "demo": ROOT / "configs" / "preset_demo.json"}
 
@@ -59,11 +64,8 @@ def emulate_cmd(a) -> int:
     return 0
 
 
+@one_line_errors(BuildError, PlanError, EmulationError, ValueError, FileNotFoundError, code=2)
 def main(argv=None) -> int:
-    from kzlib.kaggle.build import BuildError
-    from kzlib.kaggle.emulate import EmulationError
-    from kzlib.kaggle.plan import DATASET_SLUG, PlanError
-
     p = argparse.ArgumentParser(prog="python -m kzlib.kaggle", description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -83,11 +85,7 @@ def main(argv=None) -> int:
     e.add_argument("--dataset-slug", default=DATASET_SLUG)
     e.add_argument("--only", nargs="*", default=[], metavar="SLUG", help="run only these kernels")
     a = p.parse_args(argv)
-    try:
-        return render_cmd(a) if a.cmd == "render" else emulate_cmd(a)
-    except (BuildError, PlanError, EmulationError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return render_cmd(a) if a.cmd == "render" else emulate_cmd(a)
 
 
 if __name__ == "__main__":

@@ -3,10 +3,12 @@ import json
 import sys
 from pathlib import Path
 
+from kzlib.cli import one_line_errors
 from kzlib.data import DataError
 from kzlib.stack import __doc__ as DOC
 
 
+@one_line_errors(DataError, ValueError, FileNotFoundError, json.JSONDecodeError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.stack", description=DOC.split("\n")[0], epilog=DOC,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -25,19 +27,15 @@ def main(argv=None) -> int:
     pr.add_argument("--data", type=Path, required=True, help="dataset folder (sample_submission.csv: the page list)")
     pr.add_argument("--out", type=Path, required=True, help="submission.csv")
     a = p.parse_args(argv)
-    try:
-        from kzlib.stack.run import build_features, predict, train
+    from kzlib.stack.run import build_features, predict, train
 
-        if a.cmd == "features":
-            groups = json.loads(a.groups.read_text())
-            print(json.dumps(build_features(groups, a.out)))
-        elif a.cmd == "train":
-            print(json.dumps(train(a.features, a.data, a.out, a.config), indent=1))
-        else:
-            print(json.dumps(predict(a.model_dir, a.features, a.data, a.out)))
-    except (DataError, ValueError, FileNotFoundError, json.JSONDecodeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if a.cmd == "features":
+        groups = json.loads(a.groups.read_text())
+        print(json.dumps(build_features(groups, a.out)))
+    elif a.cmd == "train":
+        print(json.dumps(train(a.features, a.data, a.out, a.config), indent=1))
+    else:
+        print(json.dumps(predict(a.model_dir, a.features, a.data, a.out)))
     return 0
 
 
