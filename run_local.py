@@ -5,6 +5,7 @@ after an interruption and finished stages are skipped, an interrupted training r
 
   python run_local.py --data DATA_DIR --work RUNS_DIR --preset full|demo|FILE.json
                       [--folds 0,1] [--only STAGE] [--dry-run] [--device cpu]
+                      [--pretrained-dir DIR] [--allow-scratch]
 
 Several GPUs: start one runner per GPU on the same work folder with different --folds, e.g.
   CUDA_VISIBLE_DEVICES=0 python run_local.py ... --folds 0,1,2 &
@@ -19,10 +20,8 @@ import time
 from pathlib import Path
 
 from kzlib.cli import one_line_errors
-from kzlib.data import DataError
+from kzlib.errors import EnvironmentProblem
 
-ROOT = Path(__file__).resolve().parent
-PRESETS = {"full": ROOT / "configs" / "preset_full.json", "demo": ROOT / "configs" / "preset_demo.json"}
 
 
 def save_picture(data: Path, submission: Path, out: Path) -> str | None:
@@ -46,7 +45,7 @@ def save_picture(data: Path, submission: Path, out: Path) -> str | None:
     return image_id
 
 
-@one_line_errors(DataError, ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+@one_line_errors()
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,19 +56,31 @@ def main(argv=None) -> int:
     p.add_argument("--only", help="run only this stage (or stage prefix, e.g. detect, classify-resnet18)")
     p.add_argument("--dry-run", action="store_true", help="print the plan with each stage's status")
     p.add_argument("--device", help="override the preset's device (cpu, cuda)")
+    p.add_argument("--pretrained-dir", type=Path,
+                   help="folder of the pretrained weights (default $KZLIB_PRETRAINED or pretrained/)")
+    p.add_argument("--allow-scratch", action="store_true",
+                   help="train every network from random weights instead of the preset's pretrained ones")
     a = p.parse_args(argv)
 
-    import torch
+    from kzlib import weights
+    from kzlib.pipeline import Pipeline, check_data, load_preset, preset_path, summary
 
-    from kzlib.pipeline import Pipeline, check_data, load_preset, summary
-
-    preset = Path(PRESETS.get(a.preset, a.preset))
-    cfg = load_preset(preset)
+    cfg = load_preset(preset_path(a.preset))
     if a.device:
         cfg.device = a.device
-    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-        raise DataError(f"preset {a.preset} runs on a CUDA GPU and none is available; "
-                        "pass --device cpu to run it on the CPU anyway (slow)")
+    if a.allow_scratch:
+        cfg = cfg.without_pretrained()
+        print("note: --allow-scratch: every network starts from random weights (the preset's pretrained "
+              "backbones and frozen starts are off)")
+    folder = a.pretrained_dir or weights.default_dir()
+    weights.check_preset(cfg, folder)  # before anything else: a missing file is one line, not hours later
+    cfg = cfg.with_weights_dir(folder)
+    if not a.dry_run:
+        import torch
+
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU and none is available; "
+                                     "pass --device cpu to run it on the CPU anyway (slow)")
     folds = [int(f) for f in a.folds.split(",") if f] if a.folds else None
     if not a.dry_run:
         print(f"checking {a.data} ...", flush=True)

@@ -20,10 +20,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kzlib.classify.config import ClassifyConfig  # noqa: E402
 from kzlib.classify.dataset import page_input  # noqa: E402
 from kzlib.classify.model import Classifier  # noqa: E402
-from kzlib.classify.predict import page_logits, tta_heights  # noqa: E402
+from kzlib.classify.predict import page_logits, tta_sizes  # noqa: E402
 from kzlib.data import parse_labels, read_labels_csv  # noqa: E402
 from kzlib.pages import Page  # noqa: E402
-from kzlib.training import load_config  # noqa: E402
+from kzlib.config import load_config  # noqa: E402
 
 SAMPLE = Path("../shared/data/kuzushiji-sample")
 
@@ -48,13 +48,13 @@ def main():
     print(f"page {a.image}: {len(boxes)} boxes; torch threads {torch.get_num_threads()}; device {dev}")
     for name, cfg, n in setups:
         model = Classifier(replace(cfg, device=a.device), a.classes).to(dev).eval()
-        heights = tta_heights(cfg.test_height, cfg.scale_aug, n)
-        page_logits(model, page, heights[:1], dev, False)  # warm-up
-        best = min(_timed(lambda: page_logits(model, page, heights, dev, False)) for _ in range(a.repeat))
-        image, _ = page_input(page, cfg.test_height)
+        sizes = tta_sizes(cfg.test_size, cfg.scale_aug, n)
+        page_logits(model, page, sizes[:1], dev, False, cfg.page_side)  # warm-up
+        best = min(_timed(lambda: page_logits(model, page, sizes, dev, False, cfg.page_side)) for _ in range(a.repeat))
+        image, _ = page_input(page, cfg.test_size, cfg.page_side)
         with torch.no_grad():
             trunk = min(_timed(lambda: model.trunk(image[None].to(dev))) for _ in range(a.repeat))
-        print(f"{name:<62} {best:7.2f} s/page   (trunk alone at {cfg.test_height} px: {trunk:.2f} s; heights {heights})",
+        print(f"{name:<62} {best:7.2f} s/page   (trunk alone at {cfg.test_size} px: {trunk:.2f} s; sizes {sizes})",
               flush=True)
 
 

@@ -32,14 +32,15 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--backbone", default="resnet152")
     p.add_argument("--fpn-channels", type=int, default=256)
-    p.add_argument("--page-height", type=int, default=1500)
+    p.add_argument("--page-size", type=int, default=1685)
     a = p.parse_args()
     setups = []
     for run in a.runs:
         cfg, model, dev = load_run(run, a.device)
         setups.append((str(run), cfg, model, dev))
     if not a.runs:
-        cfg = DetectConfig(backbone=a.backbone, fpn_channels=a.fpn_channels, page_height=a.page_height, device=a.device)
+        cfg = DetectConfig(backbone=a.backbone, fpn_channels=a.fpn_channels, page_size=a.page_size, pretrained="",
+                           device=a.device)
         dev = pick_device(a.device)
         setups.append(("untrained", cfg, build_model(cfg).to(dev).eval(), dev))
     print(f"page {a.image.name}; torch threads {torch.get_num_threads()}; device {a.device}")
@@ -54,7 +55,7 @@ def main():
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
-        print(f"{name}: {cfg.backbone} FPN-{cfg.fpn_channels} at {cfg.page_height} px: "
+        print(f"{name}: {cfg.backbone} FPN-{cfg.fpn_channels} at {cfg.page_size} px ({cfg.page_side}): "
               f"{min(times):.2f} s/page ({len(boxes)} boxes)")
 
 

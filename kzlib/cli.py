@@ -2,19 +2,46 @@
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
 import sys
 from typing import Callable
 
+from kzlib.errors import DataError, EnvironmentProblem, KzError, UsageError
+
+__all__ = ["one_line_errors", "DataError", "EnvironmentProblem", "UsageError", "io_message"]
+
+
+def io_message(e: OSError, what: str = "") -> str:
+    """One line for an I/O failure: the path, what errno means, and what to do about it."""
+    head = f"{what}: " if what else ""
+    if not e.filename:
+        return head + (str(e) or type(e).__name__)
+    path = e.filename
+    meaning = os.strerror(e.errno) if e.errno else str(e)
+    hint = {errno.ENOSPC: "free some disk space, then rerun (finished work is kept)",
+            errno.EROFS: "the folder is on a read-only file system; choose another output folder",
+            errno.EACCES: "no permission to write there; choose another output folder",
+            errno.EDQUOT: "disk quota exceeded; free some space, then rerun"}.get(e.errno, "")
+    return f"{head}{path}: {meaning}" + (f" ({hint})" if hint else "")
+
 
 def one_line_errors(*errors: type[BaseException], code: int = 1) -> Callable:
-    """Decorate a CLI ``main``: an error of these types is printed as one ``error: ...`` line on
-    stderr and the exit code is ``code``, instead of a traceback."""
+    """Decorate a CLI ``main``: the kit's errors (``kzlib.errors``; their own exit codes), I/O
+    failures (exit 3) and any of ``errors`` (exit ``code``) are printed as one ``error: ...``
+    line on stderr instead of a traceback."""
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(*args, **kwargs) -> int:
             try:
                 return main(*args, **kwargs)
+            except KzError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return e.exit_code
+            except OSError as e:
+                print(f"error: {io_message(e)}", file=sys.stderr)
+                return EnvironmentProblem.exit_code
             except errors as e:
                 print(f"error: {e}", file=sys.stderr)
                 return code

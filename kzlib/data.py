@@ -24,6 +24,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from kzlib.errors import DataError
+
 KAGGLE_DATA_DIR = Path("/kaggle/input/kuzushiji-recognition")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_FIELDS = 5  # U+XXXX x y w h
@@ -33,9 +35,6 @@ _LETTERS_DIGITS_RE = re.compile(r"^([A-Za-z]+)\d+$")
 
 SEG_FP = "seg_fp"  # the class of a detected box that matches no true character
 
-
-class DataError(ValueError):
-    """Bad input data. The message is one line that names the file (and row) at fault."""
 
 
 @dataclass(frozen=True)
@@ -138,12 +137,14 @@ def parse_labels(
     image_id: str = "?",
     source: str | Path = "labels",
     classes: set[str] | None = None,
+    allow_seg_fp: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Parse ``U+XXXX x y w h ...`` into (codes [N] str, boxes [N, 4] int64 as x, y, w, h).
 
     Empty/NaN means no characters. A malformed string raises DataError naming ``source`` and
     ``image_id``: count not a multiple of 5, a non-integer coordinate, a bad code, a class not in
-    ``classes`` (when given), or a non-positive width/height.
+    ``classes`` (when given), or a non-positive width/height. ``allow_seg_fp`` also accepts the
+    ``seg_fp`` class (pseudolabel files keep confident detector false positives).
     """
     if is_empty(labels):
         return np.empty(0, dtype=object), np.empty((0, 4), dtype=np.int64)
@@ -158,7 +159,7 @@ def parse_labels(
     except ValueError:
         bad = next(t for t in table[:, 1:].ravel() if not _is_int(t))
         raise DataError(f"{where}: non-integer coordinate {bad!r}") from None
-    bad_code = next((c for c in codes if not _CODE_RE.match(c)), None)
+    bad_code = next((c for c in codes if not _CODE_RE.match(c) and not (allow_seg_fp and c == SEG_FP)), None)
     if bad_code is not None:
         raise DataError(f"{where}: bad class code {bad_code!r} (expected U+XXXX)")
     if classes is not None:
@@ -229,14 +230,15 @@ def book_id(image_id: str) -> str:
 
 
 def make_folds(image_ids: Iterable[str], n_folds: int = 5) -> pd.DataFrame:
-    """Split pages into folds by book: books sorted by page count (most pages first, ties by book
-    id), book i goes to fold i mod n_folds. Returns ``image_id, book_id, fold`` in input order."""
+    """Split pages into folds by book, as the original solution does: books sorted by page count
+    (fewest pages first, ties by book id), book i goes to fold i mod n_folds. Returns
+    ``image_id, book_id, fold`` in input order."""
     if n_folds < 1:
         raise ValueError(f"n_folds must be >= 1, got {n_folds}")
     ids = pd.Series(list(image_ids), dtype=str)
     books = ids.map(book_id)
     counts = books.value_counts()
-    order = sorted(counts.index, key=lambda b: (-counts[b], b))
+    order = sorted(counts.index, key=lambda b: (counts[b], b))
     fold_of_book = {b: i % n_folds for i, b in enumerate(order)}
     return pd.DataFrame(
         {"image_id": ids, "book_id": books, "fold": books.map(fold_of_book).astype(np.int64)}
@@ -257,10 +259,12 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return im.size
 
 
-def read_image(path: str | Path, height: int | None = None) -> np.ndarray:
+def read_image(path: str | Path, height: int | None = None, min_height: int | None = None) -> np.ndarray:
     """Read a page as RGB uint8 [H, W, 3]; grayscale, RGBA (composited on white), 16-bit and PNG
     handled. With ``height``, the result is resized to exactly that height (aspect kept); when
     that is at most half the original, JPEGs use OpenCV's reduced decode (1/2, 1/4, 1/8) first.
+    With ``min_height`` instead, the page is only decoded at the strongest JPEG reduction that
+    keeps at least that many rows, and not resized (callers that crop before resizing).
     """
     path = Path(path)
     with _open_header(path) as im:
@@ -268,10 +272,11 @@ def read_image(path: str | Path, height: int | None = None) -> np.ndarray:
     if fmt == "JPEG":
         _check_jpeg_complete(path)
     factor = 1
-    if height is not None:
-        if height <= 0:
-            raise ValueError(f"height must be positive, got {height}")
-        factor = next((f for f in (8, 4, 2) if h0 >= f * height), 1)
+    target = height if height is not None else min_height
+    if target is not None:
+        if target <= 0:
+            raise ValueError(f"height must be positive, got {target}")
+        factor = next((f for f in (8, 4, 2) if h0 >= f * target), 1)
     simple = fmt == "JPEG" and mode in ("RGB", "L", "CMYK")
     if simple:
         flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import albumentations as A
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -34,18 +36,71 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
-class PageCrops(Dataset):
-    """``len(pages) * crops_per_page`` random crops per epoch of pages rescaled to ``page_height``,
-    pages without characters included. ``transform`` is an albumentations pipeline with bbox params
-    in the ``albumentations`` (normalised xyxy) format and a ``labels`` field. Sample i of epoch e
-    always gets the same randomness, so a resumed run repeats an uninterrupted one."""
+PAGE_SIDES = ("height", "longest")
 
-    def __init__(self, pages: Sequence[Page], labels: Sequence[np.ndarray], transform, page_height: int,
-                 crops_per_page: int, seed: int):
-        self.pages, self.labels, self.transform = list(pages), list(labels), transform
-        self.page_height, self.crops_per_page, self.seed = page_height, crops_per_page, seed
+
+def page_scale(width: int, height: int, size: float, side: str = "height") -> float:
+    """The factor that brings a page of ``width`` x ``height`` to ``size`` along ``side``
+    (``height``, or ``longest`` as the original solution's ``LongestMaxSize``)."""
+    if side not in PAGE_SIDES:
+        raise ValueError(f"page side {side!r} is not one of {', '.join(PAGE_SIDES)}")
+    return size / (height if side == "height" else max(width, height))
+
+
+def scaled_height(path: Path, size: float, side: str = "height") -> int:
+    """The height a page is read at so that its ``side`` is ``size`` pixels."""
+    w0, h0 = image_size(path)
+    return max(1, int(round(h0 * page_scale(w0, h0, size, side))))
+
+
+def colour_transforms(hsv: Sequence[int], brightness_contrast: float, gamma: Sequence[int]) -> list:
+    """The colour augmentations of both training stages, with albumentations' default
+    probabilities (0.5 each), as in the original solution."""
+    hue, sat, val = hsv
+    out = []
+    if any(hsv):
+        out.append(A.HueSaturationValue(hue_shift_limit=hue, sat_shift_limit=sat, val_shift_limit=val, p=0.5))
+    if brightness_contrast:
+        out.append(A.RandomBrightnessContrast(brightness_limit=brightness_contrast,
+                                              contrast_limit=brightness_contrast, p=0.5))
+    if tuple(gamma) != (100, 100):
+        out.append(A.RandomGamma(gamma_limit=tuple(gamma), p=0.5))
+    return out
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """How training crops are cut. A crop is a region of the page at ``size`` (along ``side``)
+    whose height is drawn uniformly from ``crop_height * (1 +- scale_aug)`` (width in the crop's
+    aspect), resized to ``crop_height`` x ``crop_width`` — the original solution's
+    ``RandomSizedCrop`` on pages of a fixed longest side. Only the region is resized: the page is
+    decoded at the smallest JPEG reduction that keeps the region's resolution, then cropped.
+    Regions larger than the page are padded with white paper."""
+    size: int
+    side: str
+    crop_height: int
+    crop_width: int
+    scale_aug: float
+    min_visibility: float
+    colour: tuple = ()
+    resample_empty: bool = False   # draw another crop when one holds no box (classifier)
+
+
+class PageCrops(Dataset):
+    """``len(pages) * crops_per_page`` random crops per epoch (``CropSpec``), pages without
+    characters included. Sample i of epoch e always gets the same randomness, so a resumed run
+    repeats an uninterrupted one."""
+
+    MAX_RESAMPLE = 10
+
+    def __init__(self, pages: Sequence[Page], labels: Sequence[np.ndarray], spec: CropSpec, crops_per_page: int,
+                 seed: int):
+        self.pages, self.labels, self.spec = list(pages), list(labels), spec
+        self.crops_per_page, self.seed = crops_per_page, seed
         self.epoch = 0
-        self.norm_boxes = [normalised_xyxy(p.boxes, *image_size(p.path)) for p in self.pages]
+        self.sizes = [image_size(p.path) for p in self.pages]
+        self.norm_boxes = [normalised_xyxy(p.boxes, *wh) for p, wh in zip(self.pages, self.sizes)]
+        self.colour = A.Compose(list(spec.colour)) if spec.colour else None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,11 +110,38 @@ class PageCrops(Dataset):
 
     def crop(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(crop image, its boxes as xyxy pixels, their labels); boxes under a pixel are dropped."""
-        k = i % len(self.pages)
-        image = read_image(self.pages[k].path, height=self.page_height)
-        self.transform.set_random_seed(sample_seed(self.seed, self.epoch, i))
-        out = self.transform(image=image, bboxes=self.norm_boxes[k], labels=self.labels[k])
+        for attempt in range(self.MAX_RESAMPLE + 1):
+            k = (i + attempt * 7919) % len(self.pages)
+            out = self._crop(k, sample_seed(self.seed, self.epoch, i, attempt))
+            if len(out[1]) or not self.spec.resample_empty:
+                return out
+        return out
+
+    def _crop(self, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        spec, page = self.spec, self.pages[k]
+        w0, h0 = self.sizes[k]
+        rng = np.random.default_rng(seed)
+        # region height in pixels of the page at spec.size, then in original pixels
+        region_h = spec.crop_height * rng.uniform(1 - spec.scale_aug, 1 + spec.scale_aug)
+        region_h0 = region_h / page_scale(w0, h0, spec.size, spec.side)
+        zoom = spec.crop_height / region_h0  # crop pixels per original pixel
+        image = read_image(page.path, min_height=max(1, int(np.ceil(h0 * zoom))))
+        s = image.shape[0] / h0
+        rh = max(1, int(round(region_h0 * s)))
+        rw = max(1, int(round(region_h0 * s * spec.crop_width / spec.crop_height)))
+        geometry = A.Compose(
+            [A.PadIfNeeded(min_height=rh, min_width=rw, border_mode=cv2.BORDER_CONSTANT, fill=255, position="random"),
+             A.RandomCrop(height=rh, width=rw),
+             A.Resize(spec.crop_height, spec.crop_width,
+                      interpolation=cv2.INTER_AREA if rh > spec.crop_height else cv2.INTER_LINEAR)],
+            bbox_params=A.BboxParams(format="albumentations", label_fields=["labels"],
+                                     min_visibility=spec.min_visibility, clip=True))
+        geometry.set_random_seed(seed)
+        out = geometry(image=image, bboxes=self.norm_boxes[k], labels=self.labels[k])
         crop = out["image"]
+        if self.colour is not None:
+            self.colour.set_random_seed(seed)
+            crop = self.colour(image=crop)["image"]
         ch, cw = crop.shape[:2]
         b = np.asarray(out["bboxes"], dtype=np.float32).reshape(-1, 4) * [cw, ch, cw, ch]
         y = np.asarray(out["labels"], dtype=np.int64)

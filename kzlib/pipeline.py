@@ -26,41 +26,104 @@ from kzlib.data import SEG_FP, DataDir, DataError, book_id, make_folds, read_lab
 from kzlib.detect.config import DetectConfig
 from kzlib.io import write_json_atomic
 from kzlib.stack.models import StackConfig, TooFewRows
-from kzlib.training import config_from_dict, load_config
+from kzlib.config import ConfigError, check_positive, config_dict, config_from_dict, load_config
 
 
 @dataclass
 class PipelineConfig:
+    """A preset: the whole chain's settings. Defaults are the original solution's
+    (``configs/preset_full.json`` spells them out; UPSTREAM.md lists every one)."""
     n_folds: int = 5
     device: str = "cuda"
     detect: dict = field(default_factory=dict)          # DetectConfig fields
     kinds: dict = field(default_factory=dict)           # model kind -> ClassifyConfig fields
     n_tta: int = 4
-    test_votes: int = 0                                 # folds agreeing on a test box (0: majority)
+    test_boxes: str = "fold0"                           # test boxes of every classifier: "fold0" (the fold-0
+    #                                                     detector's, as upstream) or "vote" (folds voting)
+    test_votes: int = 0                                 # with "vote": folds agreeing on a box (0: majority)
     pseudo_kind: str = ""                               # kind refitted with pseudolabels ("" = none)
     pseudo_min_gap: float = 5.0
     pseudo_max_second: float = 10.0
+    pseudo_drop_seg_fp: bool = False                    # upstream keeps confident seg_fp boxes as labels
     pseudo_oversample: int = 1
     finetune_epochs: int = 5
     finetune_lr_factor: float = 0.1
+    finetune_crops_per_page: int = 3                    # upstream --repeat-train 3 for the fine-tune
     refit_scratch: bool = True
+    refit_crops_per_page: int = 4                       # upstream --repeat-train 4 for the from-scratch refit
     stack: dict = field(default_factory=dict)           # StackConfig fields
 
     def __post_init__(self):
-        config_from_dict(DetectConfig, self.detect, "detect")
+        config_from_dict(DetectConfig, self.detect, None, "detect.")
         if not self.kinds:
-            raise ValueError("kinds: at least one classifier kind is needed")
+            raise ConfigError("kinds: at least one classifier kind is needed")
         for name, values in self.kinds.items():
-            config_from_dict(ClassifyConfig, values, f"kinds.{name}")
+            config_from_dict(ClassifyConfig, values, None, f"kinds.{name}.")
         if self.pseudo_kind and self.pseudo_kind not in self.kinds:
-            raise ValueError(f"pseudo_kind {self.pseudo_kind!r} is not one of the kinds ({', '.join(self.kinds)})")
-        config_from_dict(StackConfig, self.stack, "stack")
+            raise ConfigError(f"pseudo_kind: {self.pseudo_kind!r} is not one of the kinds ({', '.join(self.kinds)})")
+        if self.test_boxes not in ("fold0", "vote"):
+            raise ConfigError(f"test_boxes: {self.test_boxes!r} is not fold0 or vote")
+        check_positive(self, "n_folds", "n_tta", "pseudo_oversample", "finetune_epochs", "finetune_lr_factor",
+                       "finetune_crops_per_page", "refit_crops_per_page")
+        if not 0 <= self.test_votes <= self.n_folds:
+            raise ConfigError(f"test_votes: must be within 0..{self.n_folds}, got {self.test_votes}")
+        config_from_dict(StackConfig, self.stack, None, "stack.")
 
     def detect_config(self) -> DetectConfig:
         return config_from_dict(DetectConfig, {**self.detect, "device": self.device, "n_folds": self.n_folds})
 
     def classify_config(self, kind: str) -> ClassifyConfig:
         return config_from_dict(ClassifyConfig, {**self.kinds[kind], "device": self.device, "n_folds": self.n_folds})
+
+    def finetune_config(self, kind: str, init_from: str) -> ClassifyConfig:
+        """The pseudolabel fine-tune of ``kind``: from its checkpoint, few epochs, lr / 10."""
+        c = self.classify_config(kind)
+        return replace(c, init_from=init_from, epochs=self.finetune_epochs, lr=c.lr * self.finetune_lr_factor,
+                       warmup_epochs=0.0, pseudo_oversample=self.pseudo_oversample,
+                       crops_per_page=self.finetune_crops_per_page)
+
+    def refit_config(self, kind: str) -> ClassifyConfig:
+        """The from-scratch refit of ``kind`` with pseudolabels."""
+        return replace(self.classify_config(kind), pseudo_oversample=self.pseudo_oversample,
+                       crops_per_page=self.refit_crops_per_page)
+
+    def stack_config(self) -> StackConfig:
+        return config_from_dict(StackConfig, self.stack)
+
+    def without_pretrained(self) -> "PipelineConfig":
+        """The same preset training every network from random weights (``--allow-scratch``)."""
+        kinds = {k: {**v, "pretrained": "", "frozen_start": False} for k, v in self.kinds.items()}
+        return replace(self, detect={**self.detect, "pretrained": ""}, kinds=kinds)
+
+    def with_weights_dir(self, folder: Path) -> "PipelineConfig":
+        """Pretrained weight names resolved to files of ``folder`` (the stages' configs then record
+        the file they started from)."""
+        from kzlib.weights import resolve
+
+        def fix(values: dict, arch: str) -> dict:
+            value = values.get("pretrained", "auto")
+            path = resolve(value, arch, folder)
+            return {**values, "pretrained": str(path.resolve()) if path else ""}
+        det = self.detect_config()
+        kinds = {k: fix(v, self.classify_config(k).base) for k, v in self.kinds.items()}
+        return replace(self, detect=fix(self.detect, det.backbone), kinds=kinds)
+
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def preset_path(name: str | Path) -> Path:
+    """A preset by name (``full``, ``demo``, ... in ``configs/preset_NAME.json``) or a JSON file."""
+    path = Path(name)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} not found")
+        return path
+    named = PRESET_DIR / f"preset_{name}.json"
+    if not named.is_file():
+        known = sorted(p.stem.removeprefix("preset_") for p in PRESET_DIR.glob("preset_*.json"))
+        raise ConfigError(f"no preset {name!r} (known: {', '.join(known)}; or give a JSON file)")
+    return named
 
 
 def load_preset(path: Path) -> PipelineConfig:
@@ -161,8 +224,9 @@ class Pipeline:
 
         def merge():
             oof = merge_oof([self.det_run(k) for k in all_folds], self.oof_boxes, data)
-            test = merge_test([self.det_run(k) / "test_boxes.csv" for k in all_folds], self.test_boxes,
-                              cfg.test_votes or None)
+            vote = cfg.test_boxes == "vote"
+            test = merge_test([self.det_run(k) / "test_boxes.csv" for k in (all_folds if vote else [0])],
+                              self.test_boxes, cfg.test_votes or None if vote else None)
             return {"oof_boxes": len(oof), "test_boxes": len(test)}
 
         stages.append(Stage("detect-merge", [f"detect-{s}-f{k}" for k in all_folds for s in ("oof", "test")],
@@ -195,16 +259,12 @@ class Pipeline:
             stages.append(Stage("pseudolabel", base_predictions, [self.pseudo_labels], self._pseudolabel))
             pk = cfg.pseudo_kind
             for k in all_folds:
-                def finetune(k=k):
-                    c = cfg.classify_config(pk)
-                    return replace(c, init_from=str(self.cls_run(pk, k) / "best.pth"), epochs=cfg.finetune_epochs,
-                                   lr=c.lr * cfg.finetune_lr_factor, warmup_epochs=0.0,
-                                   pseudo_oversample=cfg.pseudo_oversample)
-                stages += classify_stages(f"{pk}-pl-ft", k, finetune, ["pseudolabel"], [self.pseudo_labels])
+                stages += classify_stages(
+                    f"{pk}-pl-ft", k, lambda k=k: cfg.finetune_config(pk, str(self.cls_run(pk, k) / "best.pth")),
+                    ["pseudolabel"], [self.pseudo_labels])
                 if cfg.refit_scratch:
-                    stages += classify_stages(
-                        f"{pk}-pl", k, lambda: replace(cfg.classify_config(pk), pseudo_oversample=cfg.pseudo_oversample),
-                        ["pseudolabel"], [self.pseudo_labels])
+                    stages += classify_stages(f"{pk}-pl", k, lambda: cfg.refit_config(pk), ["pseudolabel"],
+                                              [self.pseudo_labels])
         all_predictions = [f"classify-{kind}-predict-f{k}" for kind in self.kinds() for k in all_folds]
         stages.append(Stage("stack", all_predictions, [self.submission], self._stack))
         return stages
@@ -216,8 +276,9 @@ class Pipeline:
         test = blend_files([self.cls_run(kind, k) / "test_detailed.csv.gz" for kind in cfg.kinds for k in range(cfg.n_folds)])
         valid = pd.concat([blend_files([self.cls_run(kind, k) / "detailed.csv.gz" for kind in cfg.kinds])
                            for k in range(cfg.n_folds)], ignore_index=True)
-        result = {"test": write_pseudolabels(test, self.pseudo_labels, cfg.pseudo_min_gap, cfg.pseudo_max_second),
-                  "valid": report(valid, select(valid, cfg.pseudo_min_gap, cfg.pseudo_max_second))}
+        gap, second, drop = cfg.pseudo_min_gap, cfg.pseudo_max_second, cfg.pseudo_drop_seg_fp
+        result = {"test": write_pseudolabels(test, self.pseudo_labels, gap, second, drop),
+                  "valid": report(valid, select(valid, gap, second, drop))}
         write_json_atomic(result, self.pseudo_labels.with_suffix(".json"))
         return result
 
@@ -233,7 +294,7 @@ class Pipeline:
             feats.append(out / f"features_fold{k}.csv.gz")
         test_groups = {kind: [str(self.cls_run(kind, k) / "test_detailed.csv.gz") for k in range(cfg.n_folds)] for kind in kinds}
         info = build_features(test_groups, out / "features_test.csv.gz")
-        write_json_atomic(cfg.stack, out / "stack_config.json")
+        write_json_atomic(config_dict(cfg.stack_config()), out / "stack_config.json")
         try:
             result = train(feats, self.data, out / "models", out / "stack_config.json")
         except TooFewRows as e:  # e.g. a detector that found almost nothing on the held-out pages

@@ -4,7 +4,8 @@
 
 Blending follows the original solution: per box, a class's score is the mean over models of its
 logit in each model's top-k (0 where a model's top-k lacks it). A box is kept when the best score
-beats the second by ``min_gap`` and the second is at most ``max_second_score``. The kept boxes are
+beats the second by ``min_gap`` and the second is at most ``max_second_score`` (seg_fp boxes
+are kept as seg_fp labels unless ``--drop-seg-fp``). The kept boxes are
 written in the train.csv format, ready for ``kzlib.classify train --pseudolabels``.
 """
 
@@ -85,7 +86,7 @@ def top_two(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     return logits[:, 0], np.nan_to_num(second, nan=-np.inf)
 
 
-def select(df: pd.DataFrame, min_gap: float = 5.0, max_second_score: float = 10.0, drop_seg_fp: bool = True) -> np.ndarray:
+def select(df: pd.DataFrame, min_gap: float = 5.0, max_second_score: float = 10.0, drop_seg_fp: bool = False) -> np.ndarray:
     """Boolean mask of the confident boxes."""
     top, second = top_two(df)
     keep = (top - second >= min_gap) & (second <= max_second_score)
@@ -112,7 +113,7 @@ def report(df: pd.DataFrame, keep: np.ndarray) -> dict:
 
 
 def write_pseudolabels(blended: pd.DataFrame, out: Path, min_gap: float = 5.0, max_second_score: float = 10.0,
-                       drop_seg_fp: bool = True) -> dict:
+                       drop_seg_fp: bool = False) -> dict:
     """Keep the confident boxes of a blended detailed frame, write them as a labels file, and
     return the report."""
     keep = select(blended, min_gap, max_second_score, drop_seg_fp)
@@ -128,11 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="pseudolabel file (train.csv format)")
     p.add_argument("--min-gap", type=float, default=5.0)
     p.add_argument("--max-second-score", type=float, default=10.0)
-    p.add_argument("--keep-seg-fp", action="store_true", help="do not drop boxes whose blended class is seg_fp")
+    p.add_argument("--drop-seg-fp", action="store_true",
+                   help="drop confident boxes whose blended class is seg_fp (kept by default, as upstream)")
     p.add_argument("--blend-out", type=Path, help="also write the blended detailed file here")
     a = p.parse_args(argv)
     df = blend_files(a.detailed)
-    result = write_pseudolabels(df, a.out, a.min_gap, a.max_second_score, not a.keep_seg_fp)
+    result = write_pseudolabels(df, a.out, a.min_gap, a.max_second_score, a.drop_seg_fp)
     if a.blend_out:
         from kzlib.classify.predict import write_detailed
 

@@ -3,13 +3,10 @@ log, training curves, typed JSON configs, and the learning-rate schedule."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import random
 import time
 from pathlib import Path
-from typing import Any, TypeVar
 
 from functools import partial
 
@@ -18,35 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
-
-C = TypeVar("C")
-
-
-# ---------------------------------------------------------------------------------- configs
-
-def config_from_dict(cls: type[C], values: dict[str, Any], source: str = "config") -> C:
-    """Build a config dataclass, refusing unknown keys and coercing lists to tuples."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ValueError(f"{source}: unknown key(s) {', '.join(unknown)}")
-    clean = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
-    return cls(**clean)
-
-
-def load_config(cls: type[C], path: str | Path) -> C:
-    path = Path(path)
-    try:
-        values = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: unreadable config ({e})") from None
-    return config_from_dict(cls, values, str(path))
-
-
-def save_config(cfg: Any, path: str | Path) -> None:
-    write_json_atomic(dataclasses.asdict(cfg), path)
-
+from kzlib.io import atomic_path, write_csv_atomic
 
 # ---------------------------------------------------------------------------------- runtime
 
@@ -223,32 +192,3 @@ class EpochLog:
         with atomic_path(png) as tmp:
             fig.savefig(tmp, dpi=90, format="png")
         plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------- CLI
-
-def add_config_flags(parser, cls) -> None:
-    """One ``--field-name`` flag per config field (default None: not given), typed from the
-    field's default; tuples take several values."""
-    for f in dataclasses.fields(cls):
-        default = f.default
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, bool):
-            parser.add_argument(flag, type=lambda s: s.lower() in ("1", "true", "yes", "on"), default=None,
-                                metavar="BOOL", help=f"(default {default})")
-        elif isinstance(default, tuple):
-            kind = type(default[0]) if default else str
-            parser.add_argument(flag, type=kind, nargs="+", default=None, help=f"(default {' '.join(map(str, default))})")
-        else:
-            kind = type(default) if default is not None else str
-            parser.add_argument(flag, type=kind, default=None, help=f"(default {default})")
-
-
-def config_from_args(cls: type[C], args, config_file: str | Path | None = None) -> C:
-    """Defaults, then the JSON file, then the flags that were given."""
-    values = dataclasses.asdict(load_config(cls, config_file)) if config_file else {}
-    for f in dataclasses.fields(cls):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
-    return config_from_dict(cls, values)

@@ -18,9 +18,11 @@ from kzlib.classify.train import accumulate_gradients, train
 from kzlib.data import SEG_FP, DataError, parse_labels, read_labels_csv
 from kzlib.metric import read_submission
 from kzlib.pages import Page
+from kzlib.weights import WeightsError
 
 A, B, C = "U+3042", "U+3044", "U+3046"
-TINY = ClassifyConfig(base="resnet18", page_height=256, test_height=256, crop_width=96, crop_height=128,
+TINY = ClassifyConfig(base="resnet18", pretrained="", page_side="height", page_size=256, test_size=256, min_visibility=0.5,
+                      resample_empty=False, add_missed_truth=True, crop_width=96, crop_height=128,
                       crops_per_page=2, batch_size=3, epochs=2, lr=0.01, workers=0, device="cpu", hidden=32,
                       n_folds=3, top_k=3, amp=False)
 
@@ -49,8 +51,13 @@ def write_test_boxes(data_dir, path):
     return path
 
 
-def test_model_shapes_and_frozen_start():
-    cfg = replace(TINY, frozen_start=True)
+def test_model_shapes_and_frozen_start(tmp_path):
+    import timm
+
+    torch.save(timm.create_model("resnet18").state_dict(), tmp_path / "r18.pth")
+    with pytest.raises(ValueError, match="frozen_start.*no pretrained"):
+        replace(TINY, frozen_start=True)
+    cfg = replace(TINY, frozen_start=True, pretrained=str(tmp_path / "r18.pth"))
     model = Classifier(cfg, n_classes=7)
     images = torch.rand(2, 3, 128, 96)
     boxes = [torch.tensor([[10.0, 10, 30, 40], [50, 60, 70, 90]]), torch.tensor([[0.0, 0, 20, 20]])]
@@ -72,7 +79,7 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
     torch.save(full.state_dict(), tmp_path / "r18.pth")
     model = Classifier(replace(TINY, pretrained=str(tmp_path / "r18.pth")), 3)
     assert torch.equal(model.trunk.layer3[0].conv1.weight, full.layer3[0].conv1.weight)
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(WeightsError, match="nope.pth not found; run `python -m kzlib.weights fetch"):
         Classifier(replace(TINY, pretrained=str(tmp_path / "nope.pth")), 3)
     with pytest.raises(ValueError, match="unknown base"):
         Classifier(replace(TINY, base="resnet_9000"), 3)
@@ -93,7 +100,7 @@ def test_crops_keep_boxes_and_classes_aligned(tmp_path):
         labels.append(k)
     path = tmp_path / "p.png"
     cv2.imwrite(str(path), page)
-    cfg = replace(TINY, page_height=500, crop_width=192, crop_height=256, crops_per_page=15, hsv_aug=(0, 0, 0),
+    cfg = replace(TINY, page_size=500, crop_width=192, crop_height=256, crops_per_page=15, hsv_aug=(0, 0, 0),
                   brightness_contrast=0.0, gamma_aug=(100, 100), min_visibility=0.9)
     ds = CropDataset([Page("p_1", path, np.array(boxes, float))], [np.array(labels)], cfg)
     seen = 0

@@ -88,8 +88,8 @@ def test_folds_by_book_sorted_by_page_count():
     folds = data.make_folds(ids, n_folds=3)
     fold_of = folds.groupby("book_id")["fold"].agg(set)
     assert all(len(s) == 1 for s in fold_of)  # no book in two folds
-    # books by page count: big(5) -> 0, mid(3) -> 1, then the 1-page books by id: small -> 2, tiny -> 0
-    assert {b: s.pop() for b, s in fold_of.items()} == {"big": 0, "mid": 1, "small": 2, "tiny": 0}
+    # as upstream, fewest pages first (ties by id): small(1) -> 0, tiny(1) -> 1, mid(3) -> 2, big(5) -> 0
+    assert {b: s.pop() for b, s in fold_of.items()} == {"small": 0, "tiny": 1, "mid": 2, "big": 0}
     assert folds["image_id"].tolist() == ids  # input order kept
 
 

@@ -15,9 +15,9 @@ from kzlib.detect.dataset import CropDataset
 from kzlib.detect.predict import SEG_FP, match_true, merge_oof
 from kzlib.detect.train import train
 from kzlib.pages import Page, split_pages
-from kzlib.training import config_from_dict
+from kzlib.config import config_from_dict
 
-TINY = DetectConfig(backbone="resnet18", fpn_channels=16, page_height=256, crop_width=160, crop_height=128,
+TINY = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=256, crop_width=160, crop_height=128,
                     crops_per_page=1, batch_size=2, epochs=2, lr=0.005, workers=0, device="cpu",
                     anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05)
 
@@ -35,7 +35,7 @@ def test_crops_keep_boxes_aligned(tmp_path):
         boxes.append((x, y, w, h))
     path = tmp_path / "p.jpg"
     cv2.imwrite(str(path), page, [cv2.IMWRITE_JPEG_QUALITY, 98])
-    cfg = replace(TINY, page_height=500, crop_width=256, crop_height=192, crops_per_page=20, scale_aug=0.3)
+    cfg = replace(TINY, page_size=500, crop_width=256, crop_height=192, crops_per_page=20, scale_aug=0.3)
     ds = CropDataset([Page("p_1", path, np.array(boxes))], cfg)
     n_boxes = 0
     for i in range(len(ds)):
@@ -131,7 +131,7 @@ def test_resume_continues_exactly(tiny, tmp_path):
 def test_train_predict_cli_end_to_end(tiny, tmp_path):
     run = tmp_path / "run"
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"backbone": "resnet18", "fpn_channels": 16, "page_height": 256, "crop_width": 160,
+    cfg.write_text(json.dumps({"backbone": "resnet18", "fpn_channels": 16, "pretrained": "", "page_side": "height", "page_size": 256, "crop_width": 160,
                                "crop_height": 128, "crops_per_page": 1, "batch_size": 2, "workers": 0,
                                "anchor_sizes": [8, 16, 32, 64, 128], "device": "cpu", "score_threshold": 0.0}))
     cli = lambda *a: subprocess.run([sys.executable, "-m", "kzlib.detect", *map(str, a)], capture_output=True, text=True)

@@ -65,12 +65,12 @@ def test_pseudolabel_thresholds_and_labels_file():
     df = detailed([("p_1", 0, [(A, 12), (B, 6)]),     # gap 6, second 6: kept
                    ("p_1", 40, [(A, 12), (B, 8)]),    # gap 4: dropped
                    ("p_2", 0, [(B, 25), (A, 11)]),    # second 11 > 10: dropped
-                   ("p_2", 40, [("seg_fp", 20), (A, 1)]),  # seg_fp: dropped unless asked
+                   ("p_2", 40, [("seg_fp", 20), (A, 1)]),  # seg_fp: kept (as upstream) unless asked
                    ("p_3", 0, [(C, 9), (A, 3.9)])],   # gap 5.1: kept
                   true=[A, A, B, "seg_fp", B])
-    keep = select(df, min_gap=5, max_second_score=10)
+    assert select(df, min_gap=5, max_second_score=10).tolist() == [True, False, False, True, True]
+    keep = select(df, 5, 10, drop_seg_fp=True)
     assert keep.tolist() == [True, False, False, False, True]
-    assert select(df, 5, 10, drop_seg_fp=False).tolist() == [True, False, False, True, True]
     labels = labels_file(df[keep])
     assert labels.to_dict("records") == [{"image_id": "p_1", "labels": f"{A} 0 10 20 20"},
                                          {"image_id": "p_3", "labels": f"{C} 0 10 20 20"}]
@@ -148,7 +148,9 @@ def test_level2_beats_the_plain_blend_and_writes_a_valid_submission(tmp_path):
         info = build_features(g, tmp_path / f"features_{k}.csv.gz")
         assert info["boxes"] == 240
         feats.append(tmp_path / f"features_{k}.csv.gz")
-    (tmp_path / "stack.json").write_text(json.dumps({"rounds": 60, "early_stopping": 10, "threads": 1}))
+    (tmp_path / "stack.json").write_text(json.dumps({"rounds": 60, "early_stopping": 10, "threads": 1,
+                                                     "libraries": ["lightgbm", "xgboost", "catboost"],
+                                                     "weights": [1, 1, 1], "features": "extended"}))
     result = train(feats, data, tmp_path / "models", tmp_path / "stack.json")
     report = {r["method"]: r for r in result["report"]}
     assert report["blend"]["all"] < 0.7
@@ -181,3 +183,20 @@ def test_stack_cli_errors(tmp_path):
     out = subprocess.run([sys.executable, "-m", "kzlib.stack", "predict", str(tmp_path), str(tmp_path / "nope.csv.gz"),
                           "--data", str(tmp_path), "--out", str(tmp_path / "s.csv")], capture_output=True, text=True)
     assert out.returncode == 1 and "nope.csv.gz: features file not found" in out.stderr
+
+
+def test_upstream_level2_uses_the_original_features_and_libraries(tmp_path):
+    """The default (full preset) level 2: LightGBM + XGBoost on the original solution's features."""
+    data, groups = synthetic_level2(tmp_path)
+    feats = []
+    for k, g in enumerate(groups):
+        build_features(g, tmp_path / f"features_{k}.csv.gz")
+        feats.append(tmp_path / f"features_{k}.csv.gz")
+    (tmp_path / "stack.json").write_text(json.dumps({"rounds": 40, "threads": 1}))
+    result = train(feats, data, tmp_path / "models", tmp_path / "stack.json")
+    meta = json.loads((tmp_path / "models" / "stack.json").read_text())
+    assert meta["config"]["libraries"] == ["lightgbm", "xgboost"] and meta["config"]["lightgbm"]["num_leaves"] == 41
+    assert set(meta["features"]) == {"max_iou", "cand"} | {f"g{g}_{n}{r}" for g in (0, 1) for n in ("cls", "score", "is_top")
+                                                         for r in range(3)}
+    assert not (tmp_path / "models" / "fold0_catboost.model").exists()
+    assert {r["method"]: r for r in result["report"]}["level 2"]["all"] > 0.95

@@ -7,7 +7,7 @@ from kzlib.cli import one_line_errors
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
 from kzlib.data import DataError
-from kzlib.training import add_config_flags, config_from_args
+from kzlib.config import add_config_flags, config_from_args
 
 
 @one_line_errors(DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError)

@@ -1,35 +1,42 @@
-"""Typed configuration of a classifier run. Defaults are the original solution's ResNet-152 run;
-``configs/classify_*.json`` hold the other presets."""
+"""Typed configuration of a classifier run. Defaults are the original solution's ResNet-152 run
+(lopuhin/kaggle-kuzushiji-2019, ``kuzushiji/classify/main.py``); UPSTREAM.md lists every setting."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from kzlib.config import ConfigError, check_positive
 
 
 @dataclass
 class ClassifyConfig:
     # model
     base: str = "resnet152"              # any timm ResNet/ResNeXt name, e.g. resnext101_32x8d
-    pretrained: str = ""                 # local weight file for the trunk ("" = from scratch)
+    pretrained: str = "auto"             # trunk weights: "auto" (the kit's ImageNet file for the base, see
+    #                                      kzlib.weights), a file name or path, or "" for random init
     init_from: str = ""                  # checkpoint of a classifier run to fine-tune from
     roi_size: int = 3
+    roi_sampling_ratio: int = -1         # torchvision roi_align: -1 adaptive (upstream), or fixed points
+    roi_aligned: bool = False            # half-pixel aligned roi_align (upstream: False)
     hidden: int = 1024
     dropout: float = 0.5
-    frozen_start: bool = False           # conv1/bn1/layer1 frozen and kept in eval mode
+    frozen_start: bool = False           # conv1/bn1/layer1 frozen and kept in eval mode (needs pretrained)
     # data
-    page_height: int = 2528              # training pages are rescaled to this height
-    test_height: int = 2528              # inference height (TTA scales go up from it)
+    page_size: int = 2528                # training crops are cut at this page size (along page_side)
+    test_size: int = 2528                # inference page size (TTA scales go up from it)
+    page_side: str = "longest"           # "longest" (LongestMaxSize, as upstream) or "height"
     crop_width: int = 512
     crop_height: int = 768
-    crops_per_page: int = 2              # the train set is repeated this many times per epoch
-    scale_aug: float = 0.3
+    crops_per_page: int = 6              # the train set is repeated this many times per epoch (--repeat-train)
+    scale_aug: float = 0.3               # crop region height uniform in crop_height*(1 +- scale_aug)
     hsv_aug: tuple[int, int, int] = (7, 30, 30)
     brightness_contrast: float = 0.2
     gamma_aug: tuple[int, int] = (80, 120)
-    min_visibility: float = 0.5          # boxes less visible than this in a crop are dropped
+    min_visibility: float = 0.99         # boxes less visible than this in a crop are dropped
+    resample_empty: bool = True          # a crop without boxes is replaced by another
     max_targets: int = 0                 # cap on boxes per batch, a multiple of 32 (0 = no cap)
     pseudo_oversample: int = 1           # pseudolabelled pages are repeated this many times
-    add_missed_truth: bool = True        # also train on true boxes that no detector box matched
+    add_missed_truth: bool = False       # also train on true boxes that no detector box matched
     # optimisation
     epochs: int = 50
     batch_size: int = 10
@@ -45,7 +52,7 @@ class ClassifyConfig:
     validate_every: int = 1
     # inference
     n_tta: int = 1                       # scales used while validating during training
-    top_k: int = 5
+    top_k: int = 50                      # classes and logits written per box in the detailed files
     # runtime
     device: str = "auto"
     workers: int = 2
@@ -54,8 +61,17 @@ class ClassifyConfig:
 
     def __post_init__(self):
         if self.max_targets < 0 or self.max_targets % 32:
-            raise ValueError(f"max_targets must be 0 or a positive multiple of 32, not {self.max_targets}")
-        if self.accumulation_steps < 1 or self.batch_size < 1:
-            raise ValueError("batch_size and accumulation_steps must be >= 1")
-        if self.top_k < 1:
-            raise ValueError("top_k must be >= 1")
+            raise ConfigError(f"max_targets: must be 0 or a positive multiple of 32, not {self.max_targets}")
+        check_positive(self, "batch_size", "accumulation_steps", "top_k", "epochs", "crops_per_page", "page_size",
+                       "test_size", "crop_width", "crop_height", "hidden", "roi_size", "n_tta", "validate_every",
+                       "pseudo_oversample", "lr", "n_folds")
+        check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", allow_zero=True)
+        if self.schedule not in ("step", "cosine"):
+            raise ConfigError(f"schedule: {self.schedule!r} is not step or cosine")
+        if self.page_side not in ("height", "longest"):
+            raise ConfigError(f"page_side: {self.page_side!r} is not height or longest")
+        if not 0 <= self.scale_aug < 1 or not 0 <= self.dropout < 1 or not 0 <= self.min_visibility <= 1:
+            raise ConfigError("scale_aug and dropout must lie in [0, 1), min_visibility in [0, 1]")
+        if self.frozen_start and not self.pretrained and not self.init_from:
+            raise ConfigError("frozen_start: freezes conv1/bn1/layer1 at their pretrained values, but no pretrained "
+                              "weights are given (pretrained is empty); set pretrained, or frozen_start false")

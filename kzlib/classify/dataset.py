@@ -10,15 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-import albumentations as A
-import cv2
 import numpy as np
 import pandas as pd
 import torch
 
 from kzlib.classify.config import ClassifyConfig
 from kzlib.data import DataError, image_size, parse_labels, read_image, read_labels_csv
-from kzlib.pages import Page, PageCrops, to_tensor, xyxy_tensor
+from kzlib.pages import CropSpec, Page, PageCrops, colour_transforms, scaled_height, to_tensor, xyxy_tensor
 
 BOX_COLUMNS = ["image_id", "x", "y", "w", "h"]
 
@@ -90,7 +88,7 @@ def pseudo_pages(path: Path, test_paths: dict[str, Path]) -> list[Page]:
     for r, (image_id, labels) in enumerate(zip(df["image_id"], df["labels"])):
         if image_id not in test_paths:
             raise DataError(f"{path}: row {r + 2}: image {image_id!r} is not a test image (sample_submission.csv)")
-        codes, boxes = parse_labels(labels, image_id=image_id, source=path)
+        codes, boxes = parse_labels(labels, image_id=image_id, source=path, allow_seg_fp=True)
         pages.append(Page(image_id, test_paths[image_id], boxes.astype(np.float64), list(codes)))
     return pages
 
@@ -109,29 +107,16 @@ def class_index(pages: Sequence[Page], classes: Sequence[str], source: str) -> l
     return out
 
 
-def crop_transform(cfg: ClassifyConfig) -> A.Compose:
-    h, w = cfg.crop_height, cfg.crop_width
-    hue, sat, val = cfg.hsv_aug
-    bc = cfg.brightness_contrast
-    return A.Compose(
-        [
-            A.RandomScale(scale_limit=cfg.scale_aug, interpolation=cv2.INTER_AREA, p=1.0),
-            A.PadIfNeeded(min_height=h, min_width=w, border_mode=cv2.BORDER_CONSTANT, fill=255, position="random"),
-            A.RandomCrop(height=h, width=w),
-            A.HueSaturationValue(hue_shift_limit=hue, sat_shift_limit=sat, val_shift_limit=val, p=0.8),
-            A.RandomBrightnessContrast(brightness_limit=bc, contrast_limit=bc, p=0.5),
-            A.RandomGamma(gamma_limit=tuple(cfg.gamma_aug), p=0.5),
-        ],
-        bbox_params=A.BboxParams(format="albumentations", label_fields=["labels"],
-                                 min_visibility=cfg.min_visibility, clip=True),
-    )
+def crop_spec(cfg: ClassifyConfig) -> CropSpec:
+    return CropSpec(cfg.page_size, cfg.page_side, cfg.crop_height, cfg.crop_width, cfg.scale_aug, cfg.min_visibility,
+                    tuple(colour_transforms(cfg.hsv_aug, cfg.brightness_contrast, cfg.gamma_aug)), cfg.resample_empty)
 
 
 class CropDataset(PageCrops):
     """Random crops; item = (image, boxes xyxy in crop pixels, class indices)."""
 
     def __init__(self, pages: Sequence[Page], labels: Sequence[np.ndarray], cfg: ClassifyConfig):
-        super().__init__(pages, labels, crop_transform(cfg), cfg.page_height, cfg.crops_per_page, cfg.seed)
+        super().__init__(pages, labels, crop_spec(cfg), cfg.crops_per_page, cfg.seed)
 
     def __getitem__(self, i: int):
         crop, boxes, labels = self.crop(i)
@@ -160,9 +145,9 @@ def collate(batch):
     return torch.stack(images), list(boxes), list(labels)
 
 
-def page_input(page: Page, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """A whole page at ``height`` and its boxes as xyxy pixels of that size."""
+def page_input(page: Page, size: int, side: str = "height") -> tuple[torch.Tensor, torch.Tensor]:
+    """A whole page at ``size`` (along ``side``) and its boxes as xyxy pixels of that size."""
     w0, h0 = image_size(page.path)
-    image = read_image(page.path, height=height)
+    image = read_image(page.path, height=scaled_height(page.path, size, side))
     sx, sy = image.shape[1] / w0, image.shape[0] / h0
     return to_tensor(image), (xyxy_tensor(page.boxes) * torch.tensor([sx, sy, sx, sy], dtype=torch.float64)).float()

@@ -3,14 +3,15 @@ layer2 and layer3, and a small head that names each box (or calls it ``seg_fp``)
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import timm
 import torch
 from torch import nn
 from torchvision.ops import roi_align
 
+from kzlib import weights
 from kzlib.classify.config import ClassifyConfig
+from kzlib.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -19,15 +20,23 @@ FROZEN_MODULES = ("conv1", "bn1", "layer1")
 
 def build_trunk(cfg: ClassifyConfig, load_pretrained: bool = True) -> nn.Module:
     """timm ``features_only`` trunk returning layer2 and layer3 (layer4 is never built). Weights
-    come from ``cfg.pretrained`` when given; nothing is ever downloaded."""
+    come from the file ``cfg.pretrained`` names (``kzlib.weights``); nothing is ever downloaded."""
     if cfg.base not in timm.list_models():
-        raise ValueError(f"unknown base {cfg.base!r}: use a timm ResNet/ResNeXt name such as resnet152 "
+        raise UsageError(f"unknown base {cfg.base!r}: use a timm ResNet/ResNeXt name such as resnet152 "
                          "or resnext101_32x8d")
     kwargs = dict(features_only=True, out_indices=(2, 3))
     if cfg.pretrained and load_pretrained:
-        if not Path(cfg.pretrained).is_file():
-            raise FileNotFoundError(f"{cfg.pretrained}: pretrained weight file not found")
-        return timm.create_model(cfg.base, pretrained=True, pretrained_cfg_overlay={"file": str(cfg.pretrained)}, **kwargs)
+        path = weights.require(cfg.pretrained, cfg.base, what=f"classifier {cfg.base}")
+        trunk = timm.create_model(cfg.base, pretrained=False, **kwargs)
+        state = weights.load_state(path)
+        own = trunk.state_dict()
+        matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
+        if missing:
+            raise weights.WeightsError(f"{path}: {len(missing)} of {len(own)} trunk tensors missing or of another "
+                                       f"shape (e.g. {missing[0]}); weights of another architecture than {cfg.base}?")
+        trunk.load_state_dict(matched, strict=False)
+        return trunk
     return timm.create_model(cfg.base, pretrained=False, **kwargs)
 
 
@@ -38,6 +47,7 @@ class Classifier(nn.Module):
         self.reductions = tuple(self.trunk.feature_info.reduction())
         channels = sum(self.trunk.feature_info.channels())
         self.roi_size = cfg.roi_size
+        self.roi_sampling_ratio, self.roi_aligned = cfg.roi_sampling_ratio, cfg.roi_aligned
         self.frozen_start = cfg.frozen_start
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -66,7 +76,8 @@ class Classifier(nn.Module):
         per image."""
         features = self.trunk((images - self.mean) / self.std)
         pooled = [roi_align(f.float(), [b.float() for b in boxes], output_size=self.roi_size,
-                            spatial_scale=1.0 / r, sampling_ratio=2, aligned=True).flatten(1)
+                            spatial_scale=1.0 / r, sampling_ratio=self.roi_sampling_ratio,
+                            aligned=self.roi_aligned).flatten(1)
                   for f, r in zip(features, self.reductions)]
         return torch.cat(pooled, dim=1)
 

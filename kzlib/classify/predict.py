@@ -19,34 +19,36 @@ from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import atomic_path, write_json_atomic
 from kzlib.metric import score_arrays, submission_from_points, write_submission
 from kzlib.pages import Page, split_pages
-from kzlib.training import autocast, config_from_dict, load_checkpoint, pick_device
+from kzlib.config import config_from_dict
+from kzlib.training import autocast, load_checkpoint, pick_device
 
 DETAILED_COLUMNS = ["image_id", "x", "y", "w", "h", "pred", "true", "top_k_classes", "top_k_logits"]
 
 
-def tta_heights(test_height: int, scale_aug: float, n: int) -> list[int]:
-    """Page heights test_height * (1 + s), s evenly spaced from 0 to the training scale range."""
+def tta_sizes(test_size: int, scale_aug: float, n: int) -> list[int]:
+    """Page sizes test_size * (1 + s), s evenly spaced from 0 to the training scale range."""
     if n < 1:
         raise ValueError(f"n_tta must be >= 1, not {n}")
-    return [int(round(test_height * (1 + s))) for s in np.linspace(0.0, scale_aug, n)] if n > 1 else [test_height]
+    return [int(round(test_size * (1 + s))) for s in np.linspace(0.0, scale_aug, n)] if n > 1 else [test_size]
 
 
 @torch.no_grad()
-def page_logits(model: Classifier, page: Page, heights: Sequence[int], device: torch.device, amp: bool) -> torch.Tensor:
-    """[boxes, classes] logits of one page, averaged over the scales in ``heights``."""
+def page_logits(model: Classifier, page: Page, sizes: Sequence[int], device: torch.device, amp: bool,
+                side: str = "height") -> torch.Tensor:
+    """[boxes, classes] logits of one page, averaged over the page sizes in ``sizes``."""
     total = None
-    for h in heights:
-        image, boxes = page_input(page, h)
+    for size in sizes:
+        image, boxes = page_input(page, size, side)
         with autocast(device, amp):
             logits = model(image[None].to(device), [boxes.to(device)]).float().cpu()
         total = logits if total is None else total + logits
-    return total / len(heights)
+    return total / len(sizes)
 
 
-def predict_pages(model: Classifier, pages: Sequence[Page], heights: Sequence[int], device: torch.device,
-                  amp: bool, n_classes: int, desc: str = "classify") -> list[torch.Tensor]:
+def predict_pages(model: Classifier, pages: Sequence[Page], sizes: Sequence[int], device: torch.device,
+                  amp: bool, n_classes: int, desc: str = "classify", side: str = "height") -> list[torch.Tensor]:
     model.eval()
-    return [page_logits(model, p, heights, device, amp) if len(p.boxes) else torch.zeros(0, n_classes)
+    return [page_logits(model, p, sizes, device, amp, side) if len(p.boxes) else torch.zeros(0, n_classes)
             for p in tqdm(pages, desc=desc, leave=False, unit="page", disable=None)]
 
 
@@ -164,13 +166,13 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
     table = table[table["image_id"].isin(set(ids))]
     check_inside(table, {i: image_size(paths[i]) for i in table["image_id"].unique()}, Path(boxes))
     pages = pages_from_boxes(table, ids, paths)
-    heights = tta_heights(cfg.test_height, cfg.scale_aug, n_tta)
-    logits = predict_pages(model, pages, heights, dev, cfg.amp, len(classes), f"classify {split}")
+    sizes = tta_sizes(cfg.test_size, cfg.scale_aug, n_tta)
+    logits = predict_pages(model, pages, sizes, dev, cfg.amp, len(classes), f"classify {split}", cfg.page_side)
     detailed = detailed_frame(pages, logits, classes, cfg.top_k, with_true=split == "valid")
     prefix = "" if split == "valid" else "test_"
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"detailed": str(out_dir / f"{prefix}detailed.csv.gz"), "submission": str(out_dir / f"{prefix}submission.csv"),
-              "heights": heights}
+              "sizes": sizes}
     write_detailed(detailed, Path(result["detailed"]))
     write_submission(submission_from_detailed(detailed), result["submission"], ids)
     if split == "valid":

@@ -19,12 +19,13 @@ from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import (CropDataset, cap_targets, check_inside, class_index, collate,
                                     pages_from_boxes, pseudo_pages, read_boxes)
 from kzlib.classify.model import Classifier
-from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_heights
+from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_sizes
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import write_json_atomic
 from kzlib.pages import Page, best_iou, split_pages
-from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, load_checkpoint, load_config,
-                            pick_device, sample_seed, save_checkpoint, save_config, seed_everything)
+from kzlib.config import load_config, save_config
+from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, load_checkpoint, pick_device, sample_seed,
+                            save_checkpoint, seed_everything)
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler) -> tuple[float, int, int]:
@@ -125,8 +126,8 @@ def prepare(data_dir: Path, boxes: Path, fold: int, cfg: ClassifyConfig, val_ima
 def validate(model, val_pages, val_truth, classes, cfg: ClassifyConfig, device) -> dict:
     if not val_pages:
         return {}
-    heights = tta_heights(cfg.test_height, cfg.scale_aug, cfg.n_tta)
-    logits = predict_pages(model, val_pages, heights, device, cfg.amp, len(classes), "validate")
+    sizes = tta_sizes(cfg.test_size, cfg.scale_aug, cfg.n_tta)
+    logits = predict_pages(model, val_pages, sizes, device, cfg.amp, len(classes), "validate", cfg.page_side)
     return detailed_scores(detailed_frame(val_pages, logits, classes, 1, with_true=True), val_truth)
 
 

@@ -6,7 +6,7 @@ from kzlib.cli import one_line_errors
 from kzlib.data import DataError
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig
-from kzlib.training import add_config_flags, config_from_args
+from kzlib.config import add_config_flags, config_from_args
 
 
 @one_line_errors(DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError)

@@ -1,8 +1,14 @@
-"""The detector's typed configuration (saved as config.json in every run folder)."""
+"""The detector's typed configuration (saved as config.json in every run folder).
+
+Defaults are the original solution's (lopuhin/kaggle-kuzushiji-2019, ``kuzushiji/segment``);
+UPSTREAM.md lists every setting with its upstream file.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+from kzlib.config import ConfigError, check_positive
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -12,35 +18,41 @@ class DetectConfig:
     # model
     backbone: str = "resnet152"
     fpn_channels: int = 256
-    pretrained: str | None = None  # local file of ImageNet backbone weights; None: from scratch
-    trainable_layers: int = 3  # with pretrained weights (frozen BatchNorm); from scratch all train
-    init_from: str | None = None  # a detector checkpoint (another run's best.pth) to start from
-    anchor_sizes: tuple[int, ...] = (16, 32, 64, 128, 256)  # one per FPN level, px at page_height
+    pretrained: str = "auto"  # ImageNet backbone weights: "auto" (the kit's file for the backbone,
+    #                           see kzlib.weights), a file name or path, or "" to train from scratch
+    trainable_layers: int = 3  # with pretrained weights (frozen BatchNorm): layer2-4 train
+    init_from: str = ""  # a detector checkpoint (another run's best.pth) to start from
+    anchor_sizes: tuple[int, ...] = (12, 24, 32, 64, 96)  # one per FPN level, px at page_size
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     box_batch_per_image: int = 512  # proposals sampled per image for the box head while training
     # data
-    page_height: int = 1500  # pages are rescaled to this height, for training and inference
+    page_size: int = 1685  # pages are read with this many pixels along page_side (train and test)
+    page_side: str = "longest"  # "longest" (LongestMaxSize, as upstream) or "height"
     crop_width: int = 512
     crop_height: int = 384
-    crops_per_page: int = 8  # an epoch = pages x crops_per_page random crops
-    scale_aug: float = 0.2  # random rescale of the page by 1 +- scale_aug
-    hsv_aug: tuple[int, int, int] = (7, 30, 30)  # hue, saturation, value shift limits
+    crops_per_page: int = 2  # an epoch = pages x crops_per_page random crops (upstream: 2 passes)
+    scale_aug: float = 0.1425  # crop region height uniform in crop_height*(1 +- scale_aug) at page_size
+    hsv_aug: tuple[int, int, int] = (7, 10, 10)  # hue, saturation, value shift limits
+    brightness_contrast: float = 0.2
+    gamma_aug: tuple[int, int] = (80, 120)
     min_visibility: float = 0.5  # boxes cut by the crop keep this fraction of their area or go
-    # training (the original solution's settings)
+    # training
     epochs: int = 45
-    batch_size: int = 4
+    batch_size: int = 16
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "step"  # step or cosine
     lr_steps: tuple[int, ...] = (35,)
     lr_gamma: float = 0.1
-    warmup_epochs: float = 1.0
-    amp: bool = True  # fp16 autocast + GradScaler on CUDA; ignored on CPU
+    warmup_epochs: float = 0.5
+    amp: bool = False  # fp16 autocast + GradScaler on CUDA (upstream trained in fp32); ignored on CPU
     # inference
     score_threshold: float = 0.5
     nms_iou: float = 0.25
-    max_detections: int = 1200
+    max_detections: int = 1000
+    rpn_pre_nms_test: int = 1000
+    rpn_post_nms_test: int = 1000
     # runtime
     device: str = "auto"
     workers: int = 2
@@ -49,11 +61,20 @@ class DetectConfig:
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
-            raise ValueError(f"backbone {self.backbone!r} is not one of {', '.join(BACKBONES)}")
+            raise ConfigError(f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         if len(self.anchor_sizes) != 5:
-            raise ValueError("anchor_sizes needs one size per FPN level (5)")
+            raise ConfigError("anchor_sizes: needs one size per FPN level (5)")
         if self.schedule not in ("step", "cosine"):
-            raise ValueError(f"schedule {self.schedule!r} is not step or cosine")
-        for name in ("page_height", "crop_width", "crop_height", "crops_per_page", "epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive")
+            raise ConfigError(f"schedule: {self.schedule!r} is not step or cosine")
+        if self.page_side not in ("height", "longest"):
+            raise ConfigError(f"page_side: {self.page_side!r} is not height or longest")
+        check_positive(self, "page_size", "crop_width", "crop_height", "crops_per_page", "epochs", "batch_size",
+                       "lr", "fpn_channels", "max_detections", "rpn_pre_nms_test", "rpn_post_nms_test",
+                       "n_folds", "box_batch_per_image")
+        check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", allow_zero=True)
+        if not 0 <= self.scale_aug < 1:
+            raise ConfigError(f"scale_aug: must be in [0, 1), got {self.scale_aug}")
+        if not 0 <= self.min_visibility <= 1 or not 0 <= self.score_threshold <= 1 or not 0 < self.nms_iou <= 1:
+            raise ConfigError("min_visibility, score_threshold and nms_iou must lie in [0, 1]")
+        if not 0 <= self.trainable_layers <= 5:
+            raise ConfigError(f"trainable_layers: must be within 0..5, got {self.trainable_layers}")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN
@@ -14,11 +13,12 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from kzlib import weights
 from kzlib.detect.config import DetectConfig
 
 
 class PageTransform(GeneralizedRCNNTransform):
-    """Normalise and batch, but never resize: the kit scales pages itself (config.page_height)."""
+    """Normalise and batch, but never resize: the kit scales pages itself (config.page_size)."""
 
     def resize(self, image, target=None):
         return image, target
@@ -28,29 +28,26 @@ def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
     """Load ImageNet weights of a torchvision-style ResNet from a local file (a state dict, or a
     checkpoint holding one under 'state_dict' or 'model'); the classifier head is ignored."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith(("fc.", "module.fc."))}
+    state = {k: v for k, v in weights.load_state(path).items() if not k.startswith("fc.")}
     own = body.state_dict()
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if len(matched) < 0.9 * len([k for k in own if not k.endswith("num_batches_tracked")]):
-        raise ValueError(f"{path}: only {len(matched)} of {len(own)} backbone tensors match; wrong architecture?")
+        raise weights.WeightsError(f"{path}: only {len(matched)} of {len(own)} backbone tensors match; "
+                                   "weights of another architecture?")
     body.load_state_dict(matched, strict=False)
 
 
 def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
     """The detector of ``cfg``. ``load_pretrained=False`` builds the same architecture without
-    reading the pretrained file (inference: the weights come from the run's checkpoint)."""
-    scratch = cfg.pretrained is None
+    reading the pretrained file (inference: the weights come from the run's checkpoint). With
+    pretrained weights the backbone has frozen BatchNorm and trains its last ``trainable_layers``
+    stages (layer2-4 by default), as torchvision's ``resnet_fpn_backbone``."""
+    scratch = not cfg.pretrained
     # From scratch, frozen BatchNorm would do nothing: train ordinary BatchNorm instead.
     norm = nn.BatchNorm2d if scratch else misc_ops.FrozenBatchNorm2d
     resnet = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm)
     if not scratch and load_pretrained:
-        load_backbone_weights(resnet, cfg.pretrained)
+        load_backbone_weights(resnet, weights.require(cfg.pretrained, cfg.backbone, what="detector"))
     trainable = 5 if scratch else cfg.trainable_layers
     train_prefixes = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
     if trainable == 5:
@@ -76,8 +73,8 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
         box_score_thresh=cfg.score_threshold,
         box_nms_thresh=cfg.nms_iou,
         box_detections_per_img=cfg.max_detections,
-        rpn_pre_nms_top_n_test=3000,
-        rpn_post_nms_top_n_test=2000,
+        rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
+        rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
         box_batch_size_per_image=cfg.box_batch_per_image,
     )
     t = model.transform

@@ -17,9 +17,10 @@ from kzlib.data import SEG_FP, DataDir, DataError, image_size, parse_labels, rea
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.model import build_model
 from kzlib.io import write_csv_atomic
-from kzlib.pages import Page, best_iou, to_tensor, xyxy_tensor
+from kzlib.pages import Page, best_iou, scaled_height, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
-from kzlib.training import autocast, load_checkpoint, load_config, pick_device
+from kzlib.config import load_config
+from kzlib.training import autocast, load_checkpoint, pick_device
 
 OOF_COLUMNS = ["image_id", "x", "y", "w", "h", "score", "true"]
 TEST_COLUMNS = OOF_COLUMNS[:-1]
@@ -29,7 +30,7 @@ TEST_COLUMNS = OOF_COLUMNS[:-1]
 def detect_page(model, path: Path, cfg: DetectConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (x y w h in original-page pixels) and scores of one full page."""
     w0, h0 = image_size(path)
-    image = read_image(path, height=cfg.page_height)
+    image = read_image(path, height=scaled_height(path, cfg.page_size, cfg.page_side))
     sx, sy = image.shape[1] / w0, image.shape[0] / h0
     with autocast(device, cfg.amp):
         out = model([to_tensor(image).to(device)])[0]

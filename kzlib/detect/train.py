@@ -18,8 +18,9 @@ from kzlib.detect.model import build_model
 from kzlib.detect.predict import agnostic_f1, detect_pages
 from kzlib.io import write_json_atomic
 from kzlib.pages import split_pages
-from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, load_checkpoint, load_config, pick_device,
-                            save_checkpoint, save_config, seed_everything)
+from kzlib.config import load_config, save_config
+from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, load_checkpoint, pick_device,
+                            save_checkpoint, seed_everything)
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str) -> dict:

@@ -22,13 +22,12 @@ from kzlib.kaggle.emulate import EmulationError
 from kzlib.kaggle.plan import DATASET_SLUG, PlanError
 
 ROOT = Path(__file__).resolve().parents[2]
-PRESETS = {"full": ROOT / "configs" / "preset_full.json", "demo": ROOT / "configs" / "preset_demo.json"}
 
 
 def _preset(name: str):
-    from kzlib.pipeline import load_preset
+    from kzlib.pipeline import load_preset, preset_path
 
-    return load_preset(Path(PRESETS.get(name, name)))
+    return load_preset(preset_path(name))
 
 
 def render_cmd(a) -> int:

@@ -6,7 +6,8 @@ Layout of the folder (mounted on Kaggle at ``/kaggle/input/<dataset slug>``)::
     kzlib/                     the package modules kernels import (source only; no caches)
     configs/                   the presets and stage configs
     weights/<name>/            trained runs: best.pth and config.json (``--weights``)
-    pretrained/<file>          backbone weight files named by presets (``--pretrained``)
+    pretrained/<file>          backbone weight files named by presets (``--preset``, ``--pretrained``),
+                               with their entries of ``manifest.json`` (SHA-256) when the source has one
     wheels/*.whl               packages the Kaggle image lacks (``--wheels``), installed offline
     MANIFEST.tsv               every file with its size and SHA-256
 
@@ -156,6 +157,32 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def preset_weights(presets: Sequence[str], weights_dir: Path | None = None) -> list[str]:
+    """The weight files the named presets train from, checked (missing or corrupt: one line)."""
+    from kzlib.pipeline import load_preset, preset_path
+    from kzlib.weights import require, preset_needs
+
+    files = []
+    for name in presets:
+        cfg = load_preset(preset_path(name))
+        for stage, arch, value in preset_needs(cfg):
+            path = require(value, arch, weights_dir, f"--preset {name}: stage {stage}")
+            files.append(str(path))
+    return list(dict.fromkeys(files))
+
+
+def _pretrained_manifest(files: Sequence[str]) -> dict:
+    """The weights manifests' entries of ``files`` (each file's own folder's manifest.json)."""
+    from kzlib.weights import read_manifest
+
+    out = {}
+    for f in map(Path, files):
+        entry = read_manifest(f.parent).get(f.name)
+        if entry is not None:
+            out[f.name] = entry
+    return out
+
+
 def build_dataset(out: Path, user: str, weights: Sequence[str] = (), pretrained: Sequence[str] = (),
                   wheels: Sequence[str] = (), slug: str = DATASET_SLUG, root: Path = ROOT) -> list[tuple[str, int]]:
     """Assemble the dataset folder at ``out`` (replaced whole); returns (path, size) of its files."""
@@ -181,6 +208,9 @@ def build_dataset(out: Path, user: str, weights: Sequence[str] = (), pretrained:
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dst)
         (stage / "dataset-metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+        manifest = _pretrained_manifest(pretrained)
+        if manifest:
+            (stage / "pretrained" / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         listing = sorted((p.relative_to(stage).as_posix(), p.stat().st_size) for p in stage.rglob("*") if p.is_file())
         manifest = "".join(f"{rel}\t{size}\t{sha256(stage / rel)}\n" for rel, size in listing)
         (stage / "MANIFEST.tsv").write_text("path\tbytes\tsha256\n" + manifest)

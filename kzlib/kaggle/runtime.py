@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from kzlib.errors import KzError
+
 # import name -> distribution names (the first one installed gives the version)
 PACKAGES = {"torch": ["torch"], "torchvision": ["torchvision"], "timm": ["timm"], "albumentations": ["albumentations"],
             "cv2": ["opencv-python-headless", "opencv-python", "opencv-contrib-python",
@@ -96,22 +98,11 @@ def unlink_tree(links: list[Path], dirs: list[Path]) -> None:
             d.rmdir()
 
 
-def resolve_weights(preset: dict, dataset: Path) -> dict:
-    """``pretrained`` files named without a folder are taken from the dataset's ``pretrained/``."""
-    def fix(values: dict) -> dict:
-        name = values.get("pretrained")
-        if name and not Path(name).is_absolute() and not Path(name).exists():
-            values = {**values, "pretrained": str(dataset / "pretrained" / Path(name).name)}
-        return values
-    return {**preset, "detect": fix(preset.get("detect", {})),
-            "kinds": {k: fix(v) for k, v in preset.get("kinds", {}).items()}}
-
-
 def main(spec: dict) -> int:
     """Run one kernel; returns the exit code (0 also when stopped for the time budget)."""
     try:
         return _run(spec)
-    except KernelError as e:
+    except (KernelError, KzError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
 
@@ -137,8 +128,9 @@ def _run(spec: dict) -> int:
         raise KernelError(f"outputs of {', '.join(absent)} are not attached under {input_root}; push those "
                           "kernels first, wait for them to complete, then push this one")
 
+    from kzlib.config import config_from_dict
     from kzlib.pipeline import Pipeline, PipelineConfig, summary
-    from kzlib.training import config_from_dict
+    from kzlib.weights import check_preset
 
     working.mkdir(parents=True, exist_ok=True)
     previous = input_root / spec["kernel"]
@@ -151,7 +143,10 @@ def _run(spec: dict) -> int:
             more = link_tree(input_root / up, working)
             links += more[0]
             dirs += more[1]
-        cfg = config_from_dict(PipelineConfig, resolve_weights(spec["preset"], dataset), "preset")
+        cfg = config_from_dict(PipelineConfig, spec["preset"], "preset")
+        if spec.get("gpu"):  # the training kernels: the preset's pretrained backbones, from the kit's dataset
+            check_preset(cfg, dataset / "pretrained")
+            cfg = cfg.with_weights_dir(dataset / "pretrained")
         if not spec.get("gpu"):
             cfg.device = "cpu"  # pseudolabels and level 2: no GPU attached, none needed
         elif cfg.device.startswith("cuda"):

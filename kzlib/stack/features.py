@@ -6,6 +6,7 @@ blended first. Candidates of a box are the union of the groups' top-3 classes pl
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -96,9 +97,17 @@ def build(groups: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return rows
 
 
-def feature_columns(rows: pd.DataFrame) -> list[str]:
+UPSTREAM_FEATURE = re.compile(r"^(g\d+_(cls|score|is_top)\d+|max_iou|cand)$")
+
+
+def feature_columns(rows: pd.DataFrame, features: str = "extended") -> list[str]:
+    """The model inputs: ``upstream`` = the original solution's (each kind's top-3 classes and
+    scores, whether each is the candidate, the box's overlap with others, the candidate class);
+    ``extended`` adds each kind's score of the candidate, the gaps, the mean score and rank of the
+    candidate, the box size and the page's box count."""
     skip = {"row", "cls", "image_id", "x", "y", "true", "target", "fold"}
-    return [c for c in rows.columns if c not in skip]
+    cols = [c for c in rows.columns if c not in skip and not c.startswith("prob")]
+    return [c for c in cols if UPSTREAM_FEATURE.match(c)] if features == "upstream" else cols
 
 
 def build_from_files(groups: Mapping[str, Sequence[Path]]) -> pd.DataFrame:

@@ -15,35 +15,52 @@ import pandas as pd
 from tqdm import tqdm
 
 from kzlib.data import DataError
+from kzlib.config import ConfigError, check_positive, config_from_dict
 from kzlib.io import atomic_path, write_json_atomic
 from kzlib.metric import submission_from_points
 from kzlib.pseudolabel import SEG_FP
 from kzlib.stack.features import feature_columns
 
 LIBRARIES = ("lightgbm", "xgboost", "catboost")
+FEATURE_SETS = ("upstream", "extended")
+
+# The original solution's parameters (kuzushiji/classify/level2.py), in the libraries' sklearn names.
+LIGHTGBM = {"learning_rate": 0.05, "num_leaves": 41, "subsample": 0.8, "subsample_freq": 5, "colsample_bytree": 0.9,
+            "min_child_samples": 20, "scale_pos_weight": 1.2, "reg_lambda": 1.0}
+XGBOOST = {"learning_rate": 0.15, "gamma": 0.01, "max_depth": 8}
+CATBOOST = {"learning_rate": 0.05, "depth": 6}
 
 
 @dataclass
 class StackConfig:
-    libraries: tuple[str, ...] = LIBRARIES
-    weights: tuple[float, ...] = (1.0, 1.0, 1.0)   # blend weights, in the order of ``libraries``
-    rounds: int = 1000
-    early_stopping: int = 50
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    depth: int = 6
-    threads: int = 0                               # 0: the libraries' default
+    libraries: tuple[str, ...] = ("lightgbm", "xgboost")
+    weights: tuple[float, ...] = (1.0, 1.0)         # blend weights, in the order of ``libraries``
+    rounds: int = 400
+    early_stopping: int = 20
+    features: str = "upstream"                       # upstream, or extended (kzlib's extra features)
+    lightgbm: dict = field(default_factory=lambda: dict(LIGHTGBM))   # LGBMClassifier parameters
+    xgboost: dict = field(default_factory=lambda: dict(XGBOOST))     # XGBClassifier parameters
+    catboost: dict = field(default_factory=lambda: dict(CATBOOST))   # CatBoostClassifier parameters
+    threads: int = 0                                 # 0: the libraries' default
     seed: int = 0
-    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        unknown = [lib for lib in self.libraries if lib not in LIBRARIES]
+        if unknown or not self.libraries:
+            raise ConfigError(f"libraries: {', '.join(unknown) or 'none'}: choose from {', '.join(LIBRARIES)}")
+        if len(self.weights) != len(self.libraries):
+            raise ConfigError(f"weights: {len(self.weights)} given for {len(self.libraries)} libraries")
+        if self.features not in FEATURE_SETS:
+            raise ConfigError(f"features: {self.features!r} is not one of {', '.join(FEATURE_SETS)}")
+        check_positive(self, "rounds", "early_stopping")
 
 
 def _fit(lib: str, cfg: StackConfig, X, y, Xv, yv):
     if lib == "lightgbm":
         import lightgbm as lgb
 
-        model = lgb.LGBMClassifier(n_estimators=cfg.rounds, learning_rate=cfg.learning_rate, num_leaves=cfg.num_leaves,
-                                   subsample=0.8, subsample_freq=1, colsample_bytree=0.8, random_state=cfg.seed,
-                                   n_jobs=cfg.threads or None, verbose=-1)
+        model = lgb.LGBMClassifier(n_estimators=cfg.rounds, random_state=cfg.seed, n_jobs=cfg.threads or None,
+                                   verbose=-1, **cfg.lightgbm)
         # lightgbm 4.7 takes eval_X/eval_y (eval_set is deprecated); the Kaggle image's 4.6 only eval_set
         newer = "eval_X" in inspect.signature(lgb.LGBMClassifier.fit).parameters
         evals = {"eval_X": (Xv,), "eval_y": (yv,)} if newer else {"eval_set": [(Xv, yv)]}
@@ -52,18 +69,17 @@ def _fit(lib: str, cfg: StackConfig, X, y, Xv, yv):
     if lib == "xgboost":
         import xgboost as xgb
 
-        model = xgb.XGBClassifier(n_estimators=cfg.rounds, learning_rate=cfg.learning_rate, max_depth=cfg.depth,
-                                  subsample=0.8, colsample_bytree=0.8, tree_method="hist", random_state=cfg.seed,
+        model = xgb.XGBClassifier(n_estimators=cfg.rounds, tree_method="hist", random_state=cfg.seed,
                                   n_jobs=cfg.threads or None, early_stopping_rounds=cfg.early_stopping,
-                                  eval_metric="logloss")
+                                  eval_metric="logloss", **cfg.xgboost)
         model.fit(X, y, eval_set=[(Xv, yv)], verbose=False)
         return model
     if lib == "catboost":
         import catboost as cb
 
-        model = cb.CatBoostClassifier(iterations=cfg.rounds, learning_rate=cfg.learning_rate, depth=cfg.depth,
-                                      random_seed=cfg.seed, thread_count=cfg.threads or -1, verbose=False,
-                                      early_stopping_rounds=cfg.early_stopping, allow_writing_files=False)
+        model = cb.CatBoostClassifier(iterations=cfg.rounds, random_seed=cfg.seed, thread_count=cfg.threads or -1,
+                                      verbose=False, early_stopping_rounds=cfg.early_stopping,
+                                      allow_writing_files=False, **cfg.catboost)
         model.fit(X, y, eval_set=(Xv, yv))
         return model
     raise ValueError(f"unknown library {lib!r} (one of {', '.join(LIBRARIES)})")
@@ -138,7 +154,7 @@ def train_folds(folds: Sequence[pd.DataFrame], out: Path, cfg: StackConfig) -> p
         if tr.nunique() < 2 or len(va) == 0:
             raise TooFewRows(f"level 2 cannot be trained: fold {k} has {len(va)} candidate rows and the other folds "
                              f"{len(tr)} with {int(tr.sum())} positives (both classes and rows in every fold needed)")
-    cols = feature_columns(data)
+    cols = feature_columns(data, cfg.features)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     probs = {lib: np.zeros(len(data)) for lib in cfg.libraries}
@@ -166,7 +182,7 @@ def predict_rows(model_dir: Path, rows: pd.DataFrame) -> np.ndarray:
     if not meta_path.exists():
         raise DataError(f"{model_dir}: not a level-2 model folder (no stack.json)")
     meta = json.loads(meta_path.read_text())
-    cfg = StackConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items()})
+    cfg = config_from_dict(StackConfig, meta["config"], str(meta_path))
     missing = [c for c in meta["features"] if c not in rows.columns]
     if missing:
         raise DataError(f"features lack column(s) {', '.join(missing[:5])}: build them with the same groups as training")

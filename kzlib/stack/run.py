@@ -13,7 +13,7 @@ from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
 from kzlib.metric import score_on_pages, write_submission
 from kzlib.stack.features import build_from_files
 from kzlib.stack.models import StackConfig, pick_best, predict_rows, submission_rows, train_folds
-from kzlib.training import load_config
+from kzlib.config import load_config
 
 
 def build_features(groups: Mapping[str, Sequence[str]], out: Path) -> dict:

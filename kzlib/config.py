@@ -1,0 +1,193 @@
+"""Typed configs as JSON: one home for reading, validating, merging and saving the dataclass
+configs of every stage. Torch-free, so planning and level 2 can read presets without it.
+
+A value of the wrong type (``"epochs": "3"``, ``1.5`` for an int, ``null`` for a number, an
+unknown key) is refused when the config is loaded, with one line naming the file, the key, the
+expected type and the value, long before any stage starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kzlib.errors import UsageError
+
+C = TypeVar("C")
+
+
+class ConfigError(UsageError):
+    """A config value that does not fit its field; ``detail`` is the key path and the problem."""
+
+    def __init__(self, detail: str, source: str | None = None):
+        self.detail, self.source = detail, source
+        super().__init__(f"{source}: {detail}" if source else detail)
+
+
+def _type_name(tp) -> str:
+    if tp is type(None):
+        return "null"
+    if isinstance(tp, type):
+        return tp.__name__
+    return str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp, key: str):
+    """``value`` checked against the annotation ``tp`` (lists become tuples, ints floats)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    bad = ConfigError(f"{key}: expected {_type_name(tp)}, got {json.dumps(value, default=str)}"
+                      f" ({type(value).__name__})")
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise bad
+    if tp is type(None):
+        if value is None:
+            return None
+        raise bad
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise bad
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+        raise bad
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad
+    if tp is dict or origin is dict:
+        if isinstance(value, dict):
+            return value
+        raise bad
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {json.dumps(list(value))}")
+        return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    return value
+
+
+def config_from_dict(cls: type[C], values: dict[str, Any], source: str | None = None, prefix: str = "") -> C:
+    """Build a config dataclass from plain values: unknown keys and wrongly typed values are a
+    ``ConfigError`` naming ``source`` (a file) and the key; the dataclass's own checks
+    (``__post_init__``) run last and are reported the same way."""
+    if not isinstance(values, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a JSON object, got {type(values).__name__}",
+                          source)
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)} "
+                          f"(known: {', '.join(sorted(fields))})", source)
+    clean = {}
+    for k, v in values.items():
+        try:
+            clean[k] = _coerce(v, hints[k], prefix + k)
+        except ConfigError as e:
+            raise ConfigError(e.detail, source) from None
+    try:
+        return cls(**clean)
+    except ConfigError as e:
+        raise ConfigError(e.detail if e.source is None else str(e), source) from None
+    except ValueError as e:
+        raise ConfigError(f"{prefix}{e}" if prefix else str(e), source) from None
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError("no such config file", str(path)) from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"unreadable config ({e})", str(path)) from None
+
+
+def load_config(cls: type[C], path: str | Path) -> C:
+    return config_from_dict(cls, read_json(path), str(path))
+
+
+def config_dict(cfg: Any) -> dict:
+    """The config as JSON-ready values (tuples as lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def save_config(cfg: Any, path: str | Path) -> None:
+    from kzlib.io import write_json_atomic
+
+    write_json_atomic(dataclasses.asdict(cfg), path)
+
+
+def check_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
+    """Range checks shared by the configs' ``__post_init__``."""
+    for name in names:
+        v = getattr(cfg, name)
+        if v < 0 or (v == 0 and not allow_zero):
+            raise ConfigError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+def parse_bool(text: str) -> bool:
+    t = text.strip().lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_config_flags(parser, cls) -> None:
+    """One ``--field-name`` flag per config field (default None: not given), typed from the
+    field's annotation; tuples take several values."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp, default = hints[f.name], f.default
+        if default is dataclasses.MISSING:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if tp is bool:
+            parser.add_argument(flag, type=parse_bool, default=None, metavar="BOOL", help=f"(default {default})")
+        elif typing.get_origin(tp) is tuple:
+            kind = args[0] if args else str
+            parser.add_argument(flag, type=kind, nargs="+", default=None,
+                                help=f"(default {' '.join(map(str, default))})")
+        elif tp in (int, float, str):
+            parser.add_argument(flag, type=tp, default=None, help=f"(default {default})")
+        elif args and args[0] in (int, float, str):
+            parser.add_argument(flag, type=args[0], default=None, help=f"(default {default})")
+
+
+def given_flags(cls, args) -> dict[str, Any]:
+    """The config fields given on the command line (flags whose value is not None)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+
+
+def config_from_args(cls: type[C], args, config_file: str | Path | None = None) -> C:
+    """Defaults, then the JSON file, then the flags that were given."""
+    values = read_json(config_file) if config_file else {}
+    if config_file and not isinstance(values, dict):
+        raise ConfigError("expected a JSON object", str(config_file))
+    return config_from_dict(cls, {**values, **given_flags(cls, args)}, str(config_file) if config_file else "flags")
