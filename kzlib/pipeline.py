@@ -25,7 +25,7 @@ from kzlib.classify.config import ClassifyConfig
 from kzlib.data import SEG_FP, DataDir, DataError, book_id, make_folds, read_labels_csv
 from kzlib.detect.config import DetectConfig
 from kzlib.io import write_json_atomic
-from kzlib.stack.models import StackConfig, TooFewRows
+from kzlib.stack.config import StackConfig
 from kzlib.config import ConfigError, check_positive, config_dict, config_from_dict, load_config
 
 
@@ -283,6 +283,7 @@ class Pipeline:
         return result
 
     def _stack(self) -> dict:
+        from kzlib.stack.models import TooFewRows
         from kzlib.stack.run import build_features, predict, train
 
         cfg, kinds = self.cfg, self.kinds()

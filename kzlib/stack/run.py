@@ -12,7 +12,8 @@ from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
 from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
 from kzlib.metric import score_on_pages, write_submission
 from kzlib.stack.features import build_from_files
-from kzlib.stack.models import StackConfig, pick_best, predict_rows, submission_rows, train_folds
+from kzlib.stack.config import StackConfig
+from kzlib.stack.models import pick_best, predict_rows, submission_rows, train_folds
 from kzlib.config import load_config
 
 
