@@ -74,7 +74,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    model = build_model(cfg).to(device)
+    model = build_model(cfg, load_pretrained=checkpoint is None and not cfg.init_from).to(device)
     if cfg.init_from and checkpoint is None:
         try:
             model.load_state_dict(load_checkpoint(cfg.init_from, device)["model"])
