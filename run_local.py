@@ -5,7 +5,7 @@ after an interruption and finished stages are skipped, an interrupted training r
 
   python run_local.py --data DATA_DIR --work RUNS_DIR --preset full|demo|FILE.json
                       [--folds 0,1] [--only STAGE] [--dry-run] [--device cpu]
-                      [--pretrained-dir DIR] [--allow-scratch]
+                      [--pretrained-dir DIR] [--allow-scratch] [--rerun-changed]
 
 Several GPUs: start one runner per GPU on the same work folder with different --folds, e.g.
   CUDA_VISIBLE_DEVICES=0 python run_local.py ... --folds 0,1,2 &
@@ -58,12 +58,16 @@ def main(argv=None) -> int:
     p.add_argument("--device", help="override the preset's device (cpu, cuda)")
     p.add_argument("--pretrained-dir", type=Path,
                    help="folder of the pretrained weights (default $KZLIB_PRETRAINED or pretrained/)")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="redo the stages whose settings or data changed since they ran (and the stages after them); "
+                        "without it the runner refuses to mix them")
     p.add_argument("--allow-scratch", action="store_true",
                    help="train every network from random weights instead of the preset's pretrained ones")
     a = p.parse_args(argv)
 
     from kzlib import weights
-    from kzlib.pipeline import Pipeline, check_data, load_preset, preset_path, summary
+    from kzlib.pipeline import Pipeline, check_data, summary
+    from kzlib.preset import load_preset, preset_path
 
     cfg = load_preset(preset_path(a.preset))
     if a.device:
@@ -89,13 +93,15 @@ def main(argv=None) -> int:
     if pipe.fold_mode == "page":
         print(f"note: fewer books than the {cfg.n_folds} folds: folds are made by page, not by book")
     t0 = time.time()
-    result = pipe.run(a.only, a.dry_run)
+    result = pipe.run(a.only, a.dry_run, a.rerun_changed)
     if a.dry_run:
         return 0
     table, times = summary(pipe)
     print(f"\nfinished in {time.time() - t0:.0f} s; work folder {a.work}")
     if result["blocked"]:
-        print(f"{len(result['blocked'])} stage(s) wait for other folds; rerun when they are done")
+        print(f"{len(result['blocked'])} stage(s) wait for other stages; rerun when they are done")
+    if result.get("skipped"):
+        print(f"{len(result['skipped'])} stage(s) run in another process; rerun when it is done")
     if len(table):
         print("\nF1 (valid: the folds' held-out pages; test: test_labels.csv when the data has it)")
         print(table.round(4).to_string(index=False))

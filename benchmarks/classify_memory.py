@@ -43,7 +43,7 @@ def main():
     p.add_argument("--classes", type=int, default=4788)
     p.add_argument("--steps", type=int, default=10)
     a = p.parse_args()
-    cfg = replace(ClassifyConfig(), base=a.base, frozen_start=bool(a.frozen_start), max_targets=a.max_targets)
+    cfg = replace(ClassifyConfig(), backbone=a.base, pretrained="", frozen_start=bool(a.frozen_start), max_targets=a.max_targets)
     cuda = torch.cuda.is_available()
     dev = torch.device("cuda" if cuda else "cpu")
     model = Classifier(cfg, a.classes).to(dev).train()

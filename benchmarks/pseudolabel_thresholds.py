@@ -12,7 +12,8 @@ from pathlib import Path
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kzlib.pseudolabel import blend_files, report, select  # noqa: E402
+from kzlib.detailed import blend_files  # noqa: E402
+from kzlib.pseudolabel import report, select  # noqa: E402
 
 
 def main():

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kzlib.classify.predict import write_detailed  # noqa: E402
+from kzlib.detailed import write_detailed  # noqa: E402
 from kzlib.stack.features import build_from_files  # noqa: E402
 
 

@@ -14,12 +14,18 @@ import json
 import math
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, TypeVar
 
 from kzlib.errors import UsageError
 
 C = TypeVar("C")
+
+# keys renamed in ways an alias cannot carry (their meaning changed): the error says what to write
+RENAMED = {"page_height": "page_size (with \"page_side\": \"height\" for the old meaning)",
+           "test_height": "test_size (with \"page_side\": \"height\" for the old meaning)",
+           "pseudo_max_second": "pseudo_max_second_score"}
 
 
 class ConfigError(UsageError):
@@ -96,10 +102,16 @@ def config_from_dict(cls: type[C], values: dict[str, Any], source: str | None = 
                           source)
     hints = typing.get_type_hints(cls)
     fields = {f.name for f in dataclasses.fields(cls)}
+    for old, new in getattr(cls, "ALIASES", {}).items():
+        if old in values and new not in values:
+            warnings.warn(f"{source or cls.__name__}: {prefix}{old} is now called {new}", DeprecationWarning, stacklevel=2)
+            values = {(new if k == old else k): v for k, v in values.items()}
     unknown = sorted(set(values) - fields)
     if unknown:
+        hints_renamed = [f"{k} is now {RENAMED[k]}" for k in unknown if k in RENAMED]
         raise ConfigError(f"unknown key(s) {', '.join(prefix + k for k in unknown)} "
-                          f"(known: {', '.join(sorted(fields))})", source)
+                          + (f"({'; '.join(hints_renamed)})" if hints_renamed else f"(known: {', '.join(sorted(fields))})"),
+                          source)
     clean = {}
     for k, v in values.items():
         try:
@@ -178,6 +190,9 @@ def add_config_flags(parser, cls) -> None:
             parser.add_argument(flag, type=tp, default=None, help=f"(default {default})")
         elif args and args[0] in (int, float, str):
             parser.add_argument(flag, type=args[0], default=None, help=f"(default {default})")
+    for old, new in getattr(cls, "ALIASES", {}).items():  # deprecated names, read for one release
+        kind = hints[new] if hints[new] in (int, float, str) else str
+        parser.add_argument("--" + old.replace("_", "-"), dest=new, type=kind, default=None, help=argparse.SUPPRESS)
 
 
 def given_flags(cls, args) -> dict[str, Any]:

@@ -25,12 +25,13 @@ import pandas as pd
 from PIL import Image
 
 from kzlib.errors import DataError
+from kzlib.folds import make_folds
+
 
 KAGGLE_DATA_DIR = Path("/kaggle/input/kuzushiji-recognition")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_FIELDS = 5  # U+XXXX x y w h
 _CODE_RE = re.compile(r"^U\+[0-9A-F]{4,6}$")
-_LETTERS_DIGITS_RE = re.compile(r"^([A-Za-z]+)\d+$")
 
 
 SEG_FP = "seg_fp"  # the class of a detected box that matches no true character
@@ -219,30 +220,6 @@ def char_to_code(char: str) -> str:
 
 # ----------------------------------------------------------------------------------------------
 # books and folds
-
-
-def book_id(image_id: str) -> str:
-    """The book of a page: the part before the first ``_`` or ``-``; for ids like
-    ``umgy001-028`` (letters then digits) the leading letters."""
-    head = re.split(r"[_-]", image_id, maxsplit=1)[0]
-    m = _LETTERS_DIGITS_RE.match(head)
-    return m.group(1) if m else head
-
-
-def make_folds(image_ids: Iterable[str], n_folds: int = 5) -> pd.DataFrame:
-    """Split pages into folds by book, as the original solution does: books sorted by page count
-    (fewest pages first, ties by book id), book i goes to fold i mod n_folds. Returns
-    ``image_id, book_id, fold`` in input order."""
-    if n_folds < 1:
-        raise ValueError(f"n_folds must be >= 1, got {n_folds}")
-    ids = pd.Series(list(image_ids), dtype=str)
-    books = ids.map(book_id)
-    counts = books.value_counts()
-    order = sorted(counts.index, key=lambda b: (counts[b], b))
-    fold_of_book = {b: i % n_folds for i, b in enumerate(order)}
-    return pd.DataFrame(
-        {"image_id": ids, "book_id": books, "fold": books.map(fold_of_book).astype(np.int64)}
-    )
 
 
 # ----------------------------------------------------------------------------------------------

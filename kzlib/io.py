@@ -1,4 +1,10 @@
-"""Atomic file writes: a stage's outputs appear whole or not at all."""
+"""Atomic file writes: a stage's outputs appear whole or not at all.
+
+A write goes to ``.NAME.PID.RANDOM.tmp`` beside ``NAME`` and is renamed over it once complete. The
+finished file gets the mode the umask gives new files (not the temporary file's 0600). Leftover
+temporaries of a killed process (its pid no longer running) are removed the next time the same
+file is written.
+"""
 
 from __future__ import annotations
 
@@ -12,16 +18,46 @@ from typing import Iterator
 import pandas as pd
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_leftovers(path: Path) -> list[Path]:
+    """Remove temporaries of ``path`` left by processes that are gone; returns them."""
+    removed = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp*"):
+        parts = tmp.name[len(path.name) + 2:].split(".")
+        if parts and parts[0].isdigit() and int(parts[0]) != os.getpid() and not _alive(int(parts[0])):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + "".join(path.suffixes), dir=path.parent)
+    clean_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + "".join(path.suffixes),
+                               dir=path.parent)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert, box_iou
 
-from kzlib.data import DataDir, DataError, image_size, make_folds, parse_labels, read_image, read_labels_csv
+from kzlib.data import DataDir, DataError, image_size, parse_labels, read_image, read_labels_csv
+from kzlib.folds import held_out
 from kzlib.training import sample_seed
 
 
@@ -163,20 +164,10 @@ def best_iou(a_xywh, b_xywh) -> tuple[np.ndarray, np.ndarray]:
     return best.numpy(), idx.numpy()
 
 
-def held_out_ids(ids: Sequence[str], fold: int, n_folds: int, source: Path) -> set[str]:
-    if not 0 <= fold < n_folds:
-        raise DataError(f"fold {fold} is outside 0..{n_folds - 1}")
-    folds = make_folds(list(ids), n_folds)
-    held = set(folds.loc[folds["fold"] == fold, "image_id"])
-    if not held:
-        raise DataError(f"{source}: fold {fold} has no pages ({folds['book_id'].nunique()} books in "
-                        f"{n_folds} folds); pass --val-images to choose held-out pages")
-    return held
-
-
 def split_pages(data_dir: Path, fold: int, n_folds: int, val_images: Sequence[str] | None = None):
     """(train pages, held-out pages) with their true boxes and classes: the fold's books are held
-    out, or ``val_images`` when given (data with fewer books than folds, like a single-book sample)."""
+    out (by page when there are fewer books than folds, ``kzlib.folds``), or ``val_images`` when
+    given."""
     d = DataDir(data_dir)
     d.require("train_csv", "train_images")
     df = read_labels_csv(d.train_csv)
@@ -187,7 +178,7 @@ def split_pages(data_dir: Path, fold: int, n_folds: int, val_images: Sequence[st
             raise DataError(f"{d.train_csv}: --val-images not in train.csv: {', '.join(unknown)}")
         held = set(val_images)
     else:
-        held = held_out_ids(ids, fold, n_folds, d.train_csv)
+        held = set(held_out(ids, fold, n_folds, d.train_csv)[0])
     train, val = [], []
     for image_id, labels in zip(ids, df["labels"]):
         codes, boxes = parse_labels(labels, image_id=image_id, source=d.train_csv)

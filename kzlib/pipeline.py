@@ -1,155 +1,96 @@
-"""The whole chain as a graph of resumable stages, for ``run_local.py``.
+"""The whole chain as a graph of resumable stages, for ``run_local.py`` and the Kaggle kernels.
 
-Every stage writes into its own folder of the work directory, atomically, and records completion
-in ``state/<stage>.json``; a rerun skips finished stages and resumes an interrupted training from
-its checkpoint. Stages call the same functions as the per-stage CLIs.
+``plan_stages(cfg)`` is the graph as data: every stage's name, what it runs, what it depends on
+and which Kaggle kernel it belongs to — one place that the runner and the Kaggle planner both read.
+``Pipeline`` runs it in a work folder: each stage writes into its own folder, atomically, and
+records completion in ``state/<stage>.json`` with a fingerprint of its settings and data. A rerun
+skips finished stages and resumes an interrupted training from its checkpoint; a stage whose
+settings changed since it ran (and everything after it) is reported and only redone with
+``rerun_changed``. A lock file per stage lets several runners share a work folder (one GPU each):
+a stage another runner holds is skipped with a message.
 
-Folds: pages are split by book (``kzlib.data.make_folds``). When the data has fewer books than
-folds (the real sample is one book), pages are split instead: page i of the sorted page ids goes
-to fold i mod n_folds.
+Folds: ``kzlib.folds`` (by book; by page when the data has fewer books than folds).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import hashlib
 import json
 import os
+import shutil
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import pandas as pd
 
-from kzlib.classify.config import ClassifyConfig
-from kzlib.data import SEG_FP, DataDir, DataError, book_id, make_folds, read_labels_csv
-from kzlib.detect.config import DetectConfig
+from kzlib.config import config_dict
+from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
+from kzlib.errors import EnvironmentProblem, UsageError
+from kzlib.folds import fold_pages
 from kzlib.io import write_json_atomic
-from kzlib.stack.config import StackConfig
-from kzlib.config import ConfigError, check_positive, config_dict, config_from_dict, load_config
+from kzlib.preset import PipelineConfig
+from kzlib.runs import RunDir, config_conflicts
 
 
-@dataclass
-class PipelineConfig:
-    """A preset: the whole chain's settings. Defaults are the original solution's
-    (``configs/preset_full.json`` spells them out; UPSTREAM.md lists every one)."""
-    n_folds: int = 5
-    device: str = "cuda"
-    detect: dict = field(default_factory=dict)          # DetectConfig fields
-    kinds: dict = field(default_factory=dict)           # model kind -> ClassifyConfig fields
-    n_tta: int = 4
-    test_boxes: str = "fold0"                           # test boxes of every classifier: "fold0" (the fold-0
-    #                                                     detector's, as upstream) or "vote" (folds voting)
-    test_votes: int = 0                                 # with "vote": folds agreeing on a box (0: majority)
-    pseudo_kind: str = ""                               # kind refitted with pseudolabels ("" = none)
-    pseudo_min_gap: float = 5.0
-    pseudo_max_second: float = 10.0
-    pseudo_drop_seg_fp: bool = False                    # upstream keeps confident seg_fp boxes as labels
-    pseudo_oversample: int = 1
-    finetune_epochs: int = 5
-    finetune_lr_factor: float = 0.1
-    finetune_crops_per_page: int = 3                    # upstream --repeat-train 3 for the fine-tune
-    refit_scratch: bool = True
-    refit_crops_per_page: int = 4                       # upstream --repeat-train 4 for the from-scratch refit
-    stack: dict = field(default_factory=dict)           # StackConfig fields
-
-    def __post_init__(self):
-        config_from_dict(DetectConfig, self.detect, None, "detect.")
-        if not self.kinds:
-            raise ConfigError("kinds: at least one classifier kind is needed")
-        for name, values in self.kinds.items():
-            config_from_dict(ClassifyConfig, values, None, f"kinds.{name}.")
-        if self.pseudo_kind and self.pseudo_kind not in self.kinds:
-            raise ConfigError(f"pseudo_kind: {self.pseudo_kind!r} is not one of the kinds ({', '.join(self.kinds)})")
-        if self.test_boxes not in ("fold0", "vote"):
-            raise ConfigError(f"test_boxes: {self.test_boxes!r} is not fold0 or vote")
-        check_positive(self, "n_folds", "n_tta", "pseudo_oversample", "finetune_epochs", "finetune_lr_factor",
-                       "finetune_crops_per_page", "refit_crops_per_page")
-        if not 0 <= self.test_votes <= self.n_folds:
-            raise ConfigError(f"test_votes: must be within 0..{self.n_folds}, got {self.test_votes}")
-        config_from_dict(StackConfig, self.stack, None, "stack.")
-
-    def detect_config(self) -> DetectConfig:
-        return config_from_dict(DetectConfig, {**self.detect, "device": self.device, "n_folds": self.n_folds})
-
-    def classify_config(self, kind: str) -> ClassifyConfig:
-        return config_from_dict(ClassifyConfig, {**self.kinds[kind], "device": self.device, "n_folds": self.n_folds})
-
-    def finetune_config(self, kind: str, init_from: str) -> ClassifyConfig:
-        """The pseudolabel fine-tune of ``kind``: from its checkpoint, few epochs, lr / 10."""
-        c = self.classify_config(kind)
-        return replace(c, init_from=init_from, epochs=self.finetune_epochs, lr=c.lr * self.finetune_lr_factor,
-                       warmup_epochs=0.0, pseudo_oversample=self.pseudo_oversample,
-                       crops_per_page=self.finetune_crops_per_page)
-
-    def refit_config(self, kind: str) -> ClassifyConfig:
-        """The from-scratch refit of ``kind`` with pseudolabels."""
-        return replace(self.classify_config(kind), pseudo_oversample=self.pseudo_oversample,
-                       crops_per_page=self.refit_crops_per_page)
-
-    def stack_config(self) -> StackConfig:
-        return config_from_dict(StackConfig, self.stack)
-
-    def without_pretrained(self) -> "PipelineConfig":
-        """The same preset training every network from random weights (``--allow-scratch``)."""
-        kinds = {k: {**v, "pretrained": "", "frozen_start": False} for k, v in self.kinds.items()}
-        return replace(self, detect={**self.detect, "pretrained": ""}, kinds=kinds)
-
-    def with_weights_dir(self, folder: Path) -> "PipelineConfig":
-        """Pretrained weight names resolved to files of ``folder`` (the stages' configs then record
-        the file they started from)."""
-        from kzlib.weights import resolve
-
-        def fix(values: dict, arch: str) -> dict:
-            value = values.get("pretrained", "auto")
-            path = resolve(value, arch, folder)
-            return {**values, "pretrained": str(path.resolve()) if path else ""}
-        det = self.detect_config()
-        kinds = {k: fix(v, self.classify_config(k).base) for k, v in self.kinds.items()}
-        return replace(self, detect=fix(self.detect, det.backbone), kinds=kinds)
-
-
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs"
-
-
-def preset_path(name: str | Path) -> Path:
-    """A preset by name (``full``, ``demo``, ... in ``configs/preset_NAME.json``) or a JSON file."""
-    path = Path(name)
-    if path.suffix == ".json" or path.exists():
-        if not path.is_file():
-            raise ConfigError(f"preset file {path} not found")
-        return path
-    named = PRESET_DIR / f"preset_{name}.json"
-    if not named.is_file():
-        known = sorted(p.stem.removeprefix("preset_") for p in PRESET_DIR.glob("preset_*.json"))
-        raise ConfigError(f"no preset {name!r} (known: {', '.join(known)}; or give a JSON file)")
-    return named
-
-
-def load_preset(path: Path) -> PipelineConfig:
-    return load_config(PipelineConfig, path)
-
-
-def fold_pages(ids: Sequence[str], n_folds: int) -> tuple[list[list[str]], str]:
-    """The held-out pages of each fold, and how they were made (by book, or by page when there
-    are fewer books than folds)."""
-    ids = list(ids)
-    if len({book_id(i) for i in ids}) >= n_folds:
-        f = make_folds(ids, n_folds)
-        return [f.loc[f["fold"] == k, "image_id"].tolist() for k in range(n_folds)], "book"
-    if len(ids) < n_folds:
-        raise DataError(f"{len(ids)} labelled pages cannot fill {n_folds} folds")
-    ordered = sorted(ids)
-    return [ordered[k::n_folds] for k in range(n_folds)], "page"
-
-
-@dataclass
-class Stage:
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage of the chain. ``step`` says what it runs; ``kernel`` groups stages into Kaggle
+    kernels (``detect-f0``, ``cls-KIND-f0``, ``pseudolabel``, ``stack``)."""
     name: str
-    deps: list[str]
-    outputs: list[Path]
-    run: Callable[[], dict]
-    partial: list[Path] = field(default_factory=list)   # files that show an interrupted run
+    step: str  # detect-train, detect-oof, detect-test, detect-merge, classify-train, classify-predict, pseudolabel, stack
+    deps: tuple[str, ...] = ()
+    fold: int | None = None
+    kind: str = ""
+    kernel: str = ""
+
+
+def classifier_kinds(cfg: PipelineConfig) -> list[str]:
+    """The base kinds, then the pseudolabel kinds (``KIND-pl-ft`` fine-tune, ``KIND-pl`` refit)."""
+    out = list(cfg.kinds)
+    if cfg.pseudo_kind:
+        out.append(f"{cfg.pseudo_kind}-pl-ft")
+        if cfg.refit_scratch:
+            out.append(f"{cfg.pseudo_kind}-pl")
+    return out
+
+
+def plan_stages(cfg: PipelineConfig) -> list[StageSpec]:
+    """Every stage of ``cfg``'s chain, each after the stages it depends on."""
+    folds = range(cfg.n_folds)
+    out: list[StageSpec] = []
+    for k in folds:
+        g = f"detect-f{k}"
+        out += [StageSpec(f"detect-f{k}", "detect-train", (), k, kernel=g),
+                StageSpec(f"detect-oof-f{k}", "detect-oof", (f"detect-f{k}",), k, kernel=g),
+                StageSpec(f"detect-test-f{k}", "detect-test", (f"detect-f{k}",), k, kernel=g)]
+    test_folds = folds if cfg.test_boxes == "vote" else [0]
+    out.append(StageSpec("detect-merge", "detect-merge",
+                         tuple(f"detect-oof-f{k}" for k in folds) + tuple(f"detect-test-f{k}" for k in test_folds)))
+
+    def classifier(kind: str, k: int, deps: tuple[str, ...]) -> list[StageSpec]:
+        g = f"cls-{kind}-f{k}"
+        return [StageSpec(f"classify-{kind}-f{k}", "classify-train", deps, k, kind, g),
+                StageSpec(f"classify-{kind}-predict-f{k}", "classify-predict", (f"classify-{kind}-f{k}",), k, kind, g)]
+
+    for kind in cfg.kinds:
+        for k in folds:
+            out += classifier(kind, k, ("detect-merge",))
+    if cfg.pseudo_kind:
+        pk = cfg.pseudo_kind
+        out.append(StageSpec("pseudolabel", "pseudolabel",
+                             tuple(f"classify-{kind}-predict-f{k}" for kind in cfg.kinds for k in folds),
+                             kernel="pseudolabel"))
+        for k in folds:
+            out += classifier(f"{pk}-pl-ft", k, ("detect-merge", "pseudolabel", f"classify-{pk}-f{k}"))
+            if cfg.refit_scratch:
+                out += classifier(f"{pk}-pl", k, ("detect-merge", "pseudolabel"))
+    out.append(StageSpec("stack", "stack", tuple(f"classify-{kind}-predict-f{k}" for kind in classifier_kinds(cfg)
+                                                 for k in folds), kernel="stack"))
+    return out
 
 
 class Pipeline:
@@ -164,8 +105,10 @@ class Pipeline:
         self.folds = list(range(cfg.n_folds)) if folds is None else list(folds)
         bad = [k for k in self.folds if not 0 <= k < cfg.n_folds]
         if bad:
-            raise ValueError(f"--folds {bad} outside 0..{cfg.n_folds - 1}")
-        self.stages = self._plan()
+            raise UsageError(f"--folds {bad} outside 0..{cfg.n_folds - 1}")
+        self.stages = plan_stages(cfg)
+        self.by_name = {s.name: s for s in self.stages}
+        self._data_hash: str | None = None
 
     # ----------------------------------------------------------------------------- paths
     def det_run(self, k: int) -> Path:
@@ -174,115 +117,324 @@ class Pipeline:
     def cls_run(self, kind: str, k: int) -> Path:
         return self.work / "classify" / kind / f"fold{k}"
 
-    @property
-    def oof_boxes(self) -> Path:
-        return self.work / "detect" / "oof_boxes.csv"
-
-    @property
-    def test_boxes(self) -> Path:
-        return self.work / "detect" / "test_boxes.csv"
-
-    @property
-    def pseudo_labels(self) -> Path:
-        return self.work / "pseudo" / "pseudo_labels.csv"
-
-    @property
-    def submission(self) -> Path:
-        return self.work / "submission.csv"
+    oof_boxes = property(lambda self: self.work / "detect" / "oof_boxes.csv")
+    test_boxes = property(lambda self: self.work / "detect" / "test_boxes.csv")
+    pseudo_labels = property(lambda self: self.work / "pseudo" / "pseudo_labels.csv")
+    submission = property(lambda self: self.work / "submission.csv")
 
     def kinds(self) -> list[str]:
-        """Base kinds, then the pseudolabel kinds."""
-        out = list(self.cfg.kinds)
-        if self.cfg.pseudo_kind:
-            out.append(f"{self.cfg.pseudo_kind}-pl-ft")
-            if self.cfg.refit_scratch:
-                out.append(f"{self.cfg.pseudo_kind}-pl")
+        return classifier_kinds(self.cfg)
+
+    def outputs(self, s: StageSpec) -> list[Path]:
+        """The files a finished stage has written (a missing one means it must run again)."""
+        if s.step == "detect-train":
+            return [RunDir(self.det_run(s.fold)).best]
+        if s.step in ("detect-oof", "detect-test"):
+            r = RunDir(self.det_run(s.fold))
+            return [r.oof_boxes if s.step == "detect-oof" else r.test_boxes]
+        if s.step == "detect-merge":
+            return [self.oof_boxes, self.test_boxes]
+        if s.step == "classify-train":
+            return [RunDir(self.cls_run(s.kind, s.fold)).best]
+        if s.step == "classify-predict":
+            r = RunDir(self.cls_run(s.kind, s.fold))
+            return [r.detailed("valid"), r.detailed("test")]
+        if s.step == "pseudolabel":
+            return [self.pseudo_labels]
+        return [self.submission]
+
+    def partial_files(self, s: StageSpec) -> list[Path]:
+        if s.step == "detect-train":
+            return [RunDir(self.det_run(s.fold)).config]
+        if s.step == "classify-train":
+            return [RunDir(self.cls_run(s.kind, s.fold)).config]
+        return []
+
+    # ----------------------------------------------------------------------------- stage settings
+    def detect_config(self):
+        return self.cfg.detect_config()
+
+    def classify_config(self, kind: str, k: int):
+        """The config of classifier ``kind`` on fold ``k`` (pseudolabel kinds included)."""
+        pk = self.cfg.pseudo_kind
+        if pk and kind == f"{pk}-pl-ft":
+            return self.cfg.finetune_config(pk, str(RunDir(self.cls_run(pk, k)).best))
+        if pk and kind == f"{pk}-pl":
+            return self.cfg.refit_config(pk)
+        return self.cfg.classify_config(kind)
+
+    def settings(self, s: StageSpec) -> dict:
+        """What a stage does, as plain values: its fingerprint is the hash of these and the data."""
+        cfg = self.cfg
+        if s.step in ("detect-train", "detect-oof", "detect-test"):
+            out = {"detect": config_dict(self.detect_config()), "fold": s.fold}
+        elif s.step == "detect-merge":
+            out = {"test_boxes": cfg.test_boxes, "test_votes": cfg.test_votes}
+        elif s.step in ("classify-train", "classify-predict"):
+            out = {"classify": config_dict(self.classify_config(s.kind, s.fold)), "fold": s.fold}
+            if s.step == "classify-predict":
+                out["n_tta"] = cfg.n_tta
+        elif s.step == "pseudolabel":
+            out = {"min_gap": cfg.pseudo_min_gap, "max_second_score": cfg.pseudo_max_second_score,
+                   "drop_seg_fp": cfg.pseudo_drop_seg_fp}
+        else:
+            out = {"stack": config_dict(cfg.stack_config()), "kinds": self.kinds()}
+        for c in ("detect", "classify"):  # machine-local settings are not the stage's substance
+            if c in out:
+                for key in ("device", "workers", "pretrained", "init_from"):
+                    out[c].pop(key, None)
         return out
 
-    # ----------------------------------------------------------------------------- plan
-    def _plan(self) -> list[Stage]:
-        from kzlib.classify.predict import predict as cls_predict
-        from kzlib.classify.train import train as cls_train
-        from kzlib.detect.predict import merge_oof, merge_test, predict as det_predict
-        from kzlib.detect.train import train as det_train
+    def data_hash(self) -> str:
+        if self._data_hash is None:
+            d = DataDir(self.data)
+            h = hashlib.sha256()
+            for f in (d.train_csv, d.sample_submission_csv):
+                if f.is_file():
+                    h.update(f.read_bytes())
+            self._data_hash = h.hexdigest()
+        return self._data_hash
 
-        cfg, data = self.cfg, self.data
-        all_folds = range(cfg.n_folds)
-        stages: list[Stage] = []
-        for k in all_folds:
-            run = self.det_run(k)
-            stages += [
-                Stage(f"detect-f{k}", [], [run / "best.pth"],
-                      lambda k=k, run=run: det_train(data, run, cfg.detect_config(), k, self.val_ids[k], resume=True,
-                                                         deadline=self.deadline),
-                      [run / "checkpoint.pth"]),
-                Stage(f"detect-oof-f{k}", [f"detect-f{k}"], [run / "oof_boxes.csv"],
-                      lambda run=run: {"out": str(det_predict(run, data, "oof"))}),
-                Stage(f"detect-test-f{k}", [f"detect-f{k}"], [run / "test_boxes.csv"],
-                      lambda run=run: {"out": str(det_predict(run, data, "test"))}),
-            ]
+    def fingerprint(self, s: StageSpec) -> str:
+        text = json.dumps({"settings": self.settings(s), "data": self.data_hash()}, sort_keys=True, default=str)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
-        def merge():
-            oof = merge_oof([self.det_run(k) for k in all_folds], self.oof_boxes, data)
-            vote = cfg.test_boxes == "vote"
-            test = merge_test([self.det_run(k) / "test_boxes.csv" for k in (all_folds if vote else [0])],
-                              self.test_boxes, cfg.test_votes or None if vote else None)
-            return {"oof_boxes": len(oof), "test_boxes": len(test)}
+    # ----------------------------------------------------------------------------- state
+    def state_file(self, name: str) -> Path:
+        return self.work / "state" / f"{name}.json"
 
-        stages.append(Stage("detect-merge", [f"detect-{s}-f{k}" for k in all_folds for s in ("oof", "test")],
-                            [self.oof_boxes, self.test_boxes], merge))
+    def record(self, name: str) -> dict | None:
+        f = self.state_file(name)
+        if not f.exists():
+            return None
+        try:
+            return json.loads(f.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
 
-        def classify_stages(kind: str, k: int, make_cfg: Callable[[], ClassifyConfig], deps: list[str],
-                            pseudo: list[Path]) -> list[Stage]:
-            run = self.cls_run(kind, k)
+    def statuses(self) -> dict[str, str]:
+        """Each stage's status: ``done``, ``changed`` (its settings or data changed since it ran),
+        ``stale`` (a stage it depends on changed or ran again after it), ``partial`` or ``to do``."""
+        out: dict[str, str] = {}
+        finished: dict[str, float] = {}
+        for s in self.stages:
+            rec = self.record(s.name)
+            if rec is not None and all(p.exists() for p in self.outputs(s)):
+                finished[s.name] = rec.get("finished_at", 0.0)
+                if rec.get("fingerprint") not in (None, self.fingerprint(s)):
+                    out[s.name] = "changed"
+                elif any(out.get(d) in ("changed", "stale") or finished.get(d, 0.0) > finished[s.name]
+                         or (out.get(d) not in (None, "done")) for d in s.deps):
+                    out[s.name] = "stale"
+                else:
+                    out[s.name] = "done"
+            elif any(p.exists() for p in self.outputs(s) + self.partial_files(s)):
+                out[s.name] = "changed" if self._training_changed(s) else "partial"
+            else:
+                out[s.name] = "to do"
+        return out
 
-            def do_predict():
-                v = cls_predict(run, data, self.oof_boxes, "valid", cfg.n_tta)
-                t = cls_predict(run, data, self.test_boxes, "test", cfg.n_tta)
-                return {"valid_f1": v["scores"]["f1"], "valid_accuracy": v["scores"]["accuracy"], "test": t["detailed"]}
+    def _training_changed(self, s: StageSpec) -> bool:
+        """A half-done training whose run folder was started with other settings."""
+        if s.step not in ("detect-train", "classify-train"):
+            return False
+        from kzlib.classify.config import ClassifyConfig
+        from kzlib.detect.config import DetectConfig
 
-            return [
-                Stage(f"classify-{kind}-f{k}", deps, [run / "best.pth"],
-                      lambda: cls_train(data, self.oof_boxes, run, make_cfg(), k, self.val_ids[k], pseudo, resume=True,
-                                        deadline=self.deadline),
-                      [run / "checkpoint.pth"]),
-                Stage(f"classify-{kind}-predict-f{k}", [f"classify-{kind}-f{k}"],
-                      [run / "detailed.csv.gz", run / "test_detailed.csv.gz"], do_predict),
-            ]
+        if s.step == "detect-train":
+            run, cls, cfg = RunDir(self.det_run(s.fold)), DetectConfig, self.detect_config()
+        else:
+            run, cls, cfg = RunDir(self.cls_run(s.kind, s.fold)), ClassifyConfig, self.classify_config(s.kind, s.fold)
+        if not run.started():
+            return False
+        try:
+            return bool(config_conflicts(run.read_config(cls), config_dict(cfg)))
+        except UsageError:
+            return True
 
-        for kind in cfg.kinds:
-            for k in all_folds:
-                stages += classify_stages(kind, k, lambda kind=kind: cfg.classify_config(kind), ["detect-merge"], [])
-        base_predictions = [f"classify-{kind}-predict-f{k}" for kind in cfg.kinds for k in all_folds]
+    def selected(self, s: StageSpec, only: str | None) -> bool:
+        if s.fold is not None and s.fold not in self.folds:
+            return False
+        return only is None or s.name == only or s.name.startswith(only + "-")
 
-        if cfg.pseudo_kind:
-            stages.append(Stage("pseudolabel", base_predictions, [self.pseudo_labels], self._pseudolabel))
-            pk = cfg.pseudo_kind
-            for k in all_folds:
-                stages += classify_stages(
-                    f"{pk}-pl-ft", k, lambda k=k: cfg.finetune_config(pk, str(self.cls_run(pk, k) / "best.pth")),
-                    ["pseudolabel"], [self.pseudo_labels])
-                if cfg.refit_scratch:
-                    stages += classify_stages(f"{pk}-pl", k, lambda: cfg.refit_config(pk), ["pseudolabel"],
-                                              [self.pseudo_labels])
-        all_predictions = [f"classify-{kind}-predict-f{k}" for kind in self.kinds() for k in all_folds]
-        stages.append(Stage("stack", all_predictions, [self.submission], self._stack))
-        return stages
+    # ----------------------------------------------------------------------------- running
+    def run(self, only: str | None = None, dry_run: bool = False, rerun_changed: bool = False, log=print) -> dict:
+        chosen = [s for s in self.stages if self.selected(s, only)]
+        if only and not chosen:
+            raise UsageError(f"--only {only!r} matches no stage (stages: {', '.join(s.name for s in self.stages)})")
+        width = max(len(s.name) for s in chosen)
+        status = self.statuses()
+        redo = [s.name for s in chosen if status[s.name] in ("changed", "stale")]
+        if dry_run:
+            for s in chosen:
+                log(f"{s.name:<{width}}  {status[s.name]:<7}  {', '.join(str(p) for p in self.outputs(s))}")
+            if redo:
+                log(f"{len(redo)} stage(s) changed or stale: a run refuses them unless --rerun-changed")
+            return {"redo": redo}
+        if redo and not rerun_changed:
+            changed = [n for n in redo if status[n] == "changed"]
+            raise UsageError(f"{self.work}: the preset or data changed since {', '.join(changed[:4])}"
+                             f"{' ...' if len(changed) > 4 else ''} ran ({len(redo) - len(changed)} later stage(s) "
+                             "depend on it); rerun with --rerun-changed to redo them, or use another --work")
+        self.check_writable()
+        results, blocked, skipped = {}, [], []
+        for i, s in enumerate(chosen, 1):
+            head = f"[{i:>2}/{len(chosen)}] {s.name:<{width}}"
+            if status[s.name] == "done":
+                log(f"{head}  done earlier")
+                continue
+            waiting = [d for d in s.deps if self.record(d) is None or d in blocked or d in skipped
+                       or (d in redo and d not in results)]
+            if waiting:
+                blocked.append(s.name)
+                log(f"{head}  waiting for {', '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''}")
+                continue
+            with self.lock(s) as held:
+                if not held:
+                    skipped.append(s.name)
+                    log(f"{head}  running in another process ({held.owner}); skipped here")
+                    continue
+                if s.name in redo:
+                    self.set_aside(s)
+                log(f"{head}  running (log: {self.stage_log(s)})")
+                t0 = time.time()
+                result = self.run_stage(s)
+                seconds = time.time() - t0
+            if result.get("stopped_early"):
+                log(f"{head}  stopped for the time budget after {seconds:.0f} s; rerun to resume it")
+                return {"ran": results, "blocked": blocked, "skipped": skipped, "stopped": s.name}
+            record = {"stage": s.name, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      "finished_at": time.time(), "fingerprint": self.fingerprint(s),
+                      "outputs": [str(p) for p in self.outputs(s)], "result": _jsonable(result)}
+            write_json_atomic(record, self.state_file(s.name))
+            results[s.name] = record
+            log(f"{head}  done in {seconds:6.1f} s  {_brief(result)}")
+        return {"ran": results, "blocked": blocked, "skipped": skipped}
 
-    def _pseudolabel(self) -> dict:
-        from kzlib.pseudolabel import blend_files, report, select, write_pseudolabels
+    def stage_log(self, s: StageSpec) -> Path:
+        return self.work / "logs" / f"{s.name}.log"
+
+    def run_stage(self, s: StageSpec) -> dict:
+        """Run one stage with its output in its log; an I/O failure is one line naming the stage,
+        the path and what went wrong, in the log and raised."""
+        from kzlib.cli import io_message
+
+        path = self.stage_log(s)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
+            print(f"=== {s.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})", flush=True)
+            try:
+                return getattr(self, "_" + s.step.replace("-", "_"))(s) or {}
+            except OSError as e:
+                message = io_message(e, f"stage {s.name}")
+                print(f"error: {message}", flush=True)
+                raise EnvironmentProblem(message) from None
+
+    def check_writable(self) -> None:
+        """The work folder takes files before any compute starts."""
+        try:
+            self.work.mkdir(parents=True, exist_ok=True)
+            probe = self.work / f".write-test-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            from kzlib.cli import io_message
+
+            raise EnvironmentProblem(io_message(e, "work folder")) from None
+
+    @contextlib.contextmanager
+    def lock(self, s: StageSpec):
+        """An exclusive lock on the stage (``locks/<stage>.lock``); yields a truthy handle when
+        this process holds it, a falsy one naming the holder when another process does."""
+        path = self.work / "locks" / f"{s.name}.lock"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                fh.seek(0)
+                yield _Held(False, fh.read().strip() or "another runner")
+                return
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+            fh.flush()
+            yield _Held(True, "")
+        finally:
+            fh.close()
+
+    def set_aside(self, s: StageSpec) -> None:
+        """Before a changed stage reruns: its state goes, and a training's run folder is moved to
+        ``replaced/`` (nothing trained is deleted)."""
+        self.state_file(s.name).unlink(missing_ok=True)
+        if s.step in ("detect-train", "classify-train"):
+            run = self.det_run(s.fold) if s.step == "detect-train" else self.cls_run(s.kind, s.fold)
+            if run.exists():
+                dest = self.work / "replaced" / f"{s.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(str(run), str(dest))
+                print(f"{s.name}: its earlier run folder is kept in {dest}", flush=True)
+
+    # ----------------------------------------------------------------------------- the steps
+    def _detect_train(self, s: StageSpec) -> dict:
+        from kzlib.detect.train import train
+
+        return train(self.data, self.det_run(s.fold), self.detect_config(), s.fold, mode="auto",
+                     deadline=self.deadline)
+
+    def _detect_oof(self, s: StageSpec) -> dict:
+        from kzlib.detect.predict import predict
+
+        return {"out": str(predict(self.det_run(s.fold), self.data, "oof"))}
+
+    def _detect_test(self, s: StageSpec) -> dict:
+        from kzlib.detect.predict import predict
+
+        return {"out": str(predict(self.det_run(s.fold), self.data, "test"))}
+
+    def _detect_merge(self, s: StageSpec) -> dict:
+        from kzlib.detect.predict import merge_oof, merge_test
 
         cfg = self.cfg
-        test = blend_files([self.cls_run(kind, k) / "test_detailed.csv.gz" for kind in cfg.kinds for k in range(cfg.n_folds)])
-        valid = pd.concat([blend_files([self.cls_run(kind, k) / "detailed.csv.gz" for kind in cfg.kinds])
-                           for k in range(cfg.n_folds)], ignore_index=True)
-        gap, second, drop = cfg.pseudo_min_gap, cfg.pseudo_max_second, cfg.pseudo_drop_seg_fp
+        oof = merge_oof([self.det_run(k) for k in range(cfg.n_folds)], self.oof_boxes, self.data)
+        vote = cfg.test_boxes == "vote"
+        folds = range(cfg.n_folds) if vote else [0]
+        test = merge_test([RunDir(self.det_run(k)).test_boxes for k in folds], self.test_boxes,
+                          cfg.test_votes or None if vote else None)
+        return {"oof_boxes": len(oof), "test_boxes": len(test)}
+
+    def _classify_train(self, s: StageSpec) -> dict:
+        from kzlib.classify.train import train
+
+        pseudo = [self.pseudo_labels] if s.kind not in self.cfg.kinds else []
+        return train(self.data, self.oof_boxes, self.cls_run(s.kind, s.fold), self.classify_config(s.kind, s.fold),
+                     s.fold, pseudolabels=pseudo, mode="auto", deadline=self.deadline)
+
+    def _classify_predict(self, s: StageSpec) -> dict:
+        from kzlib.classify.predict import predict
+
+        run = self.cls_run(s.kind, s.fold)
+        v = predict(run, self.data, self.oof_boxes, "valid", self.cfg.n_tta)
+        t = predict(run, self.data, self.test_boxes, "test", self.cfg.n_tta)
+        return {"valid_f1": v["scores"]["f1"], "valid_accuracy": v["scores"]["accuracy"], "test": t["detailed"]}
+
+    def _pseudolabel(self, s: StageSpec) -> dict:
+        from kzlib.detailed import blend_files
+        from kzlib.pseudolabel import report, select, write_pseudolabels
+
+        cfg = self.cfg
+        folds = range(cfg.n_folds)
+        test = blend_files([RunDir(self.cls_run(kind, k)).detailed("test") for kind in cfg.kinds for k in folds])
+        valid = pd.concat([blend_files([RunDir(self.cls_run(kind, k)).detailed("valid") for kind in cfg.kinds])
+                           for k in folds], ignore_index=True)
+        gap, second, drop = cfg.pseudo_min_gap, cfg.pseudo_max_second_score, cfg.pseudo_drop_seg_fp
         result = {"test": write_pseudolabels(test, self.pseudo_labels, gap, second, drop),
                   "valid": report(valid, select(valid, gap, second, drop))}
         write_json_atomic(result, self.pseudo_labels.with_suffix(".json"))
         return result
 
-    def _stack(self) -> dict:
+    def _stack(self, s: StageSpec) -> dict:
         from kzlib.stack.models import TooFewRows
         from kzlib.stack.run import build_features, predict, train
 
@@ -290,10 +442,11 @@ class Pipeline:
         out = self.work / "stack"
         feats = []
         for k in range(cfg.n_folds):
-            groups = {kind: [str(self.cls_run(kind, k) / "detailed.csv.gz")] for kind in kinds}
+            groups = {kind: [str(RunDir(self.cls_run(kind, k)).detailed("valid"))] for kind in kinds}
             build_features(groups, out / f"features_fold{k}.csv.gz")
             feats.append(out / f"features_fold{k}.csv.gz")
-        test_groups = {kind: [str(self.cls_run(kind, k) / "test_detailed.csv.gz") for k in range(cfg.n_folds)] for kind in kinds}
+        test_groups = {kind: [str(RunDir(self.cls_run(kind, k)).detailed("test")) for k in range(cfg.n_folds)]
+                       for kind in kinds}
         info = build_features(test_groups, out / "features_test.csv.gz")
         write_json_atomic(config_dict(cfg.stack_config()), out / "stack_config.json")
         try:
@@ -305,70 +458,23 @@ class Pipeline:
         return {"level2_seconds": result["seconds"], "test_features": info, **sub}
 
     def _blend_submission(self, kinds: list[str]) -> dict:
-        from kzlib.classify.predict import submission_from_detailed
+        from kzlib.detailed import blend_files, submission_from_detailed
         from kzlib.metric import write_submission
-        from kzlib.pseudolabel import blend_files
 
-        test = blend_files([self.cls_run(kind, k) / "test_detailed.csv.gz" for kind in kinds
+        test = blend_files([RunDir(self.cls_run(kind, k)).detailed("test") for kind in kinds
                             for k in range(self.cfg.n_folds)])
         ids = read_labels_csv(DataDir(self.data).sample_submission_csv)["image_id"].tolist()
         write_submission(submission_from_detailed(test), self.submission, ids)
         return {"submission": str(self.submission), "characters": int((test["pred"] != SEG_FP).sum()), "pages": len(ids)}
 
-    # ----------------------------------------------------------------------------- state
-    def state_file(self, name: str) -> Path:
-        return self.work / "state" / f"{name}.json"
 
-    def status(self, stage: Stage) -> str:
-        if self.state_file(stage.name).exists():
-            return "done"
-        if any(p.exists() for p in stage.outputs + stage.partial):
-            return "partial"
-        return "to do"
+@dataclass
+class _Held:
+    held: bool
+    owner: str
 
-    def selected(self, stage: Stage, only: str | None) -> bool:
-        fold = stage.name.rsplit("-f", 1)
-        per_fold = len(fold) == 2 and fold[1].isdigit()
-        if per_fold and int(fold[1]) not in self.folds:
-            return False
-        return only is None or stage.name == only or stage.name.startswith(only + "-")
-
-    def run(self, only: str | None = None, dry_run: bool = False, log=print) -> dict:
-        chosen = [s for s in self.stages if self.selected(s, only)]
-        if only and not chosen:
-            raise ValueError(f"--only {only!r} matches no stage (stages: {', '.join(s.name for s in self.stages)})")
-        width = max(len(s.name) for s in chosen)
-        if dry_run:
-            for s in chosen:
-                log(f"{s.name:<{width}}  {self.status(s):<7}  {', '.join(str(p) for p in s.outputs)}")
-            return {}
-        results, blocked = {}, []
-        for i, s in enumerate(chosen, 1):
-            head = f"[{i:>2}/{len(chosen)}] {s.name:<{width}}"
-            if self.status(s) == "done":
-                log(f"{head}  done earlier")
-                continue
-            waiting = [d for d in s.deps if not self.state_file(d).exists()]
-            if waiting:
-                blocked.append(s.name)
-                log(f"{head}  waiting for {', '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''}")
-                continue
-            t0 = time.time()
-            log_path = self.work / "logs" / f"{s.name}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(log_path, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-                print(f"=== {s.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})", flush=True)
-                result = s.run() or {}
-            seconds = time.time() - t0
-            if result.get("stopped_early"):
-                log(f"{head}  stopped for the time budget after {seconds:.0f} s; rerun to resume it")
-                return {"ran": results, "blocked": blocked, "stopped": s.name}
-            record = {"stage": s.name, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "outputs": [str(p) for p in s.outputs], "result": _jsonable(result)}
-            write_json_atomic(record, self.state_file(s.name))
-            results[s.name] = record
-            log(f"{head}  done in {seconds:6.1f} s  {_brief(result)}")
-        return {"ran": results, "blocked": blocked}
+    def __bool__(self) -> bool:
+        return self.held
 
 
 def _jsonable(obj):
@@ -386,9 +492,8 @@ def _brief(result: dict) -> str:
 def summary(p: Pipeline) -> tuple[pd.DataFrame, pd.DataFrame]:
     """F1 of every model kind, the blends, level 2 — on the folds' held-out pages (valid) and, when
     the data folder has ``test_labels.csv`` (synthetic data), on the test pages — plus wall times."""
+    from kzlib.detailed import blend_files, read_detailed, submission_from_detailed
     from kzlib.metric import score_on_pages
-    from kzlib.classify.predict import read_detailed, submission_from_detailed
-    from kzlib.pseudolabel import blend_files
 
     d = DataDir(p.data)
     truth = read_labels_csv(d.train_csv)
@@ -400,8 +505,8 @@ def summary(p: Pipeline) -> tuple[pd.DataFrame, pd.DataFrame]:
 
     def kinds_f1(kinds: list[str]) -> tuple[float | None, float | None]:
         folds = range(p.cfg.n_folds)
-        valid_files = [[p.cls_run(k, f) / "detailed.csv.gz" for k in kinds] for f in folds]
-        test_files = [p.cls_run(k, f) / "test_detailed.csv.gz" for k in kinds for f in folds]
+        valid_files = [[RunDir(p.cls_run(k, f)).detailed("valid") for k in kinds] for f in folds]
+        test_files = [RunDir(p.cls_run(k, f)).detailed("test") for k in kinds for f in folds]
         if not all(x.exists() for fs in valid_files for x in fs) or not all(x.exists() for x in test_files):
             return None, None
         valid = pd.concat([blend_files(fs) if len(fs) > 1 else read_detailed(fs[0]) for fs in valid_files])
@@ -431,9 +536,9 @@ def summary(p: Pipeline) -> tuple[pd.DataFrame, pd.DataFrame]:
     table = pd.DataFrame(rows)
     times = []
     for s in p.stages:
-        f = p.state_file(s.name)
-        if f.exists():
-            times.append({"stage": s.name, "seconds": json.loads(f.read_text())["seconds"]})
+        rec = p.record(s.name)
+        if rec is not None:
+            times.append({"stage": s.name, "seconds": rec["seconds"]})
     return table, pd.DataFrame(times)
 
 
@@ -445,4 +550,3 @@ def check_data(data: Path, n_folds: int) -> None:
         lines = "\n".join(f"  - {p}" for p in report.problems[:20])
         more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
         raise DataError(f"{data}: the data folder fails `python -m kzlib.data check`:\n{lines}{more}")
-

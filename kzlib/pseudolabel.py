@@ -21,62 +21,10 @@ import numpy as np
 import pandas as pd
 
 from kzlib.cli import one_line_errors
-from kzlib.classify.predict import DETAILED_COLUMNS, read_detailed
+from kzlib.detailed import blend_files, write_detailed
 from kzlib.data import SEG_FP, DataError
 from kzlib.io import write_csv_atomic, write_json_atomic
 from kzlib.metric import labels_from_rows
-
-KEY = ["image_id", "x", "y", "w", "h"]
-
-
-def top_k_long(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (box, rank): columns row, cls, logit."""
-    classes = df["top_k_classes"].str.split(" ", expand=True)
-    logits = df["top_k_logits"].str.split(" ", expand=True).astype(np.float64)
-    k = classes.shape[1]
-    return pd.DataFrame({"row": np.repeat(np.arange(len(df)), k), "cls": classes.to_numpy(object).ravel(),
-                         "logit": logits.to_numpy(np.float64).ravel()}).dropna(subset=["cls"])
-
-
-def check_same_boxes(frames: Sequence[pd.DataFrame], names: Sequence[str]) -> None:
-    """Blended files must describe the same boxes in the same order."""
-    ref = frames[0][KEY].reset_index(drop=True)
-    for df, name in zip(frames[1:], names[1:]):
-        if len(df) != len(ref):
-            raise DataError(f"{name}: {len(df)} boxes, but {names[0]} has {len(ref)}; blend detailed files of the same boxes")
-        cur = df[KEY].reset_index(drop=True)
-        same = np.array(cur["image_id"] == ref["image_id"], dtype=bool)
-        for c in KEY[1:]:
-            same &= np.isclose(cur[c].to_numpy(float), ref[c].to_numpy(float), atol=0.06)
-        if not same.all():
-            r = int(np.flatnonzero(~same)[0])
-            raise DataError(f"{name}: row {r + 2}: box differs from {names[0]} (same boxes in the same order needed)")
-
-
-def blend(frames: Sequence[pd.DataFrame], top_k: int = 5, names: Sequence[str] | None = None,
-          weights: Sequence[float] | None = None) -> pd.DataFrame:
-    """A detailed frame whose top-k are the blended scores of ``frames`` (the same boxes)."""
-    names = list(names or [f"detailed file {i + 1}" for i in range(len(frames))])
-    check_same_boxes(frames, names)
-    w = np.ones(len(frames)) if weights is None else np.asarray(weights, dtype=np.float64)
-    long = pd.concat([top_k_long(df).assign(logit=lambda t, wi=wi: t["logit"] * wi) for df, wi in zip(frames, w)])
-    scores = (long.groupby(["row", "cls"], sort=False)["logit"].sum() / w.sum()).reset_index()
-    scores = scores.sort_values(["row", "logit"], ascending=[True, False], kind="stable")
-    scores = scores[scores.groupby("row").cumcount() < top_k]
-    scores["txt"] = np.char.mod("%.4f", scores["logit"].to_numpy())
-    agg = scores.groupby("row").agg(classes=("cls", " ".join), logits=("txt", " ".join))
-    out = frames[0][KEY + ["true"]].reset_index(drop=True).copy()
-    # as strings even when there are no boxes (an empty reindex would be float)
-    out["top_k_classes"] = agg["classes"].reindex(out.index).fillna("").astype(str).to_numpy()
-    out["top_k_logits"] = agg["logits"].reindex(out.index).fillna("").astype(str).to_numpy()
-    out["pred"] = out["top_k_classes"].str.split(" ").str[0]
-    return out[DETAILED_COLUMNS]
-
-
-def blend_files(paths: Sequence[Path], top_k: int = 5, weights: Sequence[float] | None = None) -> pd.DataFrame:
-    paths = [Path(p) for p in paths]
-    return blend([read_detailed(p) for p in paths], top_k, [str(p) for p in paths], weights)
-
 
 def top_two(df: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     logits = df["top_k_logits"].str.split(" ", expand=True).astype(np.float64).to_numpy()
@@ -136,8 +84,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     df = blend_files(a.detailed)
     result = write_pseudolabels(df, a.out, a.min_gap, a.max_second_score, a.drop_seg_fp)
     if a.blend_out:
-        from kzlib.classify.predict import write_detailed
-
         write_detailed(df, a.blend_out)
     write_json_atomic(result, a.out.with_suffix(".json"))
     print(json.dumps(result))

@@ -196,7 +196,7 @@ def preset_needs(cfg) -> list[tuple[str, str, str]]:
     out = [("detect", det.backbone, det.pretrained)]
     for kind in cfg.kinds:
         c = cfg.classify_config(kind)
-        out.append((f"classify {kind}", c.base, c.pretrained))
+        out.append((f"classify {kind}", c.backbone, c.pretrained))
     return [row for row in out if row[2]]
 
 
@@ -207,7 +207,7 @@ def check_preset(cfg, weights_dir: Path | None = None) -> list[Path]:
 
 
 def _presets(names: Sequence[str]):
-    from kzlib.pipeline import load_preset, preset_path
+    from kzlib.preset import load_preset, preset_path
 
     return [(n, load_preset(preset_path(n))) for n in names]
 

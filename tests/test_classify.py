@@ -13,15 +13,17 @@ import torch
 from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import CropDataset, cap_targets
 from kzlib.classify.model import Classifier
-from kzlib.classify.predict import page_logits, read_detailed
+from kzlib.classify.predict import page_logits
+from kzlib.detailed import read_detailed
 from kzlib.classify.train import accumulate_gradients, train
 from kzlib.data import SEG_FP, DataError, parse_labels, read_labels_csv
 from kzlib.metric import read_submission
 from kzlib.pages import Page
+from kzlib.runs import RunStateError
 from kzlib.weights import WeightsError
 
 A, B, C = "U+3042", "U+3044", "U+3046"
-TINY = ClassifyConfig(base="resnet18", pretrained="", page_side="height", page_size=256, test_size=256, min_visibility=0.5,
+TINY = ClassifyConfig(backbone="resnet18", pretrained="", page_side="height", page_size=256, test_size=256, min_visibility=0.5,
                       resample_empty=False, add_missed_truth=True, crop_width=96, crop_height=128,
                       crops_per_page=2, batch_size=3, epochs=2, lr=0.01, workers=0, device="cpu", hidden=32,
                       n_folds=3, top_k=3, amp=False)
@@ -81,8 +83,8 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
     assert torch.equal(model.trunk.layer3[0].conv1.weight, full.layer3[0].conv1.weight)
     with pytest.raises(WeightsError, match="nope.pth not found; run `python -m kzlib.weights fetch"):
         Classifier(replace(TINY, pretrained=str(tmp_path / "nope.pth")), 3)
-    with pytest.raises(ValueError, match="unknown base"):
-        Classifier(replace(TINY, base="resnet_9000"), 3)
+    with pytest.raises(ValueError, match="unknown backbone"):
+        Classifier(replace(TINY, backbone="resnet_9000"), 3)
 
 
 def test_crops_keep_boxes_and_classes_aligned(tmp_path):
@@ -182,9 +184,11 @@ def test_train_resume_predict_end_to_end(tiny, tmp_path):
 
     resumed = tmp_path / "resumed"
     train(tiny, oof, resumed, TINY, fold=0, max_epochs=1)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunStateError, match="holds a checkpoint; use --resume"):
         train(tiny, oof, resumed, TINY, fold=0)
-    train(tiny, oof, resumed, replace(TINY, lr=99.0), fold=0, resume=True)  # the run keeps its own config
+    with pytest.raises(RunStateError, match=r"started with lr 0.01 \(asked 99.0\)"):
+        train(tiny, oof, resumed, TINY, fold=0, mode="resume", given={"lr": 99.0})  # a conflicting flag
+    train(tiny, oof, resumed, replace(TINY, lr=99.0), fold=0, mode="resume")  # the run keeps its own config
     a, b = _weights(straight), _weights(resumed)
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)

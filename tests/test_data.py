@@ -66,44 +66,6 @@ def test_labels_table_one_row_per_character():
     assert t[["x", "y", "w", "h"]].to_numpy().tolist() == [[1, 2, 3, 4], [5, 6, 7, 8]]
 
 
-# ---------------------------------------------------------------- books and folds
-
-@pytest.mark.parametrize(
-    "image_id, book",
-    [
-        ("100241706_00004_2", "100241706"),
-        ("200014685-00012_1", "200014685"),
-        ("umgy001-028", "umgy"),
-        ("hnsd006-026", "hnsd"),
-        ("brsk001-001", "brsk"),
-        ("200003076_00034_2", "200003076"),
-    ],
-)
-def test_book_id(image_id, book):
-    assert data.book_id(image_id) == book
-
-
-def test_folds_by_book_sorted_by_page_count():
-    ids = [f"big_{i}" for i in range(5)] + [f"mid_{i}" for i in range(3)] + ["small_0", "tiny_0"]
-    folds = data.make_folds(ids, n_folds=3)
-    fold_of = folds.groupby("book_id")["fold"].agg(set)
-    assert all(len(s) == 1 for s in fold_of)  # no book in two folds
-    # as upstream, fewest pages first (ties by id): small(1) -> 0, tiny(1) -> 1, mid(3) -> 2, big(5) -> 0
-    assert {b: s.pop() for b, s in fold_of.items()} == {"small": 0, "tiny": 1, "mid": 2, "big": 0}
-    assert folds["image_id"].tolist() == ids  # input order kept
-
-
-def test_folds_deterministic_and_independent_of_order():
-    rng = np.random.default_rng(0)
-    ids = [f"{b}_{p:05d}_1" for b in range(100, 140) for p in range(int(rng.integers(1, 30)))]
-    a = data.make_folds(ids, 5)
-    b = data.make_folds(list(reversed(ids)), 5).set_index("image_id").loc[ids].reset_index()
-    pd.testing.assert_frame_equal(a, b)
-    assert a.groupby("book_id")["fold"].nunique().max() == 1
-    sizes = a.groupby("fold").size()
-    assert sizes.max() - sizes.min() < 30  # big books spread over folds
-
-
 # ---------------------------------------------------------------- images
 
 def _write(path, img, ext_params=()):

@@ -15,6 +15,7 @@ from kzlib.detect.dataset import CropDataset
 from kzlib.detect.predict import SEG_FP, match_true, merge_oof
 from kzlib.detect.train import train
 from kzlib.pages import Page, split_pages
+from kzlib.runs import RunStateError
 from kzlib.config import config_from_dict
 
 TINY = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=256, crop_width=160, crop_height=128,
@@ -76,9 +77,14 @@ def test_match_rule():
     assert match_true(np.array([[0, 0, 10, 5]]), gt[:1], codes[:1]) == ["U+3042"]
 
 
-def test_split_pages_errors(tiny):
-    with pytest.raises(DataError, match="fold 4 has no pages"):
-        split_pages(tiny, 4, 5)
+def test_split_pages_errors_and_the_by_page_fallback(tiny):
+    # 3 books in 5 folds: the folds are made by page, so fold 4 still holds out a page
+    tr, va = split_pages(tiny, 4, 5)
+    assert len(va) == 1 and len(tr) == 5
+    with pytest.raises(DataError, match="fold 5 is outside 0..4"):
+        split_pages(tiny, 5, 5)
+    with pytest.raises(DataError, match="6 labelled pages cannot fill 7 folds"):
+        split_pages(tiny, 0, 7)
     with pytest.raises(DataError, match="not in train.csv: nope"):
         split_pages(tiny, 0, 5, ["nope"])
     ids = pd.read_csv(tiny / "train.csv")["image_id"].tolist()
@@ -115,9 +121,9 @@ def test_resume_continues_exactly(tiny, tmp_path):
     straight, split = tmp_path / "a", tmp_path / "b"
     train(tiny, straight, TINY, fold=0)
     train(tiny, split, TINY, fold=0, max_epochs=1)  # "killed" after epoch 1
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(RunStateError, match="--resume"):
         train(tiny, split, TINY, fold=0)
-    train(tiny, split, TINY, fold=0, resume=True)
+    train(tiny, split, TINY, fold=0, mode="resume")
     a, b = _params(straight), _params(split)
     assert a["epoch"] == b["epoch"] == 1
     for k, v in a["model"].items():
@@ -163,7 +169,8 @@ def test_train_predict_cli_end_to_end(tiny, tmp_path):
 
 def _fake_run(path, val_ids, data_dir, rows):
     path.mkdir()
-    (path / "split.json").write_text(json.dumps({"val_ids": val_ids, "data_dir": str(data_dir)}))
+    (path / "split.json").write_text(json.dumps({"val_ids": val_ids, "data_dir": str(data_dir), "fold": 0, "n_folds": 2,
+                                                 "val_images_given": True, "train_ids": []}))
     pd.DataFrame(rows, columns=["image_id", "x", "y", "w", "h", "score", "true"]).to_csv(path / "oof_boxes.csv", index=False)
 
 

@@ -13,7 +13,8 @@ from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user, push
 from kzlib.kaggle.emulate import emulate
 from kzlib.kaggle.plan import PlanError, kernel_plan, render
 from kzlib.metric import read_submission
-from kzlib.pipeline import Pipeline, load_preset
+from kzlib.pipeline import Pipeline
+from kzlib.preset import load_preset
 from kzlib.training import Epochs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,7 +46,7 @@ def test_kernels_cover_every_stage_in_push_order(tiny, tmp_path):
 
 
 def test_rendered_metadata_is_valid_for_the_kaggle_cli(tmp_path):
-    cfg = load_preset(ROOT / "configs" / "preset_full.json")
+    cfg = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
     kernels = render(cfg, "test", tmp_path / "k", resume=("kzlib-detect-f3",))
     api = KaggleApi()
     order = (tmp_path / "k" / "push_order.txt").read_text().split()
@@ -100,7 +101,7 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
     for rel, _ in a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     names = [rel for rel, _ in a]
-    assert "kzlib/kaggle/runtime.py" in names and "configs/preset_full.json" in names
+    assert "kzlib/kaggle/runtime.py" in names and "kzlib/configs/preset_full.json" in names
     assert "kzlib/synth.py" not in names and "kzlib/kaggle/build.py" not in names  # only what kernels import
     assert {"weights/det0/best.pth", "weights/det0/config.json", "pretrained/resnet18.pth"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]

@@ -7,37 +7,25 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from kzlib.data import read_labels_csv
 from kzlib.metric import read_submission
-from kzlib.pipeline import fold_pages, load_preset
+from kzlib.preset import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
 RUNNER = [sys.executable, str(ROOT / "run_local.py")]
 
 
-def test_folds_by_book_or_by_page():
-    ids = [f"{b}_{p:05d}_1" for b in ("100", "200", "300") for p in range(1, 3 + (b == "100"))]
-    folds, mode = fold_pages(ids, 3)
-    assert mode == "book" and sorted(map(len, folds)) == [2, 2, 3] and all(len({i[:3] for i in f}) == 1 for f in folds)
-    one_book = [f"100_{p:05d}_1" for p in range(1, 6)]
-    folds, mode = fold_pages(one_book, 2)
-    assert mode == "page" and folds == [one_book[0::2], one_book[1::2]]
-    with pytest.raises(ValueError, match="cannot fill"):
-        fold_pages(one_book[:1], 2)
-
-
 def test_presets_are_valid():
     for name in ("preset_full", "preset_demo"):
-        cfg = load_preset(ROOT / "configs" / f"{name}.json")
+        cfg = load_preset(ROOT / "kzlib" / "configs" / f"{name}.json")
         assert cfg.detect_config().n_folds == cfg.n_folds
         for kind in cfg.kinds:
             cfg.classify_config(kind)
-    full = load_preset(ROOT / "configs" / "preset_full.json")
+    full = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
     rx = full.classify_config("resnext101")
-    assert (rx.base, rx.frozen_start, rx.max_targets, rx.batch_size, rx.lr) == ("resnext101_32x8d", True, 256, 12, 0.016)
+    assert (rx.backbone, rx.frozen_start, rx.max_targets, rx.batch_size, rx.lr) == ("resnext101_32x8d", True, 256, 12, 0.016)
 
 
 def _state(work):

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kzlib.classify.predict import DETAILED_COLUMNS, read_detailed, write_detailed
+from kzlib.detailed import DETAILED_COLUMNS, read_detailed, write_detailed
 from kzlib.data import DataError, read_labels_csv
 from kzlib.metric import read_submission
-from kzlib.pseudolabel import blend, labels_file, report, select
+from kzlib.detailed import blend
+from kzlib.pseudolabel import labels_file, report, select
 from kzlib.stack.features import build, encode_class
 from kzlib.stack.models import StackConfig, TooFewRows, train_folds
 from kzlib.stack.run import build_features, predict, train

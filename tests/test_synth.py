@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from kzlib import fonts as kfonts
-from kzlib.data import book_id, check_dataset, read_labels_csv
+from kzlib.data import check_dataset, read_labels_csv
+from kzlib.folds import book_id
 from kzlib.synth import SynthConfig, generate
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from kzlib.config import config_dict
-from kzlib.pipeline import load_preset, preset_path
+from kzlib.preset import load_preset, preset_path
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kzlib import weights
-from kzlib.pipeline import load_preset, preset_path
+from kzlib.preset import load_preset, preset_path
 
 ROOT = weights.Path(__file__).resolve().parents[1]
 
@@ -143,7 +143,7 @@ def test_full_preset_models_train_and_predict_from_weight_files(tmp_path):
     for kind in ("resnet152", "resnext101"):
         c = replace(cfg.classify_config(kind), device="cpu")
         model = Classifier(c, n_classes=11)
-        state = weights.load_state(tmp_path / weights.SPECS[c.base].file)
+        state = weights.load_state(tmp_path / weights.SPECS[c.backbone].file)
         assert torch.equal(model.trunk.layer2[0].conv1.weight, state["layer2.0.conv1.weight"])
         frozen = {k: v.clone() for k, v in model.trunk.state_dict().items() if k.split(".")[0] in FROZEN_MODULES}
         assert c.frozen_start == (kind == "resnext101") and len(frozen) > 10

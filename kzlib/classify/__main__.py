@@ -7,7 +7,7 @@ from kzlib.cli import one_line_errors
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
 from kzlib.data import DataError
-from kzlib.config import add_config_flags, config_from_args
+from kzlib.config import add_config_flags, config_from_args, given_flags
 
 
 @one_line_errors(DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError)
@@ -18,15 +18,15 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="train one fold's classifier on the detector's OOF boxes")
     t.add_argument("data_dir", type=Path)
     t.add_argument("--boxes", type=Path, required=True, help="oof_boxes.csv (image_id,x,y,w,h,score,true)")
-    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--fold", type=int, help="fold to hold out (default 0)")
     t.add_argument("--out", type=Path, required=True, help="run folder")
     t.add_argument("--config", type=Path, help="JSON config (flags override it)")
     t.add_argument("--val-images", help="comma-separated image ids to hold out instead of the fold's books")
     t.add_argument("--pseudolabels", type=Path, nargs="+", default=[],
                    help="pseudolabel files (train.csv format, test images) added to training")
     t.add_argument("--pseudolabels-oversample", dest="pseudo_oversample", type=int,
-                   help="repeat the pseudolabelled pages K times")
-    t.add_argument("--resume", action="store_true", help="continue the run folder's checkpoint")
+                   help=argparse.SUPPRESS)  # deprecated name of --pseudo-oversample
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (its config is kept; a flag that differs from it is an error)")
     add_config_flags(t.add_argument_group("config"), ClassifyConfig)
     pr = sub.add_parser("predict", help="detailed file and submission for held-out (valid) or test pages")
     pr.add_argument("run_dir", type=Path)
@@ -43,7 +43,8 @@ def main(argv=None) -> int:
 
         cfg = config_from_args(ClassifyConfig, a, a.config)
         val = [v for v in a.val_images.split(",") if v] if a.val_images else None
-        result = train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels, a.resume)
+        result = train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels,
+                       "resume" if a.resume else "start", given_flags(ClassifyConfig, a))
         print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
     else:
         from kzlib.classify.predict import predict

@@ -4,14 +4,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from kzlib.config import ConfigError, check_positive
 
 
 @dataclass
 class ClassifyConfig:
+    ALIASES: ClassVar[dict] = {"base": "backbone", "n_tta": "validate_n_tta"}  # old names, read for one release
     # model
-    base: str = "resnet152"              # any timm ResNet/ResNeXt name, e.g. resnext101_32x8d
+    backbone: str = "resnet152"          # any timm ResNet/ResNeXt name, e.g. resnext101_32x8d
     pretrained: str = "auto"             # trunk weights: "auto" (the kit's ImageNet file for the base, see
     #                                      kzlib.weights), a file name or path, or "" for random init
     init_from: str = ""                  # checkpoint of a classifier run to fine-tune from
@@ -51,7 +53,7 @@ class ClassifyConfig:
     amp: bool = True                     # fp16 autocast + GradScaler on CUDA; ignored on CPU
     validate_every: int = 1
     # inference
-    n_tta: int = 1                       # scales used while validating during training
+    validate_n_tta: int = 1              # TTA scales while validating during training
     top_k: int = 50                      # classes and logits written per box in the detailed files
     # runtime
     device: str = "auto"
@@ -63,7 +65,7 @@ class ClassifyConfig:
         if self.max_targets < 0 or self.max_targets % 32:
             raise ConfigError(f"max_targets: must be 0 or a positive multiple of 32, not {self.max_targets}")
         check_positive(self, "batch_size", "accumulation_steps", "top_k", "epochs", "crops_per_page", "page_size",
-                       "test_size", "crop_width", "crop_height", "hidden", "roi_size", "n_tta", "validate_every",
+                       "test_size", "crop_width", "crop_height", "hidden", "roi_size", "validate_n_tta", "validate_every",
                        "pseudo_oversample", "lr", "n_folds")
         check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", allow_zero=True)
         if self.schedule not in ("step", "cosine"):

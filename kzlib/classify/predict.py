@@ -3,7 +3,6 @@ with each box's top-k classes and logits, and the submission made from it."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
@@ -16,14 +15,13 @@ from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import check_inside, page_input, pages_from_boxes, read_boxes
 from kzlib.classify.model import Classifier
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
-from kzlib.io import atomic_path, write_json_atomic
-from kzlib.metric import score_arrays, submission_from_points, write_submission
+from kzlib.io import write_json_atomic
+from kzlib.detailed import DETAILED_COLUMNS, submission_from_detailed, write_detailed
+from kzlib.metric import score_arrays, write_submission
 from kzlib.pages import Page, split_pages
 from kzlib.config import config_from_dict
-from kzlib.training import autocast, load_checkpoint, pick_device
-
-DETAILED_COLUMNS = ["image_id", "x", "y", "w", "h", "pred", "true", "top_k_classes", "top_k_logits"]
-
+from kzlib.runs import RunDir
+from kzlib.training import autocast, pick_device
 
 def tta_sizes(test_size: int, scale_aug: float, n: int) -> list[int]:
     """Page sizes test_size * (1 + s), s evenly spaced from 0 to the training scale range."""
@@ -79,13 +77,6 @@ def detailed_frame(pages: Sequence[Page], logits: Sequence[torch.Tensor], classe
     return df[DETAILED_COLUMNS]
 
 
-def submission_from_detailed(df: pd.DataFrame, pred_column: str = "pred") -> pd.DataFrame:
-    """Boxes whose class is not ``seg_fp``, as centre points."""
-    keep = df[df[pred_column] != SEG_FP]
-    centres = keep[["x", "y"]].to_numpy(np.float64) + keep[["w", "h"]].to_numpy(np.float64) / 2
-    return submission_from_points(keep[pred_column].to_numpy(), centres, keep["image_id"].to_numpy())
-
-
 def detailed_scores(df: pd.DataFrame, truth_pages: Sequence[Page]) -> dict:
     """Competition F1 of the detailed file's predictions against the true characters of the pages,
     plus the box accuracy (pred == true) and how many detector false positives seg_fp removes."""
@@ -106,15 +97,11 @@ def detailed_scores(df: pd.DataFrame, truth_pages: Sequence[Page]) -> dict:
     return scores
 
 
-def load_run(run_dir: Path, device: str | None = None, weights: str = "best"):
-    """(config, classes, model in eval mode, device) of a classifier run folder."""
-    run_dir = Path(run_dir)
-    path = run_dir / ("best.pth" if weights == "best" else "checkpoint.pth")
-    if not path.exists():
-        path = run_dir / "checkpoint.pth"
-    if not path.exists():
-        raise DataError(f"{run_dir}: not a trained classifier run (no best.pth or checkpoint.pth)")
-    state = load_checkpoint(path)
+def load_run(run_dir: Path, device: str | None = None):
+    """(config, classes, model in eval mode, device) of a trained classifier run folder."""
+    state, path = RunDir(run_dir).trained_state()
+    if "classes" not in state:
+        raise DataError(f"{path}: not a classifier checkpoint (no class list)")
     cfg = config_from_dict(ClassifyConfig, state["config"], str(path))
     if device:
         cfg.device = device
@@ -122,23 +109,6 @@ def load_run(run_dir: Path, device: str | None = None, weights: str = "best"):
     model = Classifier(cfg, len(state["classes"]), load_pretrained=False)
     model.load_state_dict(state["model"])
     return cfg, list(state["classes"]), model.to(dev).eval(), dev
-
-
-def write_detailed(df: pd.DataFrame, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        df.to_csv(tmp, index=False, compression="gzip")
-
-
-def read_detailed(path: Path) -> pd.DataFrame:
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: detailed file not found")
-    df = pd.read_csv(path, dtype={"image_id": str, "pred": str, "true": str, "top_k_classes": str,
-                                  "top_k_logits": str}, keep_default_na=False)
-    missing = [c for c in DETAILED_COLUMNS if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: not a detailed file (missing {', '.join(missing)})")
-    return df
 
 
 def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int = 4, out_dir: Path | None = None,
@@ -151,11 +121,11 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
     out_dir = Path(out_dir) if out_dir else run_dir
     cfg, classes, model, dev = load_run(run_dir, device)
     if split == "valid":
-        split_info = json.loads((run_dir / "split.json").read_text())
-        ids = split_info["val_ids"]
+        split_info = RunDir(run_dir).read_split()
+        ids = split_info.val_ids
         if not ids:
             raise DataError(f"{run_dir}: the run has no held-out pages; nothing to validate")
-        others, truth = split_pages(d.root, split_info["fold"], split_info["n_folds"], ids)
+        others, truth = split_pages(d.root, split_info.fold, split_info.n_folds, ids)
         paths = {p.image_id: p.path for p in others + truth}
         table = read_boxes(boxes, list(paths), need_true=True)
     else:

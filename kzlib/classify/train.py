@@ -3,10 +3,8 @@ pages): explicit loops, gradient accumulation normalised over the whole accumula
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -21,11 +19,10 @@ from kzlib.classify.dataset import (CropDataset, cap_targets, check_inside, clas
 from kzlib.classify.model import Classifier
 from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_sizes
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
-from kzlib.io import write_json_atomic
+from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
-from kzlib.config import load_config, save_config
-from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, load_checkpoint, pick_device, sample_seed,
-                            save_checkpoint, seed_everything)
+from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes
+from kzlib.training import Epochs, Optimisation, autocast, load_checkpoint, pick_device, sample_seed, seed_everything
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler) -> tuple[float, int, int]:
@@ -126,32 +123,31 @@ def prepare(data_dir: Path, boxes: Path, fold: int, cfg: ClassifyConfig, val_ima
 def validate(model, val_pages, val_truth, classes, cfg: ClassifyConfig, device) -> dict:
     if not val_pages:
         return {}
-    sizes = tta_sizes(cfg.test_size, cfg.scale_aug, cfg.n_tta)
+    sizes = tta_sizes(cfg.test_size, cfg.scale_aug, cfg.validate_n_tta)
     logits = predict_pages(model, val_pages, sizes, device, cfg.amp, len(classes), "validate", cfg.page_side)
     return detailed_scores(detailed_frame(val_pages, logits, classes, 1, with_true=True), val_truth)
 
 
-def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int = 0,
-          val_images: Sequence[str] | None = None, pseudolabels: Sequence[Path] = (), resume: bool = False,
-          max_epochs: int | None = None, deadline: float | None = None) -> dict:
-    """Train (or resume) a fold's classifier into ``out``; returns the best validation F1.
-    ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a ``time.time()`` value)
-    before an epoch that would end after it; the run stays resumable."""
-    out = Path(out)
-    ckpt_path = out / "checkpoint.pth"
-    checkpoint = None
-    if ckpt_path.exists():
-        if not resume:
-            raise FileExistsError(f"{out}: holds a checkpoint; use --resume to continue it, or another --out")
-        cfg = load_config(ClassifyConfig, out / "config.json")  # a resumed run keeps its config and inputs
-        split = json.loads((out / "split.json").read_text())
-        fold, boxes, pseudolabels = split["fold"], split["boxes"], split["pseudolabels"]
-        val_images = split["val_ids"] if split["val_images_given"] else None
-        checkpoint = load_checkpoint(ckpt_path)
+def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int | None = None,
+          val_images: Sequence[str] | None = None, pseudolabels: Sequence[Path] = (), mode: str = "start",
+          given: dict | None = None, max_epochs: int | None = None, deadline: float | None = None) -> dict:
+    """Train a fold's classifier into the run folder ``out`` (``mode``: start, resume or auto; see
+    ``RunDir.resume_or_start``; ``given`` the config values given as flags); returns the best
+    validation F1. ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a
+    ``time.time()`` value) before an epoch that would end after it; the run stays resumable."""
+    run = RunDir(out)
+    cfg, saved, checkpoint = run.resume_or_start(ClassifyConfig, cfg, given, mode)
+    inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv, "boxes": boxes,
+                           "pseudolabels": list(pseudolabels)})
+    if saved is not None:  # a resumed run keeps its split, and must read the same files
+        check_inputs(run, saved.inputs, inputs)
+        check_split(run, saved, fold, val_images)
+        fold, val_images = saved.fold, saved.val_ids if saved.val_images_given else None
+    fold = 0 if fold is None else fold
     init = None
     if cfg.init_from and checkpoint is None:
         if not Path(cfg.init_from).is_file():
-            raise FileNotFoundError(f"{cfg.init_from}: checkpoint to fine-tune from not found")
+            raise DataError(f"{cfg.init_from}: checkpoint to fine-tune from not found")
         init = load_checkpoint(cfg.init_from)
         if "classes" not in init:
             raise DataError(f"{cfg.init_from}: not a classifier checkpoint (no class list)")
@@ -160,13 +156,11 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         Path(data_dir), Path(boxes), fold, cfg, val_images, [Path(p) for p in pseudolabels], classes)
     if sum(len(y) for y in labels) < 2:
         raise DataError(f"{boxes}: fewer than two training boxes outside fold {fold}")
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
-    write_json_atomic({"data_dir": str(Path(data_dir).resolve()), "boxes": str(Path(boxes).resolve()),
-                       "pseudolabels": [str(Path(p).resolve()) for p in pseudolabels], "fold": fold,
-                       "n_folds": cfg.n_folds, "val_images_given": bool(val_images),
-                       "train_ids": sorted({p.image_id for p in train_pages}),
-                       "val_ids": [p.image_id for p in val_pages], "classes": len(classes)}, out / "split.json")
+    if saved is None:
+        run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
+                             sorted({p.image_id for p in train_pages}), [p.image_id for p in val_pages],
+                             boxes=str(Path(boxes).resolve()), pseudolabels=[str(Path(p).resolve()) for p in pseudolabels],
+                             classes=len(classes), inputs=inputs))
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
@@ -175,13 +169,14 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         try:
             model.load_state_dict(init["model"])
         except RuntimeError as e:
-            raise ValueError(f"{cfg.init_from}: cannot start from this checkpoint ({str(e).splitlines()[0]}); "
-                             "the same base is needed") from None
+            raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint ({str(e).splitlines()[0]}); "
+                             "the same backbone is needed") from None
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(math.ceil(len(dataset) / cfg.batch_size) / cfg.accumulation_steps)
     opt = Optimisation(model, cfg, device, steps)
     start, best = opt.resume(model, checkpoint, out)
-    log = EpochLog(out / "log.csv", keep_until_epoch=start - 1)
+    end = EpochEnd(run, cfg, ("f1", "accuracy", "train_accuracy"), {"classes": classes}, keep_last_as_best=not val_pages)
+    end.open(start)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -194,18 +189,11 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         last = epoch + 1 == cfg.epochs
         scores = validate(model, val_pages, val_truth, classes, cfg, device) \
             if (epoch + 1) % cfg.validate_every == 0 or last else {}
-        f1 = scores.get("f1", -1.0)
-        if f1 > best or (not val_pages and last):
-            best = max(best, f1)
-            save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "classes": classes,
-                             "epoch": epoch, "scores": scores}, out / "best.pth")
-        save_checkpoint({"model": model.state_dict(), **opt.state_dict(), "classes": classes, "epoch": epoch,
-                         "best_f1": best, "config": asdict(cfg)}, ckpt_path)
         row = {"epoch": epoch, "lr": opt.lr, **stats,
                **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
                "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0}
-        log.append(row)
-        log.plot(out / "curves.png", ("f1", "accuracy", "train_accuracy"))
+        best = end(model, opt, epoch, best, scores, row, last)
+        f1 = scores.get("f1", -1.0)
         print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} train acc "
               f"{stats['train_accuracy']:.3f} val F1 {f1:.4f} acc {scores.get('accuracy', float('nan')):.3f} "
               f"(best {best:.4f}) {time.time() - t0:.0f} s", flush=True)

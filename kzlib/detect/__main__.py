@@ -6,7 +6,7 @@ from kzlib.cli import one_line_errors
 from kzlib.data import DataError
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig
-from kzlib.config import add_config_flags, config_from_args
+from kzlib.config import add_config_flags, config_from_args, given_flags
 
 
 @one_line_errors(DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError)
@@ -16,11 +16,11 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one fold's detector")
     t.add_argument("data_dir", type=Path)
-    t.add_argument("--fold", type=int, default=0)
+    t.add_argument("--fold", type=int, help="fold to hold out (default 0)")
     t.add_argument("--out", type=Path, required=True, help="run folder")
     t.add_argument("--config", type=Path, help="JSON config (flags override it)")
     t.add_argument("--val-images", help="comma-separated image ids to hold out instead of the fold's books")
-    t.add_argument("--resume", action="store_true", help="continue the run folder's checkpoint")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (its config is kept; a flag that differs from it is an error)")
     add_config_flags(t.add_argument_group("config"), DetectConfig)
     pr = sub.add_parser("predict", help="boxes for the run's held-out pages (oof) or the test pages")
     pr.add_argument("run_dir", type=Path)
@@ -36,7 +36,9 @@ def main(argv=None) -> int:
     mt = sub.add_parser("merge-test", help="vote the folds' test boxes into one shared set")
     mt.add_argument("files", type=Path, nargs="+", help="the folds' test_boxes.csv")
     mt.add_argument("--out", type=Path, required=True)
-    mt.add_argument("--min-votes", type=int, help="folds that must agree on a box (default: a majority)")
+    mt.add_argument("--test-votes", type=int, dest="min_votes",
+                    help="folds that must agree on a box (default: a majority), as the preset's test_votes")
+    mt.add_argument("--min-votes", type=int, dest="min_votes", help=argparse.SUPPRESS)  # deprecated name
     a = p.parse_args(argv)
 
     if a.cmd == "train":
@@ -44,7 +46,8 @@ def main(argv=None) -> int:
 
         cfg = config_from_args(DetectConfig, a, a.config)
         val = [v for v in a.val_images.split(",") if v] if a.val_images else None
-        result = train(a.data_dir, a.out, cfg, a.fold, val, a.resume)
+        result = train(a.data_dir, a.out, cfg, a.fold, val, "resume" if a.resume else "start",
+                       given_flags(DetectConfig, a))
         print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
     elif a.cmd == "predict":
         from kzlib.detect.predict import predict

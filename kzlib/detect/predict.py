@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
@@ -19,8 +18,8 @@ from kzlib.detect.model import build_model
 from kzlib.io import write_csv_atomic
 from kzlib.pages import Page, best_iou, scaled_height, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
-from kzlib.config import load_config
-from kzlib.training import autocast, load_checkpoint, pick_device
+from kzlib.runs import RunDir
+from kzlib.training import autocast, pick_device
 
 OOF_COLUMNS = ["image_id", "x", "y", "w", "h", "score", "true"]
 TEST_COLUMNS = OOF_COLUMNS[:-1]
@@ -59,23 +58,20 @@ def match_true(pred_xywh: np.ndarray, gt_xywh: np.ndarray, gt_codes: Sequence[st
     return [codes[j] if v >= iou else SEG_FP for v, j in zip(best.tolist(), idx.tolist())]
 
 
-def load_run(run_dir: Path, device: str | None = None, weights: str = "best", score_threshold: float | None = None):
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").exists():
+def load_run(run_dir: Path, device: str | None = None, score_threshold: float | None = None):
+    """(config, model in eval mode, device) of a trained detector run folder."""
+    run = RunDir(run_dir)
+    if not run.started():
         raise DataError(f"{run_dir}: not a detector run folder (no config.json)")
-    cfg = load_config(DetectConfig, run_dir / "config.json")
+    cfg = run.read_config(DetectConfig)
     if device:
         cfg.device = device
     if score_threshold is not None:
         cfg.score_threshold = score_threshold
-    path = run_dir / ("best.pth" if weights == "best" else "checkpoint.pth")
-    if not path.exists():
-        path = run_dir / "checkpoint.pth"
-    if not path.exists():
-        raise DataError(f"{run_dir}: no best.pth or checkpoint.pth; train first")
+    state, _ = run.trained_state()
     dev = pick_device(cfg.device)
     model = build_model(cfg, load_pretrained=False)
-    model.load_state_dict(load_checkpoint(path)["model"])
+    model.load_state_dict(state["model"])
     return cfg, model.to(dev).eval(), dev
 
 
@@ -84,10 +80,10 @@ def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, 
     """Write ``oof_boxes.csv`` (the run's held-out train pages) or ``test_boxes.csv`` (test pages)."""
     if split not in ("oof", "test"):
         raise ValueError(f"split must be oof or test, not {split!r}")
-    run_dir, d = Path(run_dir), DataDir(Path(data_dir))
+    run, d = RunDir(run_dir), DataDir(Path(data_dir))
     cfg, model, dev = load_run(run_dir, device, score_threshold=score_threshold)
     if split == "oof":
-        ids = json.loads((run_dir / "split.json").read_text())["val_ids"]
+        ids = run.read_split().val_ids
         if not ids:
             raise DataError(f"{run_dir}: the run's fold has no held-out pages; nothing to predict")
         labels = read_labels_csv(d.train_csv).set_index("image_id")["labels"]
@@ -113,7 +109,7 @@ def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, 
         rows.append(frame)
     df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=OOF_COLUMNS)
     df = df[OOF_COLUMNS if split == "oof" else TEST_COLUMNS]
-    out = Path(out) if out else run_dir / ("oof_boxes.csv" if split == "oof" else "test_boxes.csv")
+    out = Path(out) if out else run.oof_boxes if split == "oof" else run.test_boxes
     write_csv_atomic(df, out)
     return out
 
@@ -122,16 +118,13 @@ def merge_oof(run_dirs: Sequence[Path], out: Path, data_dir: Path | None = None)
     """Concatenate the folds' OOF files; every train page must be held out by exactly one run."""
     seen: Counter = Counter()
     frames = []
-    for run in map(Path, run_dirs):
-        split_file, oof = run / "split.json", run / "oof_boxes.csv"
-        if not split_file.exists():
-            raise DataError(f"{run}: not a detector run folder (no split.json)")
-        if not oof.exists():
-            raise DataError(f"{oof}: missing; run `python -m kzlib.detect predict {run} DATA_DIR --split oof` first")
-        split = json.loads(split_file.read_text())
-        seen.update(split["val_ids"])
-        data_dir = data_dir or Path(split["data_dir"])
-        frames.append(pd.read_csv(oof, dtype={"image_id": str, "true": str}))
+    for run in map(RunDir, run_dirs):
+        split = run.read_split()
+        if not run.oof_boxes.exists():
+            raise DataError(f"{run.oof_boxes}: missing; run `python -m kzlib.detect predict {run} DATA_DIR --split oof` first")
+        seen.update(split.val_ids)
+        data_dir = data_dir or Path(split.data_dir)
+        frames.append(pd.read_csv(run.oof_boxes, dtype={"image_id": str, "true": str}))
     ids = read_labels_csv(DataDir(Path(data_dir)).train_csv)["image_id"].tolist()
     twice = sorted(i for i, n in seen.items() if n > 1)
     missing = [i for i in ids if i not in seen]

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
@@ -16,11 +14,11 @@ from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset, collate
 from kzlib.detect.model import build_model
 from kzlib.detect.predict import agnostic_f1, detect_pages
-from kzlib.io import write_json_atomic
 from kzlib.pages import split_pages
-from kzlib.config import load_config, save_config
-from kzlib.training import (EpochLog, Epochs, Optimisation, autocast, load_checkpoint, pick_device,
-                            save_checkpoint, seed_everything)
+from kzlib.data import DataDir
+from kzlib.errors import UsageError
+from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes
+from kzlib.training import Epochs, Optimisation, autocast, load_checkpoint, pick_device, seed_everything
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str) -> dict:
@@ -49,28 +47,25 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bo
     return {("loss" if k == "loss" else f"loss_{k.removeprefix('loss_')}"): v / max(1, n) for k, v in sums.items()}
 
 
-def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_images: Sequence[str] | None = None,
-          resume: bool = False, max_epochs: int | None = None,
+def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None, val_images: Sequence[str] | None = None,
+          mode: str = "start", given: dict | None = None, max_epochs: int | None = None,
           deadline: float | None = None) -> dict:
-    """Train (or resume) a fold's detector into ``out``; returns the best validation scores.
-    ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a ``time.time()`` value)
-    before an epoch that would end after it; the run stays resumable."""
-    out = Path(out)
-    ckpt_path = out / "checkpoint.pth"
-    checkpoint = None
-    if ckpt_path.exists():
-        if not resume:
-            raise FileExistsError(f"{out}: holds a checkpoint; use --resume to continue it, or another --out")
-        cfg = load_config(DetectConfig, out / "config.json")  # a resumed run keeps its config
-        split = json.loads((out / "split.json").read_text())
-        fold, val_images = split["fold"], split["val_ids"] if split["val_images_given"] else None
-        checkpoint = load_checkpoint(ckpt_path)
+    """Train a fold's detector into the run folder ``out`` (``mode``: start, resume or auto; see
+    ``RunDir.resume_or_start``; ``given`` the config values given as flags). Returns the best
+    validation scores. ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a
+    ``time.time()`` value) before an epoch that would end after it; the run stays resumable."""
+    run = RunDir(out)
+    cfg, saved, checkpoint = run.resume_or_start(DetectConfig, cfg, given, mode)
+    inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv})
+    if saved is not None:  # a resumed run keeps its split, and must read the same data
+        check_inputs(run, saved.inputs, inputs)
+        check_split(run, saved, fold, val_images)
+        fold, val_images = saved.fold, saved.val_ids if saved.val_images_given else None
+    fold = 0 if fold is None else fold
     train_pages, val_pages = split_pages(Path(data_dir), fold, cfg.n_folds, val_images)
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.json")
-    write_json_atomic({"data_dir": str(Path(data_dir).resolve()), "fold": fold, "n_folds": cfg.n_folds,
-                       "val_images_given": bool(val_images), "train_ids": [p.image_id for p in train_pages],
-                       "val_ids": [p.image_id for p in val_pages]}, out / "split.json")
+    if saved is None:
+        run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
+                             [p.image_id for p in train_pages], [p.image_id for p in val_pages], inputs=inputs))
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
@@ -79,12 +74,13 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
         try:
             model.load_state_dict(load_checkpoint(cfg.init_from, device)["model"])
         except (FileNotFoundError, KeyError, RuntimeError) as e:
-            raise ValueError(f"{cfg.init_from}: cannot start from this checkpoint "
+            raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     dataset = CropDataset(train_pages, cfg)
     opt = Optimisation(model, cfg, device, math.ceil(len(dataset) / cfg.batch_size))
     start, best = opt.resume(model, checkpoint, out)
-    log = EpochLog(out / "log.csv", keep_until_epoch=start - 1)
+    end = EpochEnd(run, cfg, ("f1", "precision", "recall"), keep_last_as_best=not val_pages)
+    end.open(start)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
@@ -95,18 +91,10 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int = 0, val_image
                                  f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
         scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
-        f1 = scores.get("f1", -1.0)
-        if f1 > best:
-            best = f1
-            save_checkpoint({"model": model.state_dict(), "config": asdict(cfg), "epoch": epoch, "scores": scores},
-                            out / "best.pth")
-        save_checkpoint({"model": model.state_dict(), **opt.state_dict(), "epoch": epoch, "best_f1": best,
-                         "config": asdict(cfg)}, ckpt_path)
         row = {"epoch": epoch, "lr": opt.lr, **losses,
                **{k: scores[k] for k in ("f1", "precision", "recall") if k in scores},
                "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0}
-        log.append(row)
-        log.plot(out / "curves.png", ("f1", "precision", "recall"))
+        best = end(model, opt, epoch, best, scores, row, last=epoch + 1 == cfg.epochs)
         print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {losses.get('loss', 0):.4f} "
-              f"val F1 {f1:.4f} (best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+              f"val F1 {scores.get('f1', -1.0):.4f} (best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
     return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early}

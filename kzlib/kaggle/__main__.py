@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _preset(name: str):
-    from kzlib.pipeline import load_preset, preset_path
+    from kzlib.preset import load_preset, preset_path
 
     return load_preset(preset_path(name))
 

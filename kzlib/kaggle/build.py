@@ -4,7 +4,7 @@ Layout of the folder (mounted on Kaggle at ``/kaggle/input/<dataset slug>``)::
 
     dataset-metadata.json      rendered from the template at the repository root
     kzlib/                     the package modules kernels import (source only; no caches)
-    configs/                   the presets and stage configs
+    kzlib/configs/             the presets and stage configs
     weights/<name>/            trained runs: best.pth and config.json (``--weights``)
     pretrained/<file>          backbone weight files named by presets (``--preset``, ``--pretrained``),
                                with their entries of ``manifest.json`` (SHA-256) when the source has one
@@ -95,7 +95,7 @@ def kernel_modules(root: Path = ROOT, entry: str = "kzlib.kaggle.runtime") -> li
 def _sources(root: Path) -> list[tuple[Path, str]]:
     """(file, path in the dataset) of the kernels' kzlib modules and the configs, sorted."""
     files = [(p, p.relative_to(root).as_posix()) for p in kernel_modules(root)]
-    files += [(p, f"configs/{p.name}") for p in sorted((root / "configs").glob("*.json"))]
+    files += [(p, p.relative_to(root).as_posix()) for p in sorted((root / "kzlib" / "configs").glob("*.json"))]
     return files
 
 def _weights(run_dirs: Sequence[str]) -> list[tuple[Path, str]]:
@@ -159,7 +159,7 @@ def sha256(path: Path) -> str:
 
 def preset_weights(presets: Sequence[str], weights_dir: Path | None = None) -> list[str]:
     """The weight files the named presets train from, checked (missing or corrupt: one line)."""
-    from kzlib.pipeline import load_preset, preset_path
+    from kzlib.preset import load_preset, preset_path
     from kzlib.weights import require, preset_needs
 
     files = []

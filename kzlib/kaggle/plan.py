@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from kzlib.io import atomic_path, write_json_atomic
-from kzlib.pipeline import PipelineConfig
+from kzlib.preset import PipelineConfig
 
 COMPETITION = "kuzushiji-recognition"
 DATASET_SLUG = "kzlib-kit"   # Kaggle wants dataset slugs of 6-50 characters; "kzlib" is too short
@@ -84,38 +84,46 @@ def check_slug(slug: str, what: str = "kernel") -> str:
 
 
 def kernel_plan(cfg: PipelineConfig, prefix: str = "kzlib") -> list[Kernel]:
-    """The kernels of ``cfg``'s chain in push order (every kernel after the ones it reads)."""
-    folds = range(cfg.n_folds)
+    """The kernels of ``cfg``'s chain in push order (every kernel after the ones it reads), made
+    from ``kzlib.pipeline.plan_stages``: one kernel per stage group; a classifier kernel also
+    merges the detectors' boxes itself (its input), and reads the kernels that own its stages'
+    dependencies."""
+    from kzlib.pipeline import plan_stages
+
+    specs = plan_stages(cfg)
     kind_slug = {kind: slugify(kind) for kind in cfg.kinds}
     if len(set(kind_slug.values())) < len(kind_slug):
         raise PlanError(f"model kinds {sorted(cfg.kinds)} give the same kernel names once lowercased "
                         "and hyphenated; rename one")
-    detectors = [Kernel(f"{prefix}-detect-f{k}", f"detector, fold {k}: train, out-of-fold boxes, test boxes",
-                        [f"detect-f{k}", f"detect-oof-f{k}", f"detect-test-f{k}"], [], True) for k in folds]
-    det = [d.slug for d in detectors]
-
-    def classifier(kind: str, slug_kind: str, k: int, what: str, upstream: list[str]) -> Kernel:
-        return Kernel(f"{prefix}-cls-{slug_kind}-f{k}", f"classifier {kind}, fold {k}: {what}",
-                      ["detect-merge", f"classify-{kind}-f{k}", f"classify-{kind}-predict-f{k}"], upstream, True)
-
-    base = [classifier(kind, kind_slug[kind], k, "train, detailed predictions on its held-out pages and test",
-                       det) for kind in cfg.kinds for k in folds]
-    kernels = detectors + base
-    if cfg.pseudo_kind:
-        pk, ps = cfg.pseudo_kind, kind_slug[cfg.pseudo_kind]
-        pseudo = Kernel(f"{prefix}-pseudolabel", "pseudolabels from the blend of the base classifiers on test",
-                        ["pseudolabel"], [b.slug for b in base])
-        kernels.append(pseudo)
-        for k in folds:
-            kernels.append(classifier(f"{pk}-pl-ft", f"{ps}-pl-ft", k,
-                                      f"fine-tune of {prefix}-cls-{ps}-f{k} with pseudolabels",
-                                      det + [pseudo.slug, f"{prefix}-cls-{ps}-f{k}"]))
-            if cfg.refit_scratch:
-                kernels.append(classifier(f"{pk}-pl", f"{ps}-pl", k, "from scratch with pseudolabels",
-                                          det + [pseudo.slug]))
-    classifiers = [k.slug for k in kernels if k.slug.startswith(f"{prefix}-cls-")]
-    kernels.append(Kernel(f"{prefix}-stack", "level-2 stacking (LightGBM, XGBoost, CatBoost) and the submission",
-                          ["stack"], classifiers))
+    groups: dict[str, list] = {}
+    for spec in specs:
+        if spec.kernel:
+            groups.setdefault(spec.kernel, []).append(spec)
+    by_name = {spec.name: spec for spec in specs}
+    slug_of = {g: f"{prefix}-{slugify(g)}" for g in groups}
+    owner = {spec.name: g for g, members in groups.items() for spec in members}
+    kernels = []
+    for g, members in groups.items():
+        names = [m.name for m in members]
+        first = members[0]
+        if first.step.startswith("classify"):
+            names = ["detect-merge"] + names
+            base = first.kind.removesuffix("-pl-ft").removesuffix("-pl")
+            variant = first.kind[len(base):]
+            what = {"": "train, detailed predictions on its held-out pages and test",
+                    "-pl-ft": f"fine-tune of {prefix}-cls-{slugify(base)}-f{first.fold} with pseudolabels",
+                    "-pl": "from scratch with pseudolabels"}[variant]
+            what = f"classifier {first.kind}, fold {first.fold}: {what}"
+        elif first.step.startswith("detect"):
+            what = f"detector, fold {first.fold}: train, out-of-fold boxes, test boxes"
+        elif first.step == "pseudolabel":
+            what = "pseudolabels from the blend of the base classifiers on test"
+        else:
+            what = "level-2 stacking (LightGBM, XGBoost, CatBoost) and the submission"
+        deps = [d for n in names for d in by_name[n].deps if d not in names]
+        upstream = list(dict.fromkeys(slug_of[owner[d]] for d in deps))
+        gpu = first.step.startswith(("detect", "classify"))
+        kernels.append(Kernel(slug_of[g], what, names, upstream, gpu))
     for k in kernels:
         check_slug(k.slug)
     return kernels

@@ -129,7 +129,8 @@ def _run(spec: dict) -> int:
                           "kernels first, wait for them to complete, then push this one")
 
     from kzlib.config import config_from_dict
-    from kzlib.pipeline import Pipeline, PipelineConfig, summary
+    from kzlib.pipeline import Pipeline, summary
+    from kzlib.preset import PipelineConfig
     from kzlib.weights import check_preset
 
     working.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from torchvision.ops import box_iou
 
 from kzlib.data import SEG_FP, DataError
 from kzlib.pages import xyxy_tensor
-from kzlib.pseudolabel import KEY, blend_files, check_same_boxes, top_k_long
+from kzlib.detailed import KEY, blend_files, check_same_boxes, top_k_long
 
 TOP = 3
 

@@ -18,8 +18,6 @@ from kzlib.data import DataError
 from kzlib.config import config_from_dict
 from kzlib.stack.config import LIBRARIES, StackConfig
 from kzlib.io import atomic_path, write_json_atomic
-from kzlib.metric import submission_from_points
-from kzlib.pseudolabel import SEG_FP
 from kzlib.stack.features import feature_columns
 
 def _fit(lib: str, cfg: StackConfig, X, y, Xv, yv):
@@ -95,12 +93,6 @@ def pick_best(rows: pd.DataFrame, prob: np.ndarray) -> pd.DataFrame:
     t = rows[["row", "image_id", "x", "y", "w", "h", "cls"]].assign(prob=prob)
     best = t.sort_values(["row", "prob"], ascending=[True, False], kind="stable").drop_duplicates("row")
     return best.sort_values("row").reset_index(drop=True)
-
-
-def submission_rows(best: pd.DataFrame) -> pd.DataFrame:
-    keep = best[best["cls"] != SEG_FP]
-    centres = keep[["x", "y"]].to_numpy(float) + keep[["w", "h"]].to_numpy(float) / 2
-    return submission_from_points(keep["cls"].to_numpy(), centres, keep["image_id"].to_numpy())
 
 
 class TooFewRows(DataError):

@@ -9,11 +9,12 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
+from kzlib.detailed import submission_from_detailed
 from kzlib.io import atomic_path, write_csv_atomic, write_json_atomic
 from kzlib.metric import score_on_pages, write_submission
 from kzlib.stack.features import build_from_files
 from kzlib.stack.config import StackConfig
-from kzlib.stack.models import pick_best, predict_rows, submission_rows, train_folds
+from kzlib.stack.models import pick_best, predict_rows, train_folds
 from kzlib.config import load_config
 
 
@@ -39,7 +40,7 @@ def read_features(path: Path) -> pd.DataFrame:
 
 def f1_of(best: pd.DataFrame, solution: pd.DataFrame) -> float:
     """Competition F1 of a box-level prediction frame (cls per box) on the pages it covers."""
-    return score_on_pages(submission_rows(best), solution, best["image_id"].unique())["f1"]
+    return score_on_pages(submission_from_detailed(best, "cls"), solution, best["image_id"].unique())["f1"]
 
 
 def train(features: Sequence[Path], data_dir: Path, out: Path, config: Path | None = None) -> dict:
@@ -82,7 +83,7 @@ def predict(model_dir: Path, features: Path, data_dir: Path, out: Path) -> dict:
     ids = read_labels_csv(d.sample_submission_csv)["image_id"].tolist()
     prob = predict_rows(model_dir, rows)
     best = pick_best(rows, prob)
-    write_submission(submission_rows(best), out, ids)
+    write_submission(submission_from_detailed(best, "cls"), out, ids)
     return {"submission": str(out), "boxes": int(len(best)), "characters": int((best["cls"] != SEG_FP).sum()),
             "pages": len(ids)}
 

@@ -1,0 +1,113 @@
+"""Presets: the whole chain's settings as one typed JSON file (``configs/preset_*.json``), and
+the stage configs they resolve to. Torch-free."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from kzlib.classify.config import ClassifyConfig
+from kzlib.config import ConfigError, check_positive, config_from_dict, load_config
+from kzlib.detect.config import DetectConfig
+from kzlib.stack.config import StackConfig
+
+
+@dataclass
+class PipelineConfig:
+    """A preset: the whole chain's settings. Defaults are the original solution's
+    (``configs/preset_full.json`` spells them out; UPSTREAM.md lists every one)."""
+    n_folds: int = 5
+    device: str = "cuda"
+    detect: dict = field(default_factory=dict)          # DetectConfig fields
+    kinds: dict = field(default_factory=dict)           # model kind -> ClassifyConfig fields
+    n_tta: int = 4
+    test_boxes: str = "fold0"                           # test boxes of every classifier: "fold0" (the fold-0
+    #                                                     detector's, as upstream) or "vote" (folds voting)
+    test_votes: int = 0                                 # with "vote": folds agreeing on a box (0: majority)
+    pseudo_kind: str = ""                               # kind refitted with pseudolabels ("" = none)
+    pseudo_min_gap: float = 5.0
+    pseudo_max_second_score: float = 10.0
+    pseudo_drop_seg_fp: bool = False                    # upstream keeps confident seg_fp boxes as labels
+    pseudo_oversample: int = 1
+    finetune_epochs: int = 5
+    finetune_lr_factor: float = 0.1
+    finetune_crops_per_page: int = 3                    # upstream --repeat-train 3 for the fine-tune
+    refit_scratch: bool = True
+    refit_crops_per_page: int = 4                       # upstream --repeat-train 4 for the from-scratch refit
+    stack: dict = field(default_factory=dict)           # StackConfig fields
+
+    def __post_init__(self):
+        config_from_dict(DetectConfig, self.detect, None, "detect.")
+        if not self.kinds:
+            raise ConfigError("kinds: at least one classifier kind is needed")
+        for name, values in self.kinds.items():
+            config_from_dict(ClassifyConfig, values, None, f"kinds.{name}.")
+        if self.pseudo_kind and self.pseudo_kind not in self.kinds:
+            raise ConfigError(f"pseudo_kind: {self.pseudo_kind!r} is not one of the kinds ({', '.join(self.kinds)})")
+        if self.test_boxes not in ("fold0", "vote"):
+            raise ConfigError(f"test_boxes: {self.test_boxes!r} is not fold0 or vote")
+        check_positive(self, "n_folds", "n_tta", "pseudo_oversample", "finetune_epochs", "finetune_lr_factor",
+                       "finetune_crops_per_page", "refit_crops_per_page")
+        if not 0 <= self.test_votes <= self.n_folds:
+            raise ConfigError(f"test_votes: must be within 0..{self.n_folds}, got {self.test_votes}")
+        config_from_dict(StackConfig, self.stack, None, "stack.")
+
+    def detect_config(self) -> DetectConfig:
+        return config_from_dict(DetectConfig, {**self.detect, "device": self.device, "n_folds": self.n_folds})
+
+    def classify_config(self, kind: str) -> ClassifyConfig:
+        return config_from_dict(ClassifyConfig, {**self.kinds[kind], "device": self.device, "n_folds": self.n_folds})
+
+    def finetune_config(self, kind: str, init_from: str) -> ClassifyConfig:
+        """The pseudolabel fine-tune of ``kind``: from its checkpoint, few epochs, lr / 10."""
+        c = self.classify_config(kind)
+        return replace(c, init_from=init_from, epochs=self.finetune_epochs, lr=c.lr * self.finetune_lr_factor,
+                       warmup_epochs=0.0, pseudo_oversample=self.pseudo_oversample,
+                       crops_per_page=self.finetune_crops_per_page)
+
+    def refit_config(self, kind: str) -> ClassifyConfig:
+        """The from-scratch refit of ``kind`` with pseudolabels."""
+        return replace(self.classify_config(kind), pseudo_oversample=self.pseudo_oversample,
+                       crops_per_page=self.refit_crops_per_page)
+
+    def stack_config(self) -> StackConfig:
+        return config_from_dict(StackConfig, self.stack)
+
+    def without_pretrained(self) -> "PipelineConfig":
+        """The same preset training every network from random weights (``--allow-scratch``)."""
+        kinds = {k: {**v, "pretrained": "", "frozen_start": False} for k, v in self.kinds.items()}
+        return replace(self, detect={**self.detect, "pretrained": ""}, kinds=kinds)
+
+    def with_weights_dir(self, folder: Path) -> "PipelineConfig":
+        """Pretrained weight names resolved to files of ``folder`` (the stages' configs then record
+        the file they started from)."""
+        from kzlib.weights import resolve
+
+        def fix(values: dict, arch: str) -> dict:
+            value = values.get("pretrained", "auto")
+            path = resolve(value, arch, folder)
+            return {**values, "pretrained": str(path.resolve()) if path else ""}
+        det = self.detect_config()
+        kinds = {k: fix(v, self.classify_config(k).backbone) for k, v in self.kinds.items()}
+        return replace(self, detect=fix(self.detect, det.backbone), kinds=kinds)
+
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def preset_path(name: str | Path) -> Path:
+    """A preset by name (``full``, ``demo``, ... in ``configs/preset_NAME.json``) or a JSON file."""
+    path = Path(name)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"preset file {path} not found")
+        return path
+    named = PRESET_DIR / f"preset_{name}.json"
+    if not named.is_file():
+        known = sorted(p.stem.removeprefix("preset_") for p in PRESET_DIR.glob("preset_*.json"))
+        raise ConfigError(f"no preset {name!r} (known: {', '.join(known)}; or give a JSON file)")
+    return named
+
+
+def load_preset(path: Path) -> PipelineConfig:
+    return load_config(PipelineConfig, path)

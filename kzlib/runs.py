@@ -1,0 +1,268 @@
+"""A training run's folder: one owner for its paths, what it was asked to do, resume-or-start,
+the end-of-epoch bookkeeping, and loading a trained run for inference.
+
+A run folder holds::
+
+    config.json        the run's whole config (what rebuilds the model)
+    split.json         its data: the fold, the held-out and training page ids, the boxes and
+                       pseudolabel files it read, and their SHA-256 (``Split``)
+    checkpoint.pth     the last finished epoch (model, optimisation, epoch, best score)
+    checkpoint.prev.pth  the epoch before (a damaged checkpoint.pth falls back to it)
+    best.pth           the model of the best validation score (inference reads it)
+    log.csv, curves.png  one row per epoch, and its plot
+    oof_boxes.csv / test_boxes.csv, detailed.csv.gz / test_detailed.csv.gz, scores.json  predictions
+
+The models are detectron2's ``resume_or_load`` and timm's ``CheckpointSaver``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence, TypeVar
+
+from kzlib.config import config_dict, config_from_dict, read_json, save_config
+from kzlib.errors import DataError, UsageError
+from kzlib.io import write_json_atomic
+
+C = TypeVar("C")
+
+
+class RunStateError(UsageError):
+    """A run folder that cannot be used the way it was asked (resume without a run, a start over a
+    run, flags that conflict with the run's saved config, a damaged checkpoint)."""
+
+
+@dataclass
+class Split:
+    """``split.json``: the data a run trains and validates on."""
+    data_dir: str
+    fold: int
+    n_folds: int
+    val_images_given: bool
+    train_ids: list[str]
+    val_ids: list[str]
+    boxes: str = ""                                        # classifier: its boxes file
+    pseudolabels: list[str] = field(default_factory=list)  # classifier: pseudolabel files
+    classes: int = 0
+    inputs: dict = field(default_factory=dict)             # role (train.csv, boxes, ...) -> SHA-256
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def input_hashes(files: dict[str, str | Path | Sequence[str | Path]]) -> dict:
+    """SHA-256 of a run's input files by role (a role may hold several files)."""
+    out = {}
+    for role, f in files.items():
+        if isinstance(f, (str, Path)):
+            out[role] = file_sha256(f)
+        else:
+            out[role] = [file_sha256(x) for x in f]
+    return out
+
+
+def check_inputs(run: "RunDir", saved: dict, current: dict) -> None:
+    """A resumed run must read the same files it started with (they may have moved)."""
+    for role, sha in saved.items():
+        if role in current and current[role] != sha:
+            raise RunStateError(f"{run.root}: its {role} has changed since the run started (SHA-256 differs); "
+                                "train into another folder, or restore the file")
+
+
+def check_split(run: "RunDir", saved: Split, fold: int | None, val_images: Sequence[str] | None) -> None:
+    """A fold or held-out pages asked of a resumed run must be its own."""
+    if fold is not None and fold != saved.fold:
+        raise RunStateError(f"{run.root}: the run holds out fold {saved.fold}, not {fold}; drop --fold to continue it")
+    if val_images and (not saved.val_images_given or list(val_images) != saved.val_ids):
+        raise RunStateError(f"{run.root}: the run holds out other pages than --val-images; drop the flag to continue it")
+
+
+class RunDir:
+    """The paths and state of one run folder."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    config = property(lambda self: self.root / "config.json")
+    split_file = property(lambda self: self.root / "split.json")
+    checkpoint = property(lambda self: self.root / "checkpoint.pth")
+    previous = property(lambda self: self.root / "checkpoint.prev.pth")
+    best = property(lambda self: self.root / "best.pth")
+    log = property(lambda self: self.root / "log.csv")
+    curves = property(lambda self: self.root / "curves.png")
+    oof_boxes = property(lambda self: self.root / "oof_boxes.csv")
+    test_boxes = property(lambda self: self.root / "test_boxes.csv")
+    scores = property(lambda self: self.root / "scores.json")
+
+    def detailed(self, split: str) -> Path:
+        return self.root / ("detailed.csv.gz" if split == "valid" else "test_detailed.csv.gz")
+
+    def submission(self, split: str) -> Path:
+        return self.root / ("submission.csv" if split == "valid" else "test_submission.csv")
+
+    def started(self) -> bool:
+        return self.config.is_file()
+
+    def trained(self) -> bool:
+        return self.best.is_file() or self.checkpoint.is_file()
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    # ------------------------------------------------------------------ what the run was asked
+    def read_split(self) -> Split:
+        if not self.split_file.is_file():
+            raise DataError(f"{self.root}: not a run folder (no split.json)")
+        values = read_json(self.split_file)
+        known = {f.name for f in dataclasses.fields(Split)}
+        return Split(**{k: v for k, v in values.items() if k in known})
+
+    def read_config(self, cls: type[C]) -> C:
+        return config_from_dict(cls, read_json(self.config), str(self.config))
+
+    def start(self, cfg: Any, split: Split) -> None:
+        """Record a new run: its config and its data."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.config)
+        write_json_atomic(dataclasses.asdict(split), self.split_file)
+
+    def resume_or_start(self, cls: type[C], cfg: C, given: dict | None, mode: str) -> tuple[C, Split | None, dict | None]:
+        """What a training call continues: (config, saved split or None, checkpoint or None).
+
+        ``mode`` ``start``: the folder must hold no run. ``resume``: it must hold one (config.json;
+        a checkpoint if an epoch finished), and that run's config is kept; a flag in ``given``
+        that differs from it is an error, not ignored. ``auto`` (the runner): resume when there is
+        a run, else start; a config that differs from the run's is an error naming the keys."""
+        if mode not in ("start", "resume", "auto"):
+            raise ValueError(f"mode {mode!r}")
+        if not self.started():
+            if self.checkpoint.exists():
+                raise RunStateError(f"{self.root}: holds checkpoint.pth but no config.json; not a run this kit can "
+                                    "resume (delete the folder, or choose another --out)")
+            if mode == "resume":
+                raise RunStateError(f"{self.root}: nothing to resume (no config.json); drop --resume to start a run")
+            return cfg, None, None
+        if mode == "start":
+            what = "a checkpoint" if self.checkpoint.exists() else "a started run (config.json)"
+            raise RunStateError(f"{self.root}: holds {what}; use --resume to continue it, or another --out")
+        saved = self.read_config(cls)
+        asked = given if mode == "resume" else config_dict(cfg)
+        conflicts = config_conflicts(saved, asked or {})
+        if conflicts:
+            raise RunStateError(f"{self.root}: the run was started with {conflicts}; {'drop those flags' if mode == 'resume' else 'the preset changed since'}"
+                                " to continue it, or train into another folder")
+        split = self.read_split()
+        checkpoint = self.load_checkpoint() if self.checkpoint.exists() or self.previous.exists() else None
+        return saved, split, checkpoint
+
+    # ------------------------------------------------------------------ checkpoints
+    def load_checkpoint(self) -> dict:
+        """The last checkpoint; a damaged ``checkpoint.pth`` falls back to the previous epoch's,
+        with a warning. Neither loading is one ``RunStateError`` line saying how to recover."""
+        from kzlib.training import load_checkpoint
+
+        errors = []
+        for path in (self.checkpoint, self.previous):
+            if not path.exists():
+                continue
+            try:
+                state = load_checkpoint(path)
+                if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
+                    raise ValueError("not a training checkpoint of this kit")
+            except Exception as e:  # torch raises many kinds for damaged files
+                errors.append(f"{path.name}: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}")
+                continue
+            if errors:
+                warnings.warn(f"{self.root}: {errors[0]}; resuming from {path.name} (epoch {state['epoch'] + 1})")
+                print(f"warning: {errors[0]}; resuming from {path.name} (epoch {state['epoch'] + 1})", flush=True)
+            return state
+        raise RunStateError(f"{self.root}: no loadable checkpoint ({'; '.join(errors)}); delete "
+                            f"{self.checkpoint.name} and {self.previous.name} to restart the run from epoch 1, or "
+                            "the whole folder")
+
+    def save_epoch(self, state: dict) -> None:
+        """The epoch's checkpoint; the one before it is kept as ``checkpoint.prev.pth``."""
+        from kzlib.training import save_checkpoint
+
+        if self.checkpoint.exists():
+            self.checkpoint.replace(self.previous)
+        save_checkpoint(state, self.checkpoint)
+
+    def save_best(self, state: dict) -> None:
+        from kzlib.training import save_checkpoint
+
+        save_checkpoint(state, self.best)
+
+    def trained_state(self) -> tuple[dict, Path]:
+        """The weights inference uses: ``best.pth``, else the last checkpoint."""
+        from kzlib.training import load_checkpoint
+
+        for path in (self.best, self.checkpoint):
+            if path.exists():
+                try:
+                    return load_checkpoint(path), path
+                except Exception as e:
+                    raise RunStateError(f"{path}: does not load ({str(e).splitlines()[0][:160]}); retrain the run, "
+                                        "or restore the file") from None
+        raise DataError(f"{self.root}: not a trained run (no best.pth or checkpoint.pth); train it first")
+
+
+PATH_KEYS = ("pretrained", "init_from")
+
+
+def config_conflicts(saved: Any, asked: dict) -> str:
+    """``key: asked X, the run has Y`` for every asked value that differs from the saved config
+    (device and worker count may change between sessions)."""
+    have = config_dict(saved)
+    out = []
+    for k, v in asked.items():
+        if k in ("device", "workers") or k not in have:
+            continue
+        v = json.loads(json.dumps(v))
+        if k in PATH_KEYS and v and have[k]:  # the same file may be mounted elsewhere in a later session
+            same = Path(v).parts[-3:] == Path(have[k]).parts[-3:]
+        else:
+            same = v == have[k]
+        if not same:
+            out.append(f"{k} {json.dumps(have[k])} (asked {json.dumps(v)})")
+    return ", ".join(out)
+
+
+class EpochEnd:
+    """The bookkeeping after every epoch of a training loop: keep the best model, write the
+    checkpoint, the log row and the curves, print one line."""
+
+    def __init__(self, run: RunDir, cfg: Any, metrics: tuple[str, ...], extra: dict | None = None,
+                 keep_last_as_best: bool = False):
+        from kzlib.training import EpochLog
+
+        self.run, self.cfg, self.metrics, self.extra = run, cfg, metrics, extra or {}
+        self.keep_last_as_best = keep_last_as_best  # no validation pages: the last epoch is "best"
+        self.log: EpochLog | None = None
+        self.log_cls = EpochLog
+
+    def open(self, start: int) -> None:
+        self.log = self.log_cls(self.run.log, keep_until_epoch=start - 1)
+
+    def __call__(self, model, opt, epoch: int, best: float, scores: dict, row: dict, last: bool) -> float:
+        f1 = scores.get("f1", -1.0)
+        cfg = dataclasses.asdict(self.cfg)
+        if f1 > best or (self.keep_last_as_best and last):
+            best = max(best, f1)
+            self.run.save_best({"model": model.state_dict(), "config": cfg, "epoch": epoch, "scores": scores,
+                                **self.extra})
+        self.run.save_epoch({"model": model.state_dict(), **opt.state_dict(), "epoch": epoch, "best_f1": best,
+                             "config": cfg, **self.extra})
+        self.log.append(row)
+        self.log.plot(self.run.curves, self.metrics)
+        return best
