@@ -21,7 +21,6 @@ from kzlib.kaggle.build import BuildError
 from kzlib.kaggle.emulate import EmulationError
 from kzlib.kaggle.plan import DATASET_SLUG, PlanError
 
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _preset(name: str):
@@ -71,7 +70,7 @@ def main(argv=None) -> int:
     r = sub.add_parser("render", help="write the kernel folders and print the push order")
     r.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")
     r.add_argument("--preset", default="full", help="full, demo, or a preset JSON file")
-    r.add_argument("--out", type=Path, default=ROOT / "build" / "kernels")
+    r.add_argument("--out", type=Path, default=Path("build") / "kernels")
     r.add_argument("--resume", nargs="*", default=[], metavar="SLUG",
                    help="kernels that read their own previous output (continue after the time limit)")
     r.add_argument("--dataset-slug", default=DATASET_SLUG)

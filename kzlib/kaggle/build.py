@@ -2,7 +2,7 @@
 
 Layout of the folder (mounted on Kaggle at ``/kaggle/input/<dataset slug>``)::
 
-    dataset-metadata.json      rendered from the template at the repository root
+    dataset-metadata.json      rendered from the template beside this module
     kzlib/                     the package modules kernels import (source only; no caches)
     kzlib/configs/             the presets and stage configs
     weights/<name>/            trained runs: best.pth and config.json (``--weights``)
@@ -16,6 +16,7 @@ Building twice from the same inputs gives the same files with the same bytes.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import hashlib
 import json
@@ -28,10 +29,11 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from kzlib.cli import one_line_errors
 from kzlib.kaggle.plan import DATASET_SLUG, check_slug
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = ROOT / "dataset-metadata.json"
+TEMPLATE = Path(__file__).resolve().parent / "dataset-metadata.json"
 
 
 class BuildError(RuntimeError):
@@ -240,3 +242,51 @@ def push(out: Path, user: str, slug: str = DATASET_SLUG) -> None:
     print("running: " + shlex.join(cmd), flush=True)
     if subprocess.run(cmd).returncode:
         raise BuildError(f"--push: {' '.join(cmd)} failed (see above)")
+
+
+CLI_DOC = """Build the Kaggle Dataset that the kzlib kernels import: kzlib source, presets, trained weights,
+pretrained backbone files and (optionally) wheels, plus dataset-metadata.json.
+
+  kzlib dataset [--user NAME] [--preset full] [--weights [NAME=]RUN_DIR ...] [--pretrained FILE ...]
+                [--wheels SPEC_OR_WHL ...] [--out build/dataset] [--slug kzlib-kit] [--push]
+
+Then `kaggle datasets create -p build/dataset -r zip` (first time) or
+`kaggle datasets version -p build/dataset -r zip -m MESSAGE`; --push runs the right one.
+"""
+
+
+@one_line_errors(BuildError, code=2)
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="kzlib dataset", description=CLI_DOC.split("\n")[0], epilog=CLI_DOC,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")
+    p.add_argument("--weights", nargs="*", default=[], metavar="[NAME=]RUN_DIR",
+                   help="trained run folders (best.pth, config.json) to include under weights/NAME")
+    p.add_argument("--preset", nargs="*", default=[], metavar="NAME",
+                   help="include the pretrained weights these presets train from (e.g. full), from --pretrained-dir")
+    p.add_argument("--pretrained-dir", type=Path, help="weights folder (default $KZLIB_PRETRAINED or pretrained/)")
+    p.add_argument("--pretrained", nargs="*", default=[], metavar="FILE",
+                   help="more backbone weight files, included under pretrained/ (presets name them by file name)")
+    p.add_argument("--wheels", nargs="*", default=[], metavar="SPEC_OR_WHL",
+                   help="wheel files, or requirement specs pip downloads (no dependencies), for packages the "
+                        "Kaggle image lacks; kernels install them offline")
+    p.add_argument("--out", type=Path, default=Path("build") / "dataset")
+    p.add_argument("--slug", default=DATASET_SLUG, help="dataset slug; kernels find kzlib at /kaggle/input/SLUG")
+    p.add_argument("--push", action="store_true", help="create or version the dataset with the kaggle CLI")
+    a = p.parse_args(argv)
+    user = kaggle_user(a.user)
+    pretrained = preset_weights(a.preset, a.pretrained_dir) + list(a.pretrained)
+    files = build_dataset(a.out, user, a.weights, pretrained, a.wheels, a.slug)
+    width = max(len(f) for f, _ in files)
+    for f, size in files:
+        print(f"{f:<{width}}  {size:>12,d}")
+    print(f"{len(files)} files, {sum(s for _, s in files) / 2**20:.1f} MiB in {a.out} (dataset {user}/{a.slug})")
+    if a.push:
+        push(a.out, user, a.slug)
+    else:
+        create, version = push_command(a.out, user, a.slug)
+        print("to upload: " + shlex.join(create) + "   (first time)\n"
+              "       or: " + shlex.join(version) + "   (new version)")
+    return 0
+
+

@@ -1,0 +1,119 @@
+"""Run the whole chain on one machine: detector folds, classifier folds per model kind,
+pseudolabels and their refits, level-2 stacking, submission. Resumable: rerun the same command
+after an interruption and finished stages are skipped, an interrupted training resumes.
+
+  kzlib run --data DATA_DIR --work RUNS_DIR --preset full|demo|FILE.json   (or python run_local.py ...)
+                      [--folds 0,1] [--only STAGE] [--dry-run] [--device cpu]
+                      [--pretrained-dir DIR] [--allow-scratch] [--rerun-changed]
+
+Several GPUs: start one runner per GPU on the same work folder with different --folds, e.g.
+  CUDA_VISIBLE_DEVICES=0 kzlib run ... --folds 0,1,2 &
+  CUDA_VISIBLE_DEVICES=1 kzlib run ... --folds 3,4 &
+Each runs the stages of its folds that are ready and reports the rest as waiting; rerun (without
+--folds) once they finish, and the stages that need every fold (merges, pseudolabels, level 2) run.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from kzlib.cli import one_line_errors
+from kzlib.errors import EnvironmentProblem
+
+
+def save_picture(data: Path, submission: Path, out: Path) -> str | None:
+    """Draw the test page with the most recognised characters (boxes and characters)."""
+    import cv2
+    import pandas as pd
+
+    from kzlib.io import atomic_path
+    from kzlib.viz import render
+
+    sub = pd.read_csv(submission, dtype=str, keep_default_na=False)
+    counts = sub["labels"].str.split().str.len().fillna(0)
+    if not len(sub):
+        return None
+    image_id = sub["image_id"].iloc[int(counts.to_numpy().argmax())]
+    picture = render(data, image_id, "test", submission, 1400)
+    with atomic_path(out) as tmp:
+        png = tmp.with_suffix(".png")
+        cv2.imwrite(str(png), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+        png.replace(tmp)
+    return image_id
+
+
+@one_line_errors()
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="kzlib run", description=__doc__.split("\n")[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True, help="competition-layout data folder")
+    p.add_argument("--work", type=Path, required=True, help="work folder (runs, logs, state, submission)")
+    p.add_argument("--preset", default="demo", help="full, demo, or a preset JSON file")
+    p.add_argument("--folds", help="comma-separated folds whose per-fold stages this process runs")
+    p.add_argument("--only", help="run only this stage (or stage prefix, e.g. detect, classify-resnet18)")
+    p.add_argument("--dry-run", action="store_true", help="print the plan with each stage's status")
+    p.add_argument("--device", help="override the preset's device (cpu, cuda)")
+    p.add_argument("--pretrained-dir", type=Path,
+                   help="folder of the pretrained weights (default $KZLIB_PRETRAINED or pretrained/)")
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="redo the stages whose settings or data changed since they ran (and the stages after them); "
+                        "without it the runner refuses to mix them")
+    p.add_argument("--allow-scratch", action="store_true",
+                   help="train every network from random weights instead of the preset's pretrained ones")
+    a = p.parse_args(argv)
+
+    from kzlib import weights
+    from kzlib.pipeline import Pipeline, check_data, summary
+    from kzlib.preset import load_preset, preset_path
+
+    cfg = load_preset(preset_path(a.preset))
+    if a.device:
+        cfg.device = a.device
+    if a.allow_scratch:
+        cfg = cfg.without_pretrained()
+        print("note: --allow-scratch: every network starts from random weights (the preset's pretrained "
+              "backbones and frozen starts are off)")
+    folder = a.pretrained_dir or weights.default_dir()
+    weights.check_preset(cfg, folder)  # before anything else: a missing file is one line, not hours later
+    cfg = cfg.with_weights_dir(folder)
+    if not a.dry_run:
+        import torch
+
+        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+            raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU and none is available; "
+                                     "pass --device cpu to run it on the CPU anyway (slow)")
+    folds = [int(f) for f in a.folds.split(",") if f] if a.folds else None
+    if not a.dry_run:
+        print(f"checking {a.data} ...", flush=True)
+        check_data(a.data, cfg.n_folds)
+    pipe = Pipeline(a.data, a.work, cfg, folds)
+    if pipe.fold_mode == "page":
+        print(f"note: fewer books than the {cfg.n_folds} folds: folds are made by page, not by book")
+    t0 = time.time()
+    result = pipe.run(a.only, a.dry_run, a.rerun_changed)
+    if a.dry_run:
+        return 0
+    table, times = summary(pipe)
+    print(f"\nfinished in {time.time() - t0:.0f} s; work folder {a.work}")
+    if result["blocked"]:
+        print(f"{len(result['blocked'])} stage(s) wait for other stages; rerun when they are done")
+    if result.get("skipped"):
+        print(f"{len(result['skipped'])} stage(s) run in another process; rerun when it is done")
+    if len(table):
+        print("\nF1 (valid: the folds' held-out pages; test: test_labels.csv when the data has it)")
+        print(table.round(4).to_string(index=False))
+        table.to_csv(a.work / "summary.csv", index=False)
+    if len(times):
+        times.to_csv(a.work / "stage_times.csv", index=False)
+        print(f"\nwall time per stage: {a.work / 'stage_times.csv'} (total {times['seconds'].sum():.0f} s)")
+    if pipe.submission.exists():
+        print(f"submission: {pipe.submission}")
+        picture = save_picture(a.data, pipe.submission, a.work / "page.png")
+        if picture:
+            print(f"picture of test page {picture} with the recognised characters: {a.work / 'page.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
