@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from kzlib.cli import one_line_errors
 from kzlib.errors import DataError
 from kzlib.folds import make_folds
 
@@ -404,6 +405,7 @@ def _try(fn, problems: list[str]):
 # CLI
 
 
+@one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kzlib.data", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -428,11 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ok")
         return 0
 
-    try:
-        train = read_labels_csv(DataDir(args.data_dir).train_csv)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    train = read_labels_csv(DataDir(args.data_dir).train_csv)
     folds = make_folds(train["image_id"], args.n_folds)
     if args.out:
         from kzlib.io import write_csv_atomic

@@ -7,6 +7,8 @@ import importlib.util
 import shutil
 import subprocess
 from dataclasses import dataclass
+
+from kzlib.errors import EnvironmentProblem
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +24,7 @@ FONT_SUFFIXES = (".ttf", ".otf", ".ttc", ".otc")
 _PROBE = "あいうのにしてとは人大日"
 
 
-class FontError(RuntimeError):
+class FontError(EnvironmentProblem):
     """No usable Japanese font."""
 
 

@@ -214,7 +214,7 @@ class RunDir:
                 except Exception as e:
                     raise RunStateError(f"{path}: does not load ({str(e).splitlines()[0][:160]}); retrain the run, "
                                         "or restore the file") from None
-        raise DataError(f"{self.root}: not a trained run (no best.pth or checkpoint.pth); train it first")
+        raise RunStateError(f"{self.root}: not a trained run (no best.pth or checkpoint.pth); train it first")
 
 
 PATH_KEYS = ("pretrained", "init_from")

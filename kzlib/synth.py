@@ -42,6 +42,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
 
+from kzlib.cli import one_line_errors
 from kzlib.data import char_to_code, format_labels, parse_labels
 from kzlib.fonts import Font, FontError, coverage, find_fonts, pil_font
 from kzlib.io import write_json_atomic
@@ -588,6 +589,7 @@ def _page_id(book: str, page: int) -> str:
     return f"{book}_{page // 2 + 1:05d}_{page % 2 + 1}"
 
 
+@one_line_errors(FontError, FileExistsError, ValueError)
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.synth", description="Write a synthetic dataset in the Kaggle layout.")
     p.add_argument("out_dir", type=Path)
@@ -607,11 +609,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     a = p.parse_args(argv)
     cfg = SynthConfig(a.out_dir, a.books, a.pages_per_book, a.test_pages, a.classes, a.height, a.seed,
                       a.labels_source, a.font, a.holdout_font, a.glyph_scale, a.workers, a.overwrite)
-    try:
-        summary = generate(cfg, progress=sys.stderr.isatty())
-    except (FontError, FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    summary = generate(cfg, progress=sys.stderr.isatty())
     for k, v in summary.items():
         print(f"{k}: {v}")
     return 0

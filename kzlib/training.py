@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from kzlib.errors import EnvironmentProblem
 from kzlib.io import atomic_path, write_csv_atomic
 
 # ---------------------------------------------------------------------------------- runtime
@@ -24,7 +25,7 @@ def pick_device(name: str = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but no CUDA GPU is available (use --device cpu)")
+        raise EnvironmentProblem(f"--device {name} asked for, but no CUDA GPU is available (use --device cpu)")
     return device
 
 

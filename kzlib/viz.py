@@ -18,6 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kzlib.cli import one_line_errors
 from kzlib.data import DataDir, DataError, code_to_char, image_size, is_empty, read_image, read_labels_csv
 from kzlib.fonts import FontError, label_font
 
@@ -91,6 +92,7 @@ def render(data_dir: Path, image_id: str, split: str, labels_file: Path | None, 
     return picture
 
 
+@one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.viz", description="Draw a page with its characters.")
     p.add_argument("data_dir", type=Path)
@@ -102,11 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=1400, help="height of the picture")
     a = p.parse_args(argv)
     split = a.split or ("test" if DataDir(a.data_dir).image_path(a.image_id, "test").exists() else "train")
-    try:
-        picture = render(a.data_dir, a.image_id, split, a.labels, a.height, a.boxes)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    picture = render(a.data_dir, a.image_id, split, a.labels, a.height, a.boxes)
     from kzlib.io import atomic_path
 
     with atomic_path(a.out) as tmp:

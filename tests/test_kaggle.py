@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,6 @@ from kzlib.kaggle.plan import PlanError, kernel_plan, render
 from kzlib.metric import read_submission
 from kzlib.pipeline import Pipeline
 from kzlib.preset import load_preset
-from kzlib.training import Epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
@@ -127,17 +125,6 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
     r = subprocess.run([sys.executable, str(ROOT / "build_dataset.py"), "--out", str(tmp_path / "d")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "no Kaggle user name" in r.stderr and not (tmp_path / "d").exists()
-
-
-def test_epochs_stop_before_the_deadline():
-    ran = []
-    epochs = Epochs(0, 5, deadline=time.time() + 0.25)
-    for epoch in epochs:
-        time.sleep(0.1)
-        ran.append(epoch)
-    assert ran == [0, 1] and epochs.stopped_early and epochs.done == 2
-    epochs = Epochs(2, 4)
-    assert list(epochs) == [2, 3] and not epochs.stopped_early
 
 
 def test_emulated_kaggle_chain_ends_in_a_scored_submission(tiny, tmp_path):

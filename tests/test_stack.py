@@ -6,93 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kzlib.detailed import DETAILED_COLUMNS, read_detailed, write_detailed
-from kzlib.data import DataError, read_labels_csv
-from kzlib.metric import read_submission
+from kzlib.detailed import read_detailed, write_detailed
+from kzlib.data import DataError
 from kzlib.detailed import blend
-from kzlib.pseudolabel import labels_file, report, select
+from kzlib.metric import read_submission
 from kzlib.stack.features import build, encode_class
 from kzlib.stack.models import StackConfig, TooFewRows, train_folds
 from kzlib.stack.run import build_features, predict, train
 
-A, B, C = "U+3042", "U+3044", "U+3046"
-
-
-def detailed(rows, true=None):
-    """rows: (image_id, x, [(class, logit), ...])"""
-    out = []
-    for k, (image_id, x, top) in enumerate(rows):
-        out.append({"image_id": image_id, "x": float(x), "y": 10.0, "w": 20.0, "h": 20.0, "pred": top[0][0],
-                    "true": true[k] if true else "", "top_k_classes": " ".join(c for c, _ in top),
-                    "top_k_logits": " ".join(f"{v:.4f}" for _, v in top)})
-    return pd.DataFrame(out, columns=DETAILED_COLUMNS)
-
-
-def test_blend_counts_missing_classes_as_zero():
-    m1 = detailed([("p_1", 0, [(A, 8), (B, 2)]), ("p_1", 40, [(C, 6), ("seg_fp", 1)])])
-    m2 = detailed([("p_1", 0, [(B, 9), (C, 1)]), ("p_1", 40, [(C, 4), (A, 3)])])
-    out = blend([m1, m2], top_k=3)
-    # box 1: A (8+0)/2=4, B (2+9)/2=5.5, C (0+1)/2=0.5 ; box 2: C 5, A 1.5, seg_fp 0.5
-    assert out["top_k_classes"].tolist() == [f"{B} {A} {C}", f"{C} {A} seg_fp"]
-    assert out["top_k_logits"].tolist() == ["5.5000 4.0000 0.5000", "5.0000 1.5000 0.5000"]
-    assert out["pred"].tolist() == [B, C]
-
-
-def test_blend_of_files_without_boxes(tmp_path):
-    """A fold whose held-out pages got no boxes (the real sample's detector after a few epochs)."""
-    for name in ("a", "b"):
-        write_detailed(detailed([]), tmp_path / f"{name}.csv.gz")
-    frames = [read_detailed(tmp_path / f"{n}.csv.gz") for n in ("a", "b")]
-    out = blend(frames)
-    assert len(out) == 0 and list(out.columns) == DETAILED_COLUMNS
-    assert report(out, select(out))["kept"] == 0
-    rows = build([out, out])
-    assert len(rows) == 0 and "g1_cand_score" in rows.columns
-    rows["target"] = rows["cand"]
-    with pytest.raises(TooFewRows, match="fold 0 has 0 candidate rows"):
-        train_folds([rows, rows], tmp_path / "models", StackConfig())
-
-
-def test_blend_refuses_different_boxes():
-    m1 = detailed([("p_1", 0, [(A, 8)]), ("p_1", 40, [(B, 6)])])
-    swapped = m1.iloc[::-1].reset_index(drop=True)
-    with pytest.raises(DataError, match="row 2: box differs"):
-        blend([m1, swapped], names=["a.csv.gz", "b.csv.gz"])
-    with pytest.raises(DataError, match="1 boxes, but a.csv.gz has 2"):
-        blend([m1, m1.iloc[:1]], names=["a.csv.gz", "b.csv.gz"])
-
-
-def test_pseudolabel_thresholds_and_labels_file():
-    df = detailed([("p_1", 0, [(A, 12), (B, 6)]),     # gap 6, second 6: kept
-                   ("p_1", 40, [(A, 12), (B, 8)]),    # gap 4: dropped
-                   ("p_2", 0, [(B, 25), (A, 11)]),    # second 11 > 10: dropped
-                   ("p_2", 40, [("seg_fp", 20), (A, 1)]),  # seg_fp: kept (as upstream) unless asked
-                   ("p_3", 0, [(C, 9), (A, 3.9)])],   # gap 5.1: kept
-                  true=[A, A, B, "seg_fp", B])
-    assert select(df, min_gap=5, max_second_score=10).tolist() == [True, False, False, True, True]
-    keep = select(df, 5, 10, drop_seg_fp=True)
-    assert keep.tolist() == [True, False, False, False, True]
-    labels = labels_file(df[keep])
-    assert labels.to_dict("records") == [{"image_id": "p_1", "labels": f"{A} 0 10 20 20"},
-                                         {"image_id": "p_3", "labels": f"{C} 0 10 20 20"}]
-    r = report(df, keep)
-    assert r["kept"] == 2 and r["kept_fraction"] == pytest.approx(0.4) and r["kept_accuracy"] == pytest.approx(0.5)
-
-
-def test_pseudolabel_cli(tmp_path):
-    df = detailed([("p_1", 0, [(A, 12), (B, 6)]), ("p_1", 40, [(A, 12), (B, 8)])])
-    write_detailed(df, tmp_path / "m1.csv.gz")
-    write_detailed(df, tmp_path / "m2.csv.gz")
-    out = subprocess.run([sys.executable, "-m", "kzlib.pseudolabel", str(tmp_path / "m1.csv.gz"), str(tmp_path / "m2.csv.gz"),
-                          "--out", str(tmp_path / "pseudo.csv")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["kept"] == 1
-    assert read_labels_csv(tmp_path / "pseudo.csv")["labels"].tolist() == [f"{A} 0 10 20 20"]
-    write_detailed(df.iloc[::-1], tmp_path / "m3.csv.gz")
-    out = subprocess.run([sys.executable, "-m", "kzlib.pseudolabel", str(tmp_path / "m1.csv.gz"), str(tmp_path / "m3.csv.gz"),
-                          "--out", str(tmp_path / "p2.csv")], capture_output=True, text=True)
-    assert out.returncode == 1 and "m3.csv.gz: row 2" in out.stderr and not (tmp_path / "p2.csv").exists()
-
+from helpers import A, B, C, detailed
 
 def test_candidate_rows_hand_worked():
     g0 = detailed([("p_1", 0, [(A, 9), (B, 5), (C, 1)]), ("p_1", 10, [(B, 7), (A, 2), ("seg_fp", 1)])], true=[B, "U+9999"])
@@ -201,3 +123,13 @@ def test_upstream_level2_uses_the_original_features_and_libraries(tmp_path):
                                                          for r in range(3)}
     assert not (tmp_path / "models" / "fold0_catboost.model").exists()
     assert {r["method"]: r for r in result["report"]}["level 2"]["all"] > 0.95
+
+
+def test_level2_of_folds_without_boxes_is_a_clear_error(tmp_path):
+    """A fold whose held-out pages got no boxes (the real sample's detector after a few epochs)."""
+    empty = blend([detailed([]), detailed([])])
+    rows = build([empty, empty])
+    assert len(rows) == 0 and "g1_cand_score" in rows.columns
+    rows["target"] = rows["cand"]
+    with pytest.raises(TooFewRows, match="fold 0 has 0 candidate rows"):
+        train_folds([rows, rows], tmp_path / "models", StackConfig())

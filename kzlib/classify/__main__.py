@@ -6,11 +6,10 @@ from pathlib import Path
 from kzlib.cli import one_line_errors
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
-from kzlib.data import DataError
 from kzlib.config import add_config_flags, config_from_args, given_flags
 
 
-@one_line_errors(DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError)
+@one_line_errors(ValueError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.classify", description=DOC.split("\n")[0],
                                 epilog=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -22,8 +22,9 @@ BOX_COLUMNS = ["image_id", "x", "y", "w", "h"]
 
 
 def read_boxes(path: Path, known_ids: Sequence[str], need_true: bool, what: str = "train.csv") -> pd.DataFrame:
-    """A detector boxes file, checked: columns, numbers, image ids in ``known_ids``, and no page
-    whose boxes all lie outside it is left to the caller (``check_inside``)."""
+    """A detector boxes file, checked: its columns, finite numbers with positive sizes, image ids in
+    ``known_ids`` and, with ``need_true``, a class on every row. Whether the boxes fit their pages
+    is ``check_inside``'s job (it needs the image sizes)."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: boxes file not found")

@@ -3,13 +3,12 @@ import sys
 from pathlib import Path
 
 from kzlib.cli import one_line_errors
-from kzlib.data import DataError
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
 
 
-@one_line_errors(DataError, ValueError, FileExistsError, FileNotFoundError, RuntimeError)
+@one_line_errors(ValueError)
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m kzlib.detect", description=DOC.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
