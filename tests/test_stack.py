@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from kzlib.detailed import read_detailed, write_detailed
-from kzlib.data import DataError
 from kzlib.detailed import blend
 from kzlib.metric import read_submission
 from kzlib.stack.features import build, encode_class
