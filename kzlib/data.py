@@ -13,8 +13,11 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -247,8 +250,6 @@ def read_image(path: str | Path, height: int | None = None, min_height: int | No
     path = Path(path)
     with _open_header(path) as im:
         (w0, h0), fmt, mode = im.size, im.format, im.mode
-    if fmt == "JPEG":
-        _check_jpeg_complete(path)
     factor = 1
     target = height if height is not None else min_height
     if target is not None:
@@ -261,7 +262,10 @@ def read_image(path: str | Path, height: int | None = None, min_height: int | No
                  8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
     else:
         flags = cv2.IMREAD_UNCHANGED
-    img = cv2.imread(str(path), flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    img, messages = _imread_checked(path, flags | cv2.IMREAD_IGNORE_ORIENTATION)
+    damaged = [m for m in messages if any(w in m for w in _DAMAGE_WORDS)]
+    if damaged:
+        raise ImageError(f"{path}: damaged image ({damaged[0].strip()})")
     if img is None:
         raise ImageError(f"{path}: cannot decode image")
     img = _to_rgb8(img)
@@ -272,23 +276,57 @@ def read_image(path: str | Path, height: int | None = None, min_height: int | No
     return img
 
 
+def max_pixels() -> int:
+    """Pages larger than this many pixels are refused (``$KZLIB_MAX_PIXELS``; real scans are ~10 M)."""
+    return int(os.environ.get("KZLIB_MAX_PIXELS", 200_000_000))
+
+
 def _open_header(path: Path) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{path}: image too large to read ({e}); the limit is {max_pixels():,} pixels "
+                         "($KZLIB_MAX_PIXELS)") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
+    w, h = im.size
+    if w * h > max_pixels():
+        im.close()
+        raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels():,} "
+                         "($KZLIB_MAX_PIXELS); is this a page scan?")
+    return im
 
 
-def _check_jpeg_complete(path: Path) -> None:
-    """libjpeg decodes a truncated file with grey fill and only a warning: look for the EOI marker."""
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        f.seek(max(0, f.tell() - 1024))
-        tail = f.read()
-    if b"\xff\xd9" not in tail:
-        raise ImageError(f"{path}: truncated JPEG (no end-of-image marker)")
+# libjpeg's warnings for data it could not decode (it decodes on, filling the rest with grey)
+_DAMAGE_WORDS = ("Corrupt JPEG data", "Premature end of JPEG", "JPEG datastream contains no image",
+                 "Invalid JPEG file structure", "Bogus", "Unsupported marker")
+_capture = None
+
+
+def _imread_checked(path: Path, flags: int) -> tuple[np.ndarray | None, list[str]]:
+    """``cv2.imread`` with what libjpeg writes to the C-level stderr captured: a JPEG with damaged
+    data (a zeroed block, a truncated file) decodes without an error, and only these warnings
+    tell. Valid files with bytes after the end marker decode without warnings."""
+    global _capture
+    if _capture is None:
+        _capture = tempfile.TemporaryFile()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    _capture.seek(0)
+    _capture.truncate()
+    try:
+        os.dup2(_capture.fileno(), 2)
+        img = cv2.imread(str(path), flags)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+    _capture.seek(0)
+    text = _capture.read().decode("utf-8", "replace")
+    return img, text.splitlines()
 
 
 def _to_rgb8(img: np.ndarray) -> np.ndarray:
@@ -362,6 +400,8 @@ def check_dataset(root: str | Path, n_folds: int = 5, progress: bool = False) ->
             used.update(codes.tolist())
             train_pages.append((image_id, boxes))
         summary["train pages"] = len(train)
+        if len(train) == 0:
+            problems.append(f"{d.train_csv}: no pages (a header only); nothing to train on")
         summary["characters"] = n_chars
         summary["classes"] = len(used)
         folds = make_folds(train["image_id"], n_folds)

@@ -59,6 +59,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp
         os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
+    except OSError as e:  # name the file being written, not the temporary
+        if e.filename is None or str(e.filename).startswith(str(path.parent / ".")):
+            e.filename = str(path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -71,3 +75,22 @@ def write_csv_atomic(df: pd.DataFrame, path: str | Path, **kwargs) -> None:
 def write_json_atomic(obj, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def ensure_writable(folder: str | Path, what: str = "output folder") -> Path:
+    """Create ``folder`` if needed and check that files can be written in it, before any compute
+    starts; a failure is one ``EnvironmentProblem`` line naming the folder and the errno."""
+    from kzlib.cli import io_message
+    from kzlib.errors import EnvironmentProblem
+
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        if e.filename is None:
+            e.filename = str(folder)
+        raise EnvironmentProblem(io_message(e, what)) from None
+    return folder

@@ -332,15 +332,9 @@ class Pipeline:
 
     def check_writable(self) -> None:
         """The work folder takes files before any compute starts."""
-        try:
-            self.work.mkdir(parents=True, exist_ok=True)
-            probe = self.work / f".write-test-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as e:
-            from kzlib.cli import io_message
+        from kzlib.io import ensure_writable
 
-            raise EnvironmentProblem(io_message(e, "work folder")) from None
+        ensure_writable(self.work, "work folder")
 
     @contextlib.contextmanager
     def lock(self, s: StageSpec):

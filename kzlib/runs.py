@@ -220,6 +220,22 @@ class RunDir:
 PATH_KEYS = ("pretrained", "init_from")
 
 
+def load_other_checkpoint(path: str | Path, what: str) -> dict:
+    """A checkpoint of another run to start from (``init_from``): missing or damaged is one line."""
+    from kzlib.training import load_checkpoint
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found")
+    try:
+        state = load_checkpoint(path)
+    except Exception as e:  # torch raises many kinds for damaged files
+        raise DataError(f"{path}: {what} does not load ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise DataError(f"{path}: {what} holds no model weights")
+    return state
+
+
 def config_conflicts(saved: Any, asked: dict) -> str:
     """``key: asked X, the run has Y`` for every asked value that differs from the saved config
     (device and worker count may change between sessions)."""

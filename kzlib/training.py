@@ -48,8 +48,8 @@ def sample_seed(*parts: int) -> int:
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """torch.save through a temporary file: a kill never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: a full disk is an OSError
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

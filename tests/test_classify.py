@@ -244,15 +244,18 @@ def test_fine_tune_from_a_checkpoint_and_its_class_list(tiny, tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     (lambda df: df.assign(image_id=df["image_id"].where(df.index != 3, "nope_1")), r"row 5: image 'nope_1' is not in train.csv"),
-    (lambda df: df.assign(x=df["x"].where(df["image_id"] != df["image_id"][0], 90000)), r"row 2: every box of image .* lies outside the page"),
-    (lambda df: df.assign(w=df["w"].where(df.index != 0, -3)), r"row 2: w must be a positive number"),
+    (lambda df: df.assign(x=df["x"].where(df["image_id"] != df["image_id"][0], 90000)), r"row 2: box 90000 .* does not fit its"),
+    (lambda df: df.assign(x=df["x"].where(df["image_id"] != df["image_id"][0], -df["w"] - 1)), r"row 2: every box of image .* lies outside the page"),
+    (lambda df: df.assign(w=df["w"].where(df.index != 1, float("inf"))), r"row 3: w must be a finite positive number, got 'inf'"),
+    (lambda df: df.assign(w=df["w"].where(df.index != 1, 1e12)), r"row 3: box .* does not fit its"),
+    (lambda df: df.assign(w=df["w"].where(df.index != 0, -3)), r"row 2: w must be a finite positive number"),
     (lambda df: df.drop(columns="true"), r"missing column\(s\) true"),
 ])
 def test_bad_boxes_files_fail_with_one_line(tiny, tmp_path, change, message):
     oof = write_oof(tiny, tmp_path / "oof_boxes.csv")
     change(pd.read_csv(oof, dtype={"image_id": str})).to_csv(tmp_path / "bad.csv", index=False)
     out = subprocess.run([sys.executable, "-m", "kzlib.classify", "train", str(tiny), "--boxes", str(tmp_path / "bad.csv"),
-                          "--out", str(tmp_path / "run"), "--base", "resnet18", "--device", "cpu"],
+                          "--out", str(tmp_path / "run"), "--base", "resnet18", "--pretrained", "", "--device", "cpu"],
                          capture_output=True, text=True)
     assert out.returncode == 1
     assert out.stderr.count("\n") == 1 and "bad.csv" in out.stderr

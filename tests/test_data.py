@@ -126,8 +126,35 @@ def test_read_image_errors_name_the_file(tmp_path):
     good = _write(tmp_path / "ok.jpg", np.full((200, 200, 3), 128, np.uint8))
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(ImageError, match="cut.jpg: truncated JPEG"):
+    with pytest.raises(ImageError, match=r"cut.jpg: damaged image \(Premature end of JPEG file\)"):
         data.read_image(cut)
+
+
+def _textured_jpeg(path, shape=(600, 400)):
+    rng = np.random.default_rng(0)
+    return _write(path, cv2.GaussianBlur((rng.random((*shape, 3)) * 255).astype(np.uint8), (9, 9), 3))
+
+
+def test_damaged_jpegs_are_caught_and_trailing_bytes_are_not(tmp_path, monkeypatch):
+    good = _textured_jpeg(tmp_path / "good.jpg")
+    data_ = good.read_bytes()
+    zeroed = bytearray(data_)
+    zeroed[len(data_) // 2: len(data_) // 2 + 2048] = bytes(2048)  # a zeroed block mid-file: the end marker survives
+    (tmp_path / "zeroed.jpg").write_bytes(bytes(zeroed))
+    with pytest.raises(ImageError, match=r"zeroed.jpg: damaged image \(Corrupt JPEG data"):
+        data.read_image(tmp_path / "zeroed.jpg", height=150)  # the reduced decode sees it too
+    (tmp_path / "trailing.jpg").write_bytes(data_ + bytes(5000) + b"trailer" * 300)  # valid, with bytes after the end
+    assert data.read_image(tmp_path / "trailing.jpg").shape == (600, 400, 3)
+    monkeypatch.setenv("KZLIB_MAX_PIXELS", "100000")
+    with pytest.raises(ImageError, match=r"good.jpg: 400x600 = 240,000 pixels, more than the limit of 100,000"):
+        data.image_size(good)
+    monkeypatch.delenv("KZLIB_MAX_PIXELS")
+    huge = bytearray(data_)  # a header that claims 20000 x 20000 (PIL's decompression-bomb check)
+    sof = huge.find(b"\xff\xc0")
+    huge[sof + 5: sof + 9] = (20000).to_bytes(2, "big") * 2
+    (tmp_path / "huge.jpg").write_bytes(bytes(huge))
+    with pytest.raises(ImageError, match="huge.jpg: .*(too large|more than the limit)"):
+        data.read_image(tmp_path / "huge.jpg")
 
 
 # ---------------------------------------------------------------- check CLI
@@ -168,6 +195,20 @@ def test_check_box_outside_image(tiny):
     df.to_csv(tiny / "train.csv", index=False)
     r = _cli("check", tiny)
     assert r.returncode == 1 and "outside the" in r.stderr and df.loc[0, "image_id"] in r.stderr
+
+
+def test_check_catches_damaged_images_and_an_empty_train_csv(tiny):
+    ids = pd.read_csv(tiny / "train.csv")["image_id"].tolist()
+    img = tiny / "train_images" / f"{ids[2]}.jpg"
+    _textured_jpeg(img, (300, 200))
+    raw = bytearray(img.read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 1024] = bytes(1024)
+    img.write_bytes(bytes(raw))
+    r = _cli("check", tiny)
+    assert r.returncode == 1 and f"{ids[2]}.jpg: damaged image (Corrupt JPEG data" in r.stderr
+    (tiny / "train.csv").write_text("image_id,labels\n")
+    r = _cli("check", tiny)
+    assert r.returncode == 1 and "train.csv: no pages (a header only)" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_check_missing_folder(tmp_path):

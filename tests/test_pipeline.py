@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from kzlib.data import read_labels_csv
 from kzlib.metric import read_submission
@@ -68,6 +69,24 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny, tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 0 and again.stdout.count("done earlier") == len(after)
 
+    # the preset edited: level 2 changed, so the stack stage is refused until --rerun-changed
+    preset["stack"]["rounds"] = 25
+    (tmp_path / "preset.json").write_text(json.dumps(preset))
+    plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
+    status = {line.split()[0]: line.split()[1] for line in plan.stdout.splitlines() if "  " in line}
+    assert status["stack"] == "changed" and status["detect-merge"] == "done", plan.stdout
+    refused = subprocess.run(cmd, capture_output=True, text=True)
+    assert refused.returncode == 2 and "changed since stack ran" in refused.stderr and "--rerun-changed" in refused.stderr
+    redo = subprocess.run(cmd + ["--rerun-changed"], capture_output=True, text=True)
+    assert redo.returncode == 0, redo.stderr
+    assert _state(work)["stack.json"] != after["stack.json"] and _state(work)["detect-f0.json"] == after["detect-f0.json"]
+    # a changed detector makes everything after it stale
+    preset["detect"]["lr"] = 0.004
+    (tmp_path / "preset.json").write_text(json.dumps(preset))
+    plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
+    status = {line.split()[0]: line.split()[1] for line in plan.stdout.splitlines() if "  " in line}
+    assert status["detect-f0"] == "changed" and status["detect-merge"] == "stale" and status["stack"] == "stale"
+
 
 def test_bad_data_stops_before_training(tiny, tmp_path):
     next((tiny / "train_images").iterdir()).unlink()
@@ -100,3 +119,34 @@ def test_full_preset_needs_weights_then_a_gpu(tiny, tmp_path):
     scratch = subprocess.run(base + ["--dry-run", "--allow-scratch"], capture_output=True, text=True,
                              env={**env, "KZLIB_PRETRAINED": str(tmp_path / "none")})
     assert scratch.returncode == 0 and "--allow-scratch" in scratch.stdout
+
+
+def test_a_stage_another_runner_holds_is_skipped(tiny, tmp_path):
+    from kzlib.pipeline import Pipeline
+
+    work = tmp_path / "work"
+    pipe = Pipeline(tiny, work, load_preset(PRESET))
+    with pipe.lock(pipe.by_name["detect-f0"]) as held:
+        assert held
+        out = subprocess.run(RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(PRESET),
+                                       "--only", "detect-f0"], capture_output=True, text=True)
+    assert out.returncode == 0 and "running in another process (pid" in out.stdout, out.stdout + out.stderr
+    assert not (work / "state" / "detect-f0.json").exists() and not (work / "detect" / "fold0").exists()
+
+
+def test_a_full_disk_is_one_line_naming_the_stage_and_file(tiny, tmp_path, monkeypatch):
+    import errno
+
+    from kzlib.errors import EnvironmentProblem
+    from kzlib.pipeline import Pipeline
+
+    def full(self, s):
+        raise OSError(errno.ENOSPC, "No space left on device", str(self.det_run(s.fold) / "checkpoint.pth"))
+
+    monkeypatch.setattr(Pipeline, "_detect_train", full)
+    pipe = Pipeline(tiny, tmp_path / "work", load_preset(PRESET))
+    with pytest.raises(EnvironmentProblem) as e:
+        pipe.run("detect-f0", log=lambda *_: None)
+    assert str(e.value).startswith("stage detect-f0: ") and "checkpoint.pth: No space left on device" in str(e.value)
+    assert f"error: {e.value}" in (tmp_path / "work" / "logs" / "detect-f0.log").read_text()
+    assert not (tmp_path / "work" / "state" / "detect-f0.json").exists()

@@ -37,12 +37,12 @@ def read_boxes(path: Path, known_ids: Sequence[str], need_true: bool, what: str 
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (have {', '.join(map(str, df.columns))})")
     for c in ("x", "y", "w", "h"):
-        values = pd.to_numeric(df[c], errors="coerce")
-        bad = np.flatnonzero(values.isna().to_numpy() | ((values <= 0).to_numpy() if c in "wh" else False))
+        values = pd.to_numeric(df[c], errors="coerce").astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(values.to_numpy()) | ((values <= 0).to_numpy() if c in "wh" else False))
         if len(bad):
-            raise DataError(f"{path}: row {bad[0] + 2}: {c} must be a {'positive ' if c in 'wh' else ''}number, "
-                            f"got {df[c].iloc[bad[0]]!r}")
-        df[c] = values.astype(np.float64)
+            raise DataError(f"{path}: row {bad[0] + 2}: {c} must be a finite {'positive ' if c in 'wh' else ''}number, "
+                            f"got {str(df[c].iloc[bad[0]])!r}")
+        df[c] = values
     known = set(known_ids)
     unknown = np.flatnonzero(~df["image_id"].isin(known).to_numpy())
     if len(unknown):
@@ -56,17 +56,25 @@ def read_boxes(path: Path, known_ids: Sequence[str], need_true: bool, what: str 
 
 
 def check_inside(df: pd.DataFrame, sizes: dict[str, tuple[int, int]], source: Path) -> None:
-    """Fail on a page whose boxes all fall outside the page (boxes of another scan, or scaled)."""
+    """Fail on a box far outside its page or larger than it (a box of another scan, scaled, or
+    garbage like w=1e12), and on a page whose boxes all fall outside it."""
     x0, y0 = df["x"].to_numpy(), df["y"].to_numpy()
-    x1, y1 = x0 + df["w"].to_numpy(), y0 + df["h"].to_numpy()
+    w, h = df["w"].to_numpy(), df["h"].to_numpy()
+    x1, y1 = x0 + w, y0 + h
     wh = np.array([sizes[i] for i in df["image_id"]], dtype=np.float64).reshape(-1, 2)
-    inside = (x1 > 0) & (y1 > 0) & (x0 < wh[:, 0]) & (y0 < wh[:, 1])
+    pw, ph = wh[:, 0], wh[:, 1]
+    insane = (w > 1.5 * pw) | (h > 1.5 * ph) | (x0 < -pw) | (y0 < -ph) | (x1 > 2 * pw) | (y1 > 2 * ph)
+    if insane.any():
+        r = int(np.flatnonzero(insane)[0])
+        raise DataError(f"{source}: row {r + 2}: box {x0[r]:g} {y0[r]:g} {w[r]:g} {h[r]:g} of image "
+                        f"{df['image_id'].iloc[r]!r} does not fit its {int(pw[r])}x{int(ph[r])} page")
+    inside = (x1 > 0) & (y1 > 0) & (x0 < pw) & (y0 < ph)
     per_page = pd.Series(inside).groupby(df["image_id"].to_numpy()).any()
     if not per_page.all():
         image_id = per_page.index[~per_page.to_numpy()][0]
         r = int(np.flatnonzero(df["image_id"].to_numpy() == image_id)[0])
-        w, h = sizes[image_id]
-        raise DataError(f"{source}: row {r + 2}: every box of image {image_id!r} lies outside the page ({w}x{h})")
+        pw_, ph_ = sizes[image_id]
+        raise DataError(f"{source}: row {r + 2}: every box of image {image_id!r} lies outside the page ({pw_}x{ph_})")
 
 
 def pages_from_boxes(df: pd.DataFrame, ids: Sequence[str], paths: dict[str, Path]) -> list[Page]:

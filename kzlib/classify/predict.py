@@ -15,7 +15,7 @@ from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import check_inside, page_input, pages_from_boxes, read_boxes
 from kzlib.classify.model import Classifier
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
-from kzlib.io import write_json_atomic
+from kzlib.io import ensure_writable, write_json_atomic
 from kzlib.detailed import DETAILED_COLUMNS, submission_from_detailed, write_detailed
 from kzlib.metric import score_arrays, write_submission
 from kzlib.pages import Page, split_pages
@@ -118,7 +118,7 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test, not {split!r}")
     run_dir, d = Path(run_dir), DataDir(Path(data_dir))
-    out_dir = Path(out_dir) if out_dir else run_dir
+    out_dir = ensure_writable(Path(out_dir) if out_dir else run_dir)
     cfg, classes, model, dev = load_run(run_dir, device)
     if split == "valid":
         split_info = RunDir(run_dir).read_split()

@@ -21,8 +21,8 @@ from kzlib.classify.predict import detailed_frame, detailed_scores, predict_page
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
-from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes
-from kzlib.training import Epochs, Optimisation, autocast, load_checkpoint, pick_device, sample_seed, seed_everything
+from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint
+from kzlib.training import Epochs, Optimisation, autocast, pick_device, sample_seed, seed_everything
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler) -> tuple[float, int, int]:
@@ -146,9 +146,7 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
     fold = 0 if fold is None else fold
     init = None
     if cfg.init_from and checkpoint is None:
-        if not Path(cfg.init_from).is_file():
-            raise DataError(f"{cfg.init_from}: checkpoint to fine-tune from not found")
-        init = load_checkpoint(cfg.init_from)
+        init = load_other_checkpoint(cfg.init_from, "the checkpoint to fine-tune from")
         if "classes" not in init:
             raise DataError(f"{cfg.init_from}: not a classifier checkpoint (no class list)")
     classes = checkpoint["classes"] if checkpoint else init["classes"] if init else None

@@ -15,7 +15,7 @@ from tqdm import tqdm
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, parse_labels, read_image, read_labels_csv
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.model import build_model
-from kzlib.io import write_csv_atomic
+from kzlib.io import ensure_writable, write_csv_atomic
 from kzlib.pages import Page, best_iou, scaled_height, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
 from kzlib.runs import RunDir
@@ -81,6 +81,8 @@ def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, 
     if split not in ("oof", "test"):
         raise ValueError(f"split must be oof or test, not {split!r}")
     run, d = RunDir(run_dir), DataDir(Path(data_dir))
+    out = Path(out) if out else run.oof_boxes if split == "oof" else run.test_boxes
+    ensure_writable(out.parent)
     cfg, model, dev = load_run(run_dir, device, score_threshold=score_threshold)
     if split == "oof":
         ids = run.read_split().val_ids
@@ -109,7 +111,6 @@ def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, 
         rows.append(frame)
     df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=OOF_COLUMNS)
     df = df[OOF_COLUMNS if split == "oof" else TEST_COLUMNS]
-    out = Path(out) if out else run.oof_boxes if split == "oof" else run.test_boxes
     write_csv_atomic(df, out)
     return out
 

@@ -17,8 +17,8 @@ from kzlib.detect.predict import agnostic_f1, detect_pages
 from kzlib.pages import split_pages
 from kzlib.data import DataDir
 from kzlib.errors import UsageError
-from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes
-from kzlib.training import Epochs, Optimisation, autocast, load_checkpoint, pick_device, seed_everything
+from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint
+from kzlib.training import Epochs, Optimisation, autocast, pick_device, seed_everything
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str) -> dict:
@@ -72,8 +72,8 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
     model = build_model(cfg, load_pretrained=checkpoint is None and not cfg.init_from).to(device)
     if cfg.init_from and checkpoint is None:
         try:
-            model.load_state_dict(load_checkpoint(cfg.init_from, device)["model"])
-        except (FileNotFoundError, KeyError, RuntimeError) as e:
+            model.load_state_dict(load_other_checkpoint(cfg.init_from, "the checkpoint to start from")["model"])
+        except RuntimeError as e:
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     dataset = CropDataset(train_pages, cfg)

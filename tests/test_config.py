@@ -1,0 +1,77 @@
+"""Typed configs: wrong types and values are refused when a config or preset is loaded, with one
+line naming the file, the key, the expected type and the value."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kzlib.classify.config import ClassifyConfig
+from kzlib.config import ConfigError, config_from_dict, load_config
+from kzlib.detect.config import DetectConfig
+from kzlib.preset import load_preset
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "fixtures" / "preset_tiny.json"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("epochs", "3", 'epochs: expected int, got "3" (str)'),
+    ("epochs", 1.5, "epochs: expected int, got 1.5 (float)"),
+    ("lr", None, "lr: expected float, got null (NoneType)"),
+    ("amp", "false", 'amp: expected bool, got "false" (str)'),
+    ("batch_size", True, "batch_size: expected int, got true (bool)"),
+    ("hsv_aug", [7, 10], "hsv_aug: expected 3 values, got [7, 10]"),
+    ("anchor_sizes", [12, "x", 32, 64, 96], 'anchor_sizes[1]: expected int, got "x" (str)'),
+    ("epochs", 0, "epochs: must be > 0, got 0"),
+    ("lr", float("inf"), "lr: expected float"),
+])
+def test_wrong_values_name_the_file_and_key(tmp_path, key, value, message):
+    path = tmp_path / "detect.json"
+    path.write_text(json.dumps({key: value}))
+    with pytest.raises(ConfigError) as e:
+        load_config(DetectConfig, path)
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value)
+
+
+def test_ints_become_floats_lists_tuples_and_old_names_still_read():
+    cfg = config_from_dict(DetectConfig, {"lr": 1, "lr_steps": [3, 4]})
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.lr_steps == (3, 4)
+    with pytest.warns(DeprecationWarning, match="base is now called backbone"):
+        assert config_from_dict(ClassifyConfig, {"base": "resnet18"}).backbone == "resnet18"
+    with pytest.raises(ConfigError, match=r"page_height is now page_size \(with \"page_side\": \"height\""):
+        config_from_dict(DetectConfig, {"page_height": 800})
+
+
+def test_a_preset_names_the_nested_key(tmp_path):
+    preset = json.loads(TINY.read_text())
+    preset["kinds"]["a"]["epochs"] = "3"
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    with pytest.raises(ConfigError, match=rf'^{path}: kinds.a.epochs: expected int, got "3"'):
+        load_preset(path)
+    preset = json.loads(TINY.read_text())
+    preset["n_folds"] = "2"
+    path.write_text(json.dumps(preset))
+    with pytest.raises(ConfigError, match=rf'^{path}: n_folds: expected int, got "2"'):
+        load_preset(path)
+
+
+def test_the_runner_refuses_a_bad_preset_before_anything_runs(tmp_path):
+    preset = json.loads(TINY.read_text())
+    preset["detect"]["epochs"] = None
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(preset))
+    work = tmp_path / "w"
+    r = subprocess.run([sys.executable, str(ROOT / "run_local.py"), "--data", str(ROOT / "tests" / "fixtures" / "tiny"),
+                        "--work", str(work), "--preset", str(path), "--dry-run"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.strip() == f"error: {path}: detect.epochs: expected int, got null (NoneType)"
+    assert not work.exists()
+
+
+def test_a_misspelt_bool_flag_is_an_error(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kzlib.detect", "train", str(tmp_path), "--out", str(tmp_path / "r"),
+                        "--amp", "flase"], capture_output=True, text=True)
+    assert r.returncode == 2 and "argument --amp: expected true or false, got 'flase'" in r.stderr

@@ -1,0 +1,99 @@
+"""Run folders: resume or start exactly as asked, conflicting flags refused, damaged checkpoints
+named and recovered from the previous epoch's."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kzlib.config import config_dict
+from kzlib.detect.config import DetectConfig
+from kzlib.runs import RunDir, RunStateError, Split
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=256,
+                    crop_width=160, crop_height=128, crops_per_page=1, batch_size=2, epochs=1, lr=0.005, workers=0,
+                    device="cpu", anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05)
+
+
+def started(tmp_path, cfg=TINY) -> RunDir:
+    run = RunDir(tmp_path / "run")
+    run.start(cfg, Split("/data", 0, 3, False, ["a"], ["b"], inputs={"train.csv": "abc"}))
+    return run
+
+
+def test_resume_or_start_modes(tmp_path):
+    run = RunDir(tmp_path / "none")
+    with pytest.raises(RunStateError, match="nothing to resume"):
+        run.resume_or_start(DetectConfig, TINY, {}, "resume")
+    assert run.resume_or_start(DetectConfig, TINY, {}, "start") == (TINY, None, None)
+    run = started(tmp_path, replace(TINY, epochs=7))
+    with pytest.raises(RunStateError, match="holds a started run"):
+        run.resume_or_start(DetectConfig, TINY, {}, "start")
+    # killed in the first epoch: no checkpoint yet, and --resume continues *that* run's config
+    cfg, split, ckpt = run.resume_or_start(DetectConfig, DetectConfig(), {}, "resume")
+    assert cfg.epochs == 7 and cfg.backbone == "resnet18" and ckpt is None and split.fold == 0
+    with pytest.raises(RunStateError, match=r"started with epochs 7 \(asked 3\), lr 0.005 \(asked 0.1\)"):
+        run.resume_or_start(DetectConfig, TINY, {"epochs": 3, "lr": 0.1, "device": "cuda"}, "resume")
+    # the runner ("auto"): the preset's config must be the run's
+    with pytest.raises(RunStateError, match="the preset changed since"):
+        run.resume_or_start(DetectConfig, TINY, None, "auto")
+    assert run.resume_or_start(DetectConfig, replace(TINY, epochs=7, workers=3), None, "auto")[0].epochs == 7
+
+
+def test_damaged_checkpoints_fall_back_or_say_how_to_recover(tmp_path, capsys):
+    run = started(tmp_path)
+    run.save_epoch({"model": {"w": torch.ones(2)}, "epoch": 0, "best_f1": 0.1})
+    run.save_epoch({"model": {"w": torch.full((2,), 2.0)}, "epoch": 1, "best_f1": 0.2})
+    assert run.previous.exists() and run.load_checkpoint()["epoch"] == 1
+    good = run.checkpoint.read_bytes()
+    for damage in (b"", b"garbage" * 10, good[: len(good) // 2]):  # zero bytes, garbage, truncated
+        run.checkpoint.write_bytes(damage)
+        with pytest.warns(UserWarning, match="resuming from checkpoint.prev.pth"):
+            assert run.load_checkpoint()["epoch"] == 0
+        assert "checkpoint.pth:" in capsys.readouterr().out
+    run.previous.write_bytes(b"")
+    with pytest.raises(RunStateError, match=r"no loadable checkpoint \(checkpoint.pth: .*checkpoint.prev.pth: .*\); "
+                                            "delete checkpoint.pth and checkpoint.prev.pth"):
+        run.load_checkpoint()
+    run.best.write_bytes(b"junk")
+    with pytest.raises(RunStateError, match="best.pth: does not load"):
+        run.trained_state()
+
+
+def test_resume_cli_after_a_kill_in_the_first_epoch(tiny, tmp_path):
+    """The run folder holds config.json and split.json only: --resume trains the run's own config
+    (not the defaults), a conflicting flag is refused, the held-out fold is kept."""
+    out = tmp_path / "run"
+    cfg = replace(TINY, epochs=1)
+    (tmp_path / "cfg.json").write_text(json.dumps(config_dict(cfg)))
+    RunDir(out).start(cfg, Split(str(tiny), 1, 3, False, [], [], inputs={}))
+    base = [sys.executable, "-m", "kzlib.detect", "train", str(tiny), "--out", str(out), "--resume"]
+    r = subprocess.run(base + ["--epochs", "3"], capture_output=True, text=True)
+    assert r.returncode == 2 and "started with epochs 1 (asked 3)" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = subprocess.run(base + ["--fold", "2"], capture_output=True, text=True)
+    assert r.returncode == 2 and "holds out fold 1, not 2" in r.stderr
+    r = subprocess.run(base, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "config.json").read_text())["backbone"] == "resnet18"  # not the default resnet152
+    assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [0]
+    assert RunDir(out).read_split().fold == 1
+    r = subprocess.run([sys.executable, "-m", "kzlib.detect", "train", str(tiny), "--out", str(tmp_path / "new"),
+                        "--resume"], capture_output=True, text=True)
+    assert r.returncode == 2 and "nothing to resume" in r.stderr
+
+
+def test_changed_inputs_are_refused_on_resume(tiny, tmp_path):
+    from kzlib.detect.train import train
+
+    out = tmp_path / "run"
+    train(tiny, out, TINY, 0, max_epochs=0)  # started, no epoch yet
+    labels = (tiny / "train.csv").read_text()
+    (tiny / "train.csv").write_text(labels.replace("U+", "U+", 1) + "\n")
+    with pytest.raises(RunStateError, match="its train.csv has changed since the run started"):
+        train(tiny, out, TINY, mode="resume")
