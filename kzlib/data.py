@@ -8,6 +8,7 @@ CLI::
 
     python -m kzlib.data check DATA_DIR [--n-folds 5]
     python -m kzlib.data folds DATA_DIR [--n-folds 5] [--out folds.csv]
+    python -m kzlib.data download DATA_DIR [--keep-archive]   (the competition, via the Kaggle API)
 """
 
 from __future__ import annotations
@@ -452,14 +453,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = sub.add_parser("check", help="validate a dataset folder and print a summary")
     p.add_argument("data_dir", type=Path)
     p.add_argument("--n-folds", type=int, default=5)
+    p = sub.add_parser("download", help="the competition data through the Kaggle API, unpacked and checked")
+    p.add_argument("data_dir", type=Path)
+    p.add_argument("--keep-archive", action="store_true", help="keep the downloaded zip")
     p = sub.add_parser("folds", help="write/print image_id,book_id,fold")
     p.add_argument("data_dir", type=Path)
     p.add_argument("--n-folds", type=int, default=5)
     p.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
     args = parser.parse_args(argv)
 
-    if args.cmd == "check":
-        report = check_dataset(args.data_dir, args.n_folds, progress=sys.stderr.isatty())
+    if args.cmd in ("check", "download"):
+        if args.cmd == "download":
+            from kzlib.kaggle.download import download
+
+            report = download(args.data_dir, keep_archive=args.keep_archive)
+        else:
+            report = check_dataset(args.data_dir, args.n_folds, progress=sys.stderr.isatty())
         for key, value in report.summary.items():
             print(f"{key}: {value}")
         if report.problems:

@@ -33,7 +33,7 @@ from kzlib.errors import EnvironmentProblem, UsageError
 from kzlib.folds import fold_pages
 from kzlib.io import write_json_atomic
 from kzlib.preset import PipelineConfig
-from kzlib.runs import RunDir, config_conflicts
+from kzlib.runs import RunDir, Stopped, config_conflicts
 
 
 @dataclass(frozen=True)
@@ -325,6 +325,8 @@ class Pipeline:
             print(f"=== {s.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})", flush=True)
             try:
                 return getattr(self, "_" + s.step.replace("-", "_"))(s) or {}
+            except Stopped:  # a prediction stopped for the time budget; its finished parts are kept
+                return {"stopped_early": True}
             except OSError as e:
                 message = io_message(e, f"stage {s.name}")
                 print(f"error: {message}", flush=True)
@@ -380,12 +382,12 @@ class Pipeline:
     def _detect_oof(self, s: StageSpec) -> dict:
         from kzlib.detect.predict import predict
 
-        return {"out": str(predict(self.det_run(s.fold), self.data, "oof"))}
+        return {"out": str(predict(self.det_run(s.fold), self.data, "oof", deadline=self.deadline))}
 
     def _detect_test(self, s: StageSpec) -> dict:
         from kzlib.detect.predict import predict
 
-        return {"out": str(predict(self.det_run(s.fold), self.data, "test"))}
+        return {"out": str(predict(self.det_run(s.fold), self.data, "test", deadline=self.deadline))}
 
     def _detect_merge(self, s: StageSpec) -> dict:
         from kzlib.detect.predict import merge_oof, merge_test
@@ -409,8 +411,8 @@ class Pipeline:
         from kzlib.classify.predict import predict
 
         run = self.cls_run(s.kind, s.fold)
-        v = predict(run, self.data, self.oof_boxes, "valid", self.cfg.n_tta)
-        t = predict(run, self.data, self.test_boxes, "test", self.cfg.n_tta)
+        v = predict(run, self.data, self.oof_boxes, "valid", self.cfg.n_tta, deadline=self.deadline)
+        t = predict(run, self.data, self.test_boxes, "test", self.cfg.n_tta, deadline=self.deadline)
         return {"valid_f1": v["scores"]["f1"], "valid_accuracy": v["scores"]["accuracy"], "test": t["detailed"]}
 
     def _pseudolabel(self, s: StageSpec) -> dict:

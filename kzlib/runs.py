@@ -282,3 +282,63 @@ class EpochEnd:
         self.log.append(row)
         self.log.plot(self.run.curves, self.metrics)
         return best
+
+
+class Stopped(Exception):
+    """A long job stopped before the deadline; its finished parts are kept and a rerun resumes."""
+
+
+class PagesInParts:
+    """Predictions over many pages written in resumable parts: a Kaggle session can end in the
+    middle of 4,900 test pages, and the next one continues after the last finished part.
+
+    ``folder/NAME-00000.pkl`` holds the rows of pages ``size*i .. size*(i+1)`` (with their ids, so
+    a part made for other pages is not reused); ``run`` returns every page's rows in order and
+    removes the parts, or raises ``Stopped`` before a part that the slowest part so far says would
+    end after ``deadline``."""
+
+    def __init__(self, folder: Path, name: str, ids: Sequence[str], size: int = 100):
+        self.folder, self.name, self.ids, self.size = Path(folder), name, list(ids), max(1, size)
+
+    def parts(self) -> list[tuple[Path, list[str]]]:
+        return [(self.folder / f"{self.name}-{i // self.size:05d}.pkl", self.ids[i: i + self.size])
+                for i in range(0, len(self.ids), self.size)]
+
+    def run(self, fn, deadline: float | None = None, log=print):
+        """``fn(ids)`` -> a DataFrame of those pages' rows; returns all rows concatenated."""
+        import time
+
+        import pandas as pd
+
+        from kzlib.io import atomic_path
+
+        frames, slowest = [], 0.0
+        for path, ids in self.parts():
+            if path.exists():
+                try:
+                    saved = pd.read_pickle(path)
+                    if saved.attrs.get("ids") == ids:
+                        frames.append(saved)
+                        continue
+                except Exception:  # a damaged part is made again
+                    pass
+            if deadline is not None and time.time() + slowest > deadline:
+                log(f"time budget: stopping before pages {self.ids.index(ids[0]) + 1}-{self.ids.index(ids[-1]) + 1} "
+                    f"of {len(self.ids)} (a part takes up to {slowest:.0f} s); rerun to resume")
+                raise Stopped(self.name)
+            t0 = time.time()
+            frame = fn(ids)
+            frame.attrs["ids"] = ids
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                frame.to_pickle(tmp)
+            frames.append(frame)
+            slowest = max(slowest, time.time() - t0)
+        out = pd.concat(frames, ignore_index=True) if frames else None
+        return out
+
+    def clean(self) -> None:
+        for path, _ in self.parts():
+            path.unlink(missing_ok=True)
+        if self.folder.is_dir() and not any(self.folder.iterdir()):
+            self.folder.rmdir()

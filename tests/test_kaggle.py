@@ -1,4 +1,6 @@
+import ast
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,8 +11,9 @@ from kaggle.api.kaggle_api_extended import KaggleApi
 from slugify import slugify
 
 from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user, push
-from kzlib.kaggle.emulate import emulate
-from kzlib.kaggle.plan import PlanError, kernel_plan, render
+from kzlib.kaggle.emulate import EmulationError, emulate
+from kzlib.errors import EnvironmentProblem
+from kzlib.kaggle.plan import BEGIN, END, PlanError, kernel_plan, render
 from kzlib.metric import read_submission
 from kzlib.pipeline import Pipeline
 from kzlib.preset import load_preset
@@ -43,9 +46,15 @@ def test_kernels_cover_every_stage_in_push_order(tiny, tmp_path):
     assert kernels[-1].slug == "kzlib-stack" and len(kernels[-1].upstream) == 3 * 4  # a, b, a-pl-ft, a-pl
 
 
+def rendered_values(script: str) -> dict:
+    """The values block of a rendered kernel script, as Python values."""
+    block = script.split(BEGIN)[1].split(END)[0]
+    return {node.targets[0].id: ast.literal_eval(node.value) for node in ast.parse(block).body}
+
+
 def test_rendered_metadata_is_valid_for_the_kaggle_cli(tmp_path):
     cfg = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
-    kernels = render(cfg, "test", tmp_path / "k", resume=("kzlib-detect-f3",))
+    kernels = render(cfg, "test", tmp_path / "k", continue_=("kzlib-detect-f3",), budget_hours=10.5)
     api = KaggleApi()
     order = (tmp_path / "k" / "push_order.txt").read_text().split()
     assert order == [k.slug for k in kernels] and len(order) == 5 + 10 + 1 + 10 + 1
@@ -62,17 +71,37 @@ def test_rendered_metadata_is_valid_for_the_kaggle_cli(tmp_path):
         assert meta["kernel_type"] in api.valid_push_kernel_types
         assert (folder / meta["code_file"]).is_file() and meta["enable_internet"] is False
         assert meta["competition_sources"] == ["kuzushiji-recognition"]
-        assert meta["enable_gpu"] == (slug not in ("kzlib-pseudolabel", "kzlib-stack"))
+        gpu = slug not in ("kzlib-pseudolabel", "kzlib-stack")
+        assert meta["enable_gpu"] == gpu and meta.get("machine_shape") == ("NvidiaTeslaT4" if gpu else None)
         script = (folder / meta["code_file"]).read_text()
         compile(script, slug, "exec")
-        spec = json.loads(script.split('r"""')[1].split('"""')[0])
-        assert spec["kernel"] == slug and spec["gpu"] == meta["enable_gpu"] and spec["preset"]["device"] == "cuda"
-        assert spec["upstream"] == [s.split("/")[1] for s in meta["kernel_sources"] if s.split("/")[1] != slug]
+        values = rendered_values(script)
+        assert values["KERNEL"] == slug and values["GPU"] == gpu and values["PRESET"]["device"] == "cuda"
+        assert values["BUDGET_HOURS"] == 10.5 and values["CONTINUATION"] == (slug == "kzlib-detect-f3")
+        assert values["UPSTREAM"] == [s.split("/")[1] for s in meta["kernel_sources"] if s.split("/")[1] != slug]
     det3 = json.loads((tmp_path / "k" / "kzlib-detect-f3" / "kernel-metadata.json").read_text())
     assert det3["kernel_sources"] == ["test/kzlib-detect-f3"]  # a continuation reads its own output
     ft0 = json.loads((tmp_path / "k" / "kzlib-cls-resnext101-pl-ft-f0" / "kernel-metadata.json").read_text())
     assert ft0["kernel_sources"] == [f"test/kzlib-detect-f{k}" for k in range(5)] + \
         ["test/kzlib-pseudolabel", "test/kzlib-cls-resnext101-f0"]
+    assert json.loads((tmp_path / "k" / "render.json").read_text())["budget_hours"] == 10.5
+
+
+def test_rendered_kernels_are_the_templates_with_their_values(tmp_path):
+    """kernels/*.py are what runs on Kaggle: rendering only fills in the values block."""
+    cfg = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
+    kernels = render(cfg, "test", tmp_path / "k")
+    used = set()
+    for k in kernels:
+        script = (tmp_path / "k" / k.slug / "kernel.py").read_text()
+        template = (ROOT / "kernels" / f"{k.template}.py").read_text()
+        assert script.split(BEGIN)[0] == template.split(BEGIN)[0]
+        assert script.split(END)[1] == template.split(END)[1]
+        assert set(rendered_values(script)) == set(rendered_values(template))
+        used.add(k.template)
+    assert used == {"detect", "classify", "pseudolabel", "stack"}
+    assert rendered_values((tmp_path / "k" / "kzlib-cls-resnext101-pl-f3" / "kernel.py").read_text())["KIND"] == \
+        "resnext101-pl"
 
 
 def test_bad_names_are_refused(tmp_path):
@@ -83,7 +112,9 @@ def test_bad_names_are_refused(tmp_path):
     with pytest.raises(PlanError, match="not valid on Kaggle"):
         kernel_plan(cfg)
     with pytest.raises(PlanError, match="no such kernel"):
-        render(_preset(tmp_path), "test", tmp_path / "k", resume=("kzlib-nope",))
+        render(_preset(tmp_path), "test", tmp_path / "k", continue_=("kzlib-nope",))
+    with pytest.raises(PlanError, match="Kaggle sessions end at 12 h"):
+        render(_preset(tmp_path), "test", tmp_path / "k", budget_hours=13)
 
 
 def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
@@ -99,7 +130,7 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
     for rel, _ in a:
         assert (tmp_path / "a" / rel).read_bytes() == (tmp_path / "b" / rel).read_bytes()
     names = [rel for rel, _ in a]
-    assert "kzlib/kaggle/runtime.py" in names and "kzlib/configs/preset_full.json" in names
+    assert "kzlib/kaggle/session.py" in names and "kzlib/configs/preset_full.json" in names
     assert "kzlib/synth.py" not in names and "kzlib/kaggle/build.py" not in names  # only what kernels import
     assert {"weights/det0/best.pth", "weights/det0/config.json", "pretrained/resnet18.pth"} <= set(names)
     assert not [n for n in names if "__pycache__" in n or n.endswith(".pyc")]
@@ -119,8 +150,9 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(BuildError, match="--user"):
         kaggle_user(None)
-    monkeypatch.setenv("PATH", str(Path(sys.executable).parent))  # the venv's kaggle CLI
-    with pytest.raises(BuildError, match="credentials"):
+    monkeypatch.setattr("kzlib.kaggle.push.real_api", lambda: (_ for _ in ()).throw(
+        EnvironmentProblem("the Kaggle API is not usable here")))
+    with pytest.raises(EnvironmentProblem, match="not usable"):
         push(tmp_path / "a", "test")
     r = subprocess.run([sys.executable, str(ROOT / "build_dataset.py"), "--out", str(tmp_path / "d")],
                        capture_output=True, text=True)
@@ -129,23 +161,17 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
 
 def test_emulated_kaggle_chain_ends_in_a_scored_submission(tiny, tmp_path):
     """The proof that the kernels chain: rendered for a test user, the dataset built, every kernel
-    run in push order in its own working folder with the Kaggle input layout."""
+    run in push order in its own working folder with today's Kaggle input layout
+    (competitions/, datasets/<owner>/, notebooks/<owner>/)."""
     one_kind = {"a": json.loads(TINY_PRESET.read_text())["kinds"]["a"]}
     cfg = _preset(tmp_path, n_folds=2, refit_scratch=False, kinds=one_kind)
     kernels = render(cfg, "test", tmp_path / "kernels")
     build_dataset(tmp_path / "dataset", "test")
-    # A detector kernel first stops at once for the time budget, then is pushed again as a
-    # continuation that reads its own previous output, and finishes.
-    emulate(tmp_path / "kernels", tmp_path / "dataset", tiny, tmp_path / "run", only=["kzlib-detect-f0"],
-            budget_hours=1e-9)
-    det0 = tmp_path / "run" / "kzlib-detect-f0"
-    assert "stopped by the time budget" in (det0 / "kernel.log").read_text()
-    assert not (det0 / "working" / "state" / "detect-f0.json").exists()
-    render(cfg, "test", tmp_path / "kernels", resume=("kzlib-detect-f0",))
-    results = emulate(tmp_path / "kernels", tmp_path / "dataset", tiny, tmp_path / "run")
-    assert list(results) == [k.slug for k in kernels]
-    assert "continuing from the previous version's output" in (det0 / "kernel.log").read_text()
-    assert (det0 / "working" / "state" / "detect-f0.json").exists()
+    results = emulate(tmp_path / "kernels", tmp_path / "dataset", tiny, tmp_path / "run", layout="kind")
+    assert list(results) == [k.slug for k in kernels] and {r["state"] for r in results.values()} == {"done"}
+    status = json.loads((tmp_path / "run" / "kzlib-detect-f0" / "working" / "kzlib_status.json").read_text())
+    assert status["state"] == "done" and set(status["stages"]) == {"detect-f0", "detect-oof-f0", "detect-test-f0"}
+    assert all(v["state"] == "done" and v["seconds"] >= 0 for v in status["stages"].values())
     # kernels' outputs hold only their own stages' files
     cls = tmp_path / "run" / "kzlib-cls-a-f0" / "working"
     assert (cls / "classify" / "a" / "fold0" / "test_detailed.csv.gz").exists() and not (cls / "detect" / "fold0").exists()
@@ -158,17 +184,121 @@ def test_emulated_kaggle_chain_ends_in_a_scored_submission(tiny, tmp_path):
     assert 0.0 <= json.loads(r.stdout)["f1"] <= 1.0
 
 
-def test_kernel_without_its_upstream_outputs_says_which(tiny, tmp_path):
+def test_a_budget_stop_then_its_continuation_on_the_old_layout(tiny, tmp_path):
+    """Older sessions mount everything flat (/kaggle/input/<slug>). A detector kernel stops for the
+    time budget (status "stopped", exit 0), its downstream refuses in seconds, a kernel rendered as
+    a continuation refuses without its previous output, then picks up from it and finishes."""
+    cfg = _preset(tmp_path, n_folds=2)
+    render(cfg, "test", tmp_path / "kernels")
+    build_dataset(tmp_path / "dataset", "test")
+    run = lambda **kw: emulate(tmp_path / "kernels", tmp_path / "dataset", tiny, tmp_path / "run", layout="flat", **kw)
+    assert run(only=["kzlib-detect-f0"], budget_hours=1e-9)["kzlib-detect-f0"]["state"] == "stopped"
+    det0 = tmp_path / "run" / "kzlib-detect-f0"
+    log = (det0 / "kernel.log").read_text()
+    assert "stopped by the time budget in stage detect-f0; nothing of it had finished yet" in log
+    assert json.loads((det0 / "working" / "kzlib_status.json").read_text())["stopped_at"] == "detect-f0"
+    run(only=["kzlib-detect-f1"])
+    with pytest.raises(EmulationError, match="upstream kernel\\(s\\) not done: kzlib-detect-f0 \\(stopped\\)"):
+        run(only=["kzlib-cls-a-f0"])
+    render(cfg, "test", tmp_path / "kernels", continue_=("kzlib-detect-f0",), only=("kzlib-detect-f0",))
+    shutil.rmtree(det0 / "working")  # as if the first version's output were not attached
+    with pytest.raises(EmulationError, match="rendered as a continuation, but its previous version's output is not attached"):
+        run(only=["kzlib-detect-f0"])
+    assert run(only=["kzlib-detect-f0"], budget_hours=1e-9)["kzlib-detect-f0"]["state"] == "stopped"  # needs one
+    render(cfg, "test", tmp_path / "kernels", continue_=(), only=("kzlib-detect-f0",))
+    run(only=["kzlib-detect-f0"], budget_hours=1e-9)
+    render(cfg, "test", tmp_path / "kernels", continue_=("kzlib-detect-f0",), only=("kzlib-detect-f0",))
+    assert run(only=["kzlib-detect-f0"])["kzlib-detect-f0"]["state"] == "done"
+    assert "continuing from the previous version's output" in (det0 / "kernel.log").read_text()
+    status = json.loads((det0 / "working" / "kzlib_status.json").read_text())
+    assert status["continuation"] == 1 and status["stages"]["detect-test-f0"]["state"] == "done"
+
+
+def test_a_kernel_says_what_is_mounted_when_an_input_is_missing(tiny, tmp_path):
     render(_preset(tmp_path), "test", tmp_path / "kernels")
     build_dataset(tmp_path / "dataset", "test")
     inp = tmp_path / "input"
     inp.mkdir()
-    (inp / "kzlib-kit").symlink_to(tmp_path / "dataset")
     env = {"PATH": "/usr/bin:/bin", "KAGGLE_INPUT_ROOT": str(inp), "KAGGLE_WORKING": str(tmp_path / "working")}
     script = tmp_path / "kernels" / "kzlib-cls-a-f0" / "kernel.py"
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
-    assert r.returncode == 1 and "kuzushiji-recognition competition" in r.stderr
-    (inp / "kuzushiji-recognition").symlink_to(tiny)
-    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    kernel = lambda: subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    r = kernel()
+    assert r.returncode == 1 and "the kzlib kit dataset is not attached" in r.stderr and "Traceback" not in r.stderr
+    (inp / "datasets" / "test").mkdir(parents=True)
+    (inp / "datasets" / "test" / "kzlib-kit").symlink_to(tmp_path / "dataset")
+    r = kernel()
+    assert r.returncode == 1 and "the competition data (kuzushiji-recognition) is not attached" in r.stderr
+    assert "Mounted:" in r.stderr and "kzlib-kit/" in r.stderr and "Traceback" not in r.stderr
+    (inp / "competitions").mkdir()
+    (inp / "competitions" / "kuzushiji-recognition").symlink_to(tiny)
+    r = kernel()
     assert r.returncode == 1 and "kzlib-detect-f0, kzlib-detect-f1, kzlib-detect-f2 are not attached" in r.stderr
-    assert not (tmp_path / "working").exists()
+    assert json.loads((tmp_path / "working" / "kzlib_status.json").read_text())["state"] == "failed"
+
+
+def test_download_unpacks_the_nested_archives_and_checks(tiny, tmp_path):
+    """`kzlib data download` on a fake Kaggle API that serves an archive of the competition's shape."""
+    import zipfile
+
+    from kzlib.kaggle.download import download
+
+    archive = tmp_path / "served.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for csv in ("train.csv", "unicode_translation.csv", "sample_submission.csv"):
+            z.write(tiny / csv, csv)
+        for folder in ("train_images", "test_images"):
+            inner = tmp_path / f"{folder}.zip"
+            with zipfile.ZipFile(inner, "w") as zi:
+                for f in sorted((tiny / folder).iterdir()):
+                    zi.write(f, f.name)
+            z.write(inner, f"{folder}.zip")
+
+    class FakeApi:
+        calls = 0
+
+        def competition_download_files(self, competition, path=None, quiet=True):
+            FakeApi.calls += 1
+            shutil.copy(archive, Path(path) / f"{competition}.zip")
+
+    out = tmp_path / "data"
+    report = download(out, FakeApi(), log=lambda *_: None)
+    assert report.ok and report.summary["train pages"] == 6 and report.summary["test pages"] == 2
+    assert sorted(p.name for p in (out / "train_images").iterdir()) == sorted(p.name for p in (tiny / "train_images").iterdir())
+    assert not (out / "kuzushiji-recognition.zip").exists()
+    assert download(out, FakeApi(), log=lambda *_: None).ok and FakeApi.calls == 2  # the images are not unpacked again
+
+    class Refused:
+        def competition_download_files(self, competition, path=None, quiet=True):
+            e = RuntimeError("403 Client Error")
+            e.response = type("R", (), {"status_code": 403})()
+            raise e
+
+    with pytest.raises(EnvironmentProblem, match="accept the competition's rules at https://www.kaggle.com/competitions/kuzushiji-recognition/rules"):
+        download(tmp_path / "other", Refused(), log=lambda *_: None)
+
+
+def test_dataset_push_uses_the_api_and_waits_until_ready(tmp_path):
+    calls = []
+
+    class FakeApi:
+        def __init__(self):
+            self.states = ["", "running", "ready"]
+
+        def dataset_status(self, ref):
+            calls.append(("status", ref))
+            return self.states.pop(0) if self.states else "ready"
+
+        def dataset_create_new(self, folder, dir_mode="skip", quiet=False):
+            calls.append(("create", folder, dir_mode))
+            return type("R", (), {"error": ""})()
+
+    build_dataset(tmp_path / "ds", "test")
+    push(tmp_path / "ds", "test", api=FakeApi(), poll=0, log=lambda *_: None)
+    assert ("create", str(tmp_path / "ds"), "zip") in calls and calls[-1] == ("status", "test/kzlib-kit")
+
+    class Refusing(FakeApi):
+        def dataset_create_new(self, folder, dir_mode="skip", quiet=False):
+            return type("R", (), {"error": "Dataset slug too short"})()
+
+    with pytest.raises(BuildError, match="refused the dataset: Dataset slug too short"):
+        push(tmp_path / "ds", "test", api=Refusing(), poll=0, log=lambda *_: None)

@@ -20,6 +20,7 @@ def test_wheel_has_every_module_and_runs_installed(tmp_path):
     assert source <= names, sorted(source - names)
     assert {"kzlib/configs/preset_full.json", "kzlib/configs/preset_demo.json",
             "kzlib/kaggle/dataset-metadata.json"} <= names
+    assert {f"kzlib/kernels/{p.name}" for p in (ROOT / "kernels").glob("*.py")} <= names  # the kernel templates
     entry = next(n for n in names if n.endswith("entry_points.txt"))
     assert "kzlib = kzlib.__main__:main" in zipfile.ZipFile(wheel).read(entry).decode()
 
@@ -40,3 +41,7 @@ def test_wheel_has_every_module_and_runs_installed(tmp_path):
                            "--work", str(tmp_path / "w"), "--preset", "demo", "--dry-run"],
                           capture_output=True, text=True, cwd=tmp_path, env=env)
     assert plan.returncode == 0 and "detect-f0" in plan.stdout and "stack" in plan.stdout, plan.stderr
+    render = subprocess.run([sys.executable, str(site / "bin" / "kzlib"), "kaggle", "render", "--user", "test",
+                             "--preset", "demo", "--out", str(tmp_path / "k")], capture_output=True, text=True,
+                            cwd=tmp_path, env=env)
+    assert render.returncode == 0 and (tmp_path / "k" / "kzlib-stack" / "kernel.py").is_file(), render.stderr

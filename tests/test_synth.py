@@ -86,7 +86,7 @@ def test_no_font_is_a_clear_error_and_writes_nothing(tmp_path, monkeypatch):
 def test_cli_errors(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, "-m", "kzlib.synth", *map(str, a)], capture_output=True, text=True)
     r = run(tmp_path / "x", "--font", tmp_path / "nope.ttf")
-    assert r.returncode == 1 and "nope.ttf: no such font file" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 3 and "nope.ttf: no such font file" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
     r = run(tmp_path / "full", "--font", bundled())

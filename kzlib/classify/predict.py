@@ -20,7 +20,7 @@ from kzlib.detailed import DETAILED_COLUMNS, submission_from_detailed, write_det
 from kzlib.metric import score_arrays, write_submission
 from kzlib.pages import Page, split_pages
 from kzlib.config import config_from_dict
-from kzlib.runs import RunDir
+from kzlib.runs import PagesInParts, RunDir
 from kzlib.training import autocast, pick_device
 
 def tta_sizes(test_size: int, scale_aug: float, n: int) -> list[int]:
@@ -112,9 +112,11 @@ def load_run(run_dir: Path, device: str | None = None):
 
 
 def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int = 4, out_dir: Path | None = None,
-            device: str | None = None) -> dict:
+            device: str | None = None, deadline: float | None = None) -> dict:
     """Write ``detailed.csv.gz`` + ``submission.csv`` (+ ``scores.json``) for the run's held-out
-    pages (split valid) or ``test_detailed.csv.gz`` + ``test_submission.csv`` for the test pages."""
+    pages (split valid) or ``test_detailed.csv.gz`` + ``test_submission.csv`` for the test pages.
+    Pages are done in resumable parts; with ``deadline`` (a ``time.time()`` value) it raises
+    ``kzlib.runs.Stopped`` before a part that would end after it, and a rerun continues."""
     if split not in ("valid", "test"):
         raise ValueError(f"split must be valid or test, not {split!r}")
     run_dir, d = Path(run_dir), DataDir(Path(data_dir))
@@ -135,16 +137,28 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
         table = read_boxes(boxes, ids, need_true=False, what="sample_submission.csv")
     table = table[table["image_id"].isin(set(ids))]
     check_inside(table, {i: image_size(paths[i]) for i in table["image_id"].unique()}, Path(boxes))
-    pages = pages_from_boxes(table, ids, paths)
+    pages = {p.image_id: p for p in pages_from_boxes(table, ids, paths)}
     sizes = tta_sizes(cfg.test_size, cfg.scale_aug, n_tta)
-    logits = predict_pages(model, pages, sizes, dev, cfg.amp, len(classes), f"classify {split}", cfg.page_side)
-    detailed = detailed_frame(pages, logits, classes, cfg.top_k, with_true=split == "valid")
+    bar = tqdm(total=len(ids), desc=f"classify {split}", unit="page", disable=None)
+
+    def rows_of(part: list[str]) -> pd.DataFrame:
+        chosen = [pages[i] for i in part]
+        logits = [page_logits(model, p, sizes, dev, cfg.amp, cfg.page_side) if len(p.boxes)
+                  else torch.zeros(0, len(classes)) for p in chosen]
+        bar.update(len(part))
+        return detailed_frame(chosen, logits, classes, cfg.top_k, with_true=split == "valid")
+
+    model.eval()
     prefix = "" if split == "valid" else "test_"
+    parts = PagesInParts(out_dir / "parts", f"{prefix}detailed", ids)
+    detailed = parts.run(rows_of, deadline)
+    bar.close()
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"detailed": str(out_dir / f"{prefix}detailed.csv.gz"), "submission": str(out_dir / f"{prefix}submission.csv"),
               "sizes": sizes}
     write_detailed(detailed, Path(result["detailed"]))
     write_submission(submission_from_detailed(detailed), result["submission"], ids)
+    parts.clean()
     if split == "valid":
         result["scores"] = detailed_scores(detailed, truth)
         write_json_atomic(result["scores"], out_dir / "scores.json")

@@ -18,7 +18,7 @@ from kzlib.detect.model import build_model
 from kzlib.io import ensure_writable, write_csv_atomic
 from kzlib.pages import Page, best_iou, scaled_height, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
-from kzlib.runs import RunDir
+from kzlib.runs import PagesInParts, RunDir
 from kzlib.training import autocast, pick_device
 
 OOF_COLUMNS = ["image_id", "x", "y", "w", "h", "score", "true"]
@@ -76,8 +76,10 @@ def load_run(run_dir: Path, device: str | None = None, score_threshold: float | 
 
 
 def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, device: str | None = None,
-            score_threshold: float | None = None) -> Path:
-    """Write ``oof_boxes.csv`` (the run's held-out train pages) or ``test_boxes.csv`` (test pages)."""
+            score_threshold: float | None = None, deadline: float | None = None) -> Path:
+    """Write ``oof_boxes.csv`` (the run's held-out train pages) or ``test_boxes.csv`` (test pages).
+    Pages are done in resumable parts; with ``deadline`` (a ``time.time()`` value) it raises
+    ``kzlib.runs.Stopped`` before a part that would end after it, and a rerun continues."""
     if split not in ("oof", "test"):
         raise ValueError(f"split must be oof or test, not {split!r}")
     run, d = RunDir(run_dir), DataDir(Path(data_dir))
@@ -92,26 +94,37 @@ def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, 
         missing = [i for i in ids if i not in labels.index]
         if missing:
             raise DataError(f"{d.train_csv}: held-out pages of {run_dir} missing: {', '.join(missing[:5])}")
-        pages = []
+        pages = {}
         for i in ids:
             codes, boxes = parse_labels(labels[i], image_id=i, source=d.train_csv)
-            pages.append((Page(i, d.image_path(i, "train"), boxes), codes))
+            pages[i] = (Page(i, d.image_path(i, "train"), boxes), codes)
     else:
         d.require("sample_submission_csv", "test_images")
         ids = read_labels_csv(d.sample_submission_csv)["image_id"].tolist()
-        pages = [(Page(i, d.image_path(i, "test"), np.empty((0, 4))), []) for i in ids]
-    rows = []
-    for page, codes in tqdm(pages, desc=f"predict {split}", unit="page", disable=None):
-        xywh, scores = detect_page(model, page.path, cfg, dev)
-        frame = pd.DataFrame(np.round(xywh, 1), columns=["x", "y", "w", "h"])
-        frame.insert(0, "image_id", page.image_id)
-        frame["score"] = np.round(scores, 4)
-        if split == "oof":
-            frame["true"] = match_true(xywh, page.boxes, codes)
-        rows.append(frame)
-    df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=OOF_COLUMNS)
-    df = df[OOF_COLUMNS if split == "oof" else TEST_COLUMNS]
+        pages = {i: (Page(i, d.image_path(i, "test"), np.empty((0, 4))), []) for i in ids}
+    bar = tqdm(total=len(ids), desc=f"predict {split}", unit="page", disable=None)
+
+    def boxes_of(part: list[str]) -> pd.DataFrame:
+        rows = []
+        for i in part:
+            page, codes = pages[i]
+            xywh, scores = detect_page(model, page.path, cfg, dev)
+            frame = pd.DataFrame(np.round(xywh, 1), columns=["x", "y", "w", "h"])
+            frame.insert(0, "image_id", page.image_id)
+            frame["score"] = np.round(scores, 4)
+            if split == "oof":
+                frame["true"] = match_true(xywh, page.boxes, codes)
+            rows.append(frame)
+            bar.update(1)
+        columns = OOF_COLUMNS if split == "oof" else TEST_COLUMNS
+        return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
+
+    parts = PagesInParts(out.parent / "parts", out.stem, ids)
+    df = parts.run(boxes_of, deadline)
+    bar.close()
+    df = df if df is not None else pd.DataFrame(columns=OOF_COLUMNS if split == "oof" else TEST_COLUMNS)
     write_csv_atomic(df, out)
+    parts.clean()
     return out
 
 

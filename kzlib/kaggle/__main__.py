@@ -1,10 +1,13 @@
-"""python -m kzlib.kaggle render|emulate
+"""kzlib kaggle render|push|emulate
 
   render  --user NAME [--preset full|demo|FILE] [--out build/kernels] [--dataset-slug kzlib-kit]
-          [--prefix kzlib] [--resume SLUG ...]
-      one folder per kernel (kernel.py + kernel-metadata.json), push_order.txt, and the
-      `kaggle kernels push -p ...` commands in order.
-  emulate --data DATA_DIR --root DIR [--preset FILE] [--user test] [--only SLUG ...]
+          [--prefix kzlib] [--budget-hours 11] [--continue SLUG ...] [--only SLUG ...]
+      one folder per kernel (kernel.py from kernels/*.py with its values filled in, and
+      kernel-metadata.json), push_order.txt and render.json.
+  push    [--kernels build/kernels] [--max-gpu 2] [--max-cpu 4] [--poll 60] [--max-continuations 3]
+      pushes the kernels in dependency order with at most 2 GPU sessions, waits for each, continues
+      the ones stopped by the time budget; rerun it to carry on (push_state.json).
+  emulate --data DATA_DIR --root DIR [--preset FILE] [--user test] [--layout kind|flat] [--only SLUG ...]
       renders the kernels and builds the dataset under DIR, runs every kernel in push order with
       the Kaggle folder layout rebuilt under DIR, and scores the final submission when the data
       folder has test_labels.csv (synthetic data).
@@ -18,9 +21,8 @@ from pathlib import Path
 
 from kzlib.cli import one_line_errors
 from kzlib.kaggle.build import BuildError
-from kzlib.kaggle.emulate import EmulationError
+from kzlib.kaggle.emulate import LAYOUTS, EmulationError
 from kzlib.kaggle.plan import DATASET_SLUG, PlanError
-
 
 
 def _preset(name: str):
@@ -34,10 +36,21 @@ def render_cmd(a) -> int:
     from kzlib.kaggle.plan import push_commands, render
 
     user = kaggle_user(a.user)
-    kernels = render(_preset(a.preset), user, a.out, a.dataset_slug, a.prefix, tuple(a.resume))
-    print(f"{len(kernels)} kernels in {a.out} for {user} (dataset {user}/{a.dataset_slug})")
+    kernels = render(_preset(a.preset), user, a.out, a.dataset_slug, a.prefix, tuple(a.continue_), a.budget_hours,
+                     tuple(a.only))
+    print(f"{len(kernels)} kernels in {a.out} for {user} (dataset {user}/{a.dataset_slug}); "
+          f"time budget {a.budget_hours:g} h a session")
     print(push_commands(kernels, a.out, user))
+    print(f"\nthen: kzlib kaggle push --kernels {a.out}")
     return 0
+
+
+def push_cmd(a) -> int:
+    from kzlib.kaggle.push import Scheduler, real_api
+
+    s = Scheduler(a.kernels, real_api(), max_gpu=a.max_gpu, max_cpu=a.max_cpu, poll=a.poll,
+                  max_continuations=a.max_continuations, continue_stopped=not a.no_continue)
+    return s.run()
 
 
 def emulate_cmd(a) -> int:
@@ -52,9 +65,10 @@ def emulate_cmd(a) -> int:
     kernels = render(_preset(a.preset), a.user, root / "kernels", a.dataset_slug)
     build_dataset(root / "dataset", a.user, slug=a.dataset_slug)
     print(f"{len(kernels)} kernels rendered, dataset built in {root}")
-    results = emulate(root / "kernels", root / "dataset", a.data, root / "run", a.only or None)
+    results = emulate(root / "kernels", root / "dataset", a.data, root / "run", a.only or None, layout=a.layout)
     sub = root / "run" / kernels[-1].slug / "working" / "submission.csv"
-    print(pd.DataFrame([{"kernel": k, **v} for k, v in results.items()])[["kernel", "seconds"]].to_string(index=False))
+    table = pd.DataFrame([{"kernel": k, **v} for k, v in results.items()])
+    print(table[["kernel", "state", "seconds"]].to_string(index=False))
     if sub.exists():
         print(f"submission: {sub}")
         if (a.data / "test_labels.csv").exists():
@@ -64,26 +78,38 @@ def emulate_cmd(a) -> int:
 
 @one_line_errors(BuildError, PlanError, EmulationError, ValueError, FileNotFoundError, code=2)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kzlib.kaggle", description=__doc__.split("\n")[0], epilog=__doc__,
+    p = argparse.ArgumentParser(prog="kzlib kaggle", description=__doc__.split("\n")[0], epilog=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    r = sub.add_parser("render", help="write the kernel folders and print the push order")
+    r = sub.add_parser("render", help="write the kernel folders and the push order")
     r.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")
     r.add_argument("--preset", default="full", help="full, demo, or a preset JSON file")
     r.add_argument("--out", type=Path, default=Path("build") / "kernels")
-    r.add_argument("--resume", nargs="*", default=[], metavar="SLUG",
-                   help="kernels that read their own previous output (continue after the time limit)")
+    r.add_argument("--continue", dest="continue_", nargs="*", default=[], metavar="SLUG",
+                   help="render these as continuations: they read and resume their own previous output")
+    r.add_argument("--resume", dest="continue_", nargs="*", help=argparse.SUPPRESS)  # the old name of --continue
+    r.add_argument("--only", nargs="*", default=[], metavar="SLUG", help="render only these kernels")
+    r.add_argument("--budget-hours", type=float, default=11.0,
+                   help="stop every stage before it would run past this many hours of a session (Kaggle stops at 12)")
     r.add_argument("--dataset-slug", default=DATASET_SLUG)
     r.add_argument("--prefix", default="kzlib", help="first word of every kernel slug")
+    ps = sub.add_parser("push", help="push the kernels in order, at most N GPU sessions, and see them through")
+    ps.add_argument("--kernels", type=Path, default=Path("build") / "kernels")
+    ps.add_argument("--max-gpu", type=int, default=2, help="GPU sessions at a time (a Kaggle account gets 2)")
+    ps.add_argument("--max-cpu", type=int, default=4, help="CPU sessions at a time")
+    ps.add_argument("--poll", type=float, default=60.0, help="seconds between status checks")
+    ps.add_argument("--max-continuations", type=int, default=3)
+    ps.add_argument("--no-continue", action="store_true", help="report budget-stopped kernels instead of continuing them")
     e = sub.add_parser("emulate", help="run every kernel locally in push order")
     e.add_argument("--data", type=Path, required=True, help="competition-layout data folder")
     e.add_argument("--root", type=Path, required=True, help="folder for kernels, dataset and kernel outputs")
     e.add_argument("--preset", default="demo")
     e.add_argument("--user", default="test")
     e.add_argument("--dataset-slug", default=DATASET_SLUG)
+    e.add_argument("--layout", choices=LAYOUTS, default="kind", help="Kaggle's input layout to rebuild")
     e.add_argument("--only", nargs="*", default=[], metavar="SLUG", help="run only these kernels")
     a = p.parse_args(argv)
-    return render_cmd(a) if a.cmd == "render" else emulate_cmd(a)
+    return {"render": render_cmd, "push": push_cmd, "emulate": emulate_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":

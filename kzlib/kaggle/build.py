@@ -60,11 +60,7 @@ def kaggle_user(user: str | None = None) -> str:
     return user
 
 
-def has_credentials() -> bool:
-    return bool(os.environ.get("KAGGLE_USERNAME") and os.environ.get("KAGGLE_KEY")) or "key" in kaggle_config()
-
-
-def kernel_modules(root: Path = ROOT, entry: str = "kzlib.kaggle.runtime") -> list[Path]:
+def kernel_modules(root: Path = ROOT, entry: str = "kzlib.kaggle.session") -> list[Path]:
     """The kzlib source files a kernel can import: every ``kzlib`` module reachable from the
     kernel runtime through import statements (including imports inside functions), plus the
     ``__init__.py`` of each package on the way."""
@@ -115,9 +111,14 @@ def _weights(run_dirs: Sequence[str]) -> list[tuple[Path, str]]:
     return files
 
 
-def _wheels(items: Sequence[str], tmp: Path) -> list[tuple[Path, str]]:
+KAGGLE_PYTHON = "3.12"  # Kaggle/docker-python's interpreter (its "Python 3.12 bump")
+KAGGLE_PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")
+
+
+def _wheels(items: Sequence[str], tmp: Path, python: str = KAGGLE_PYTHON) -> list[tuple[Path, str]]:
     """Wheel files given as paths are copied; other items are requirement specs that pip
-    downloads (binary wheels only, without dependencies: list each package the image lacks)."""
+    downloads for Kaggle's platform and Python (binary wheels only, without dependencies: list
+    each package the image lacks), whatever machine builds the dataset."""
     files = []
     specs = [i for i in items if not i.endswith(".whl")]
     for item in items:
@@ -127,12 +128,13 @@ def _wheels(items: Sequence[str], tmp: Path) -> list[tuple[Path, str]]:
             files.append((Path(item), f"wheels/{Path(item).name}"))
     if specs:
         down = tmp / "wheels"
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "-d",
-               str(down), *specs]
+        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+               "--implementation", "cp", "--python-version", python,
+               *[a for plat in KAGGLE_PLATFORMS for a in ("--platform", plat)], "-d", str(down), *specs]
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
-            raise BuildError(f"--wheels: pip download failed for {' '.join(specs)}: "
-                             f"{(r.stderr.strip().splitlines() or ['?'])[-1]}")
+            raise BuildError(f"--wheels: pip download failed for {' '.join(specs)} (Kaggle's platform, Python "
+                             f"{python}): {(r.stderr.strip().splitlines() or ['?'])[-1]}")
         files += [(p, f"wheels/{p.name}") for p in sorted(down.glob("*.whl"))]
     return files
 
@@ -186,7 +188,8 @@ def _pretrained_manifest(files: Sequence[str]) -> dict:
 
 
 def build_dataset(out: Path, user: str, weights: Sequence[str] = (), pretrained: Sequence[str] = (),
-                  wheels: Sequence[str] = (), slug: str = DATASET_SLUG, root: Path = ROOT) -> list[tuple[str, int]]:
+                  wheels: Sequence[str] = (), slug: str = DATASET_SLUG, root: Path = ROOT,
+                  python: str = KAGGLE_PYTHON) -> list[tuple[str, int]]:
     """Assemble the dataset folder at ``out`` (replaced whole); returns (path, size) of its files."""
     out = Path(out)
     meta = render_metadata(user, slug)
@@ -196,7 +199,7 @@ def build_dataset(out: Path, user: str, weights: Sequence[str] = (), pretrained:
     with tempfile.TemporaryDirectory(prefix="kzlib-dataset-") as t:
         tmp = Path(t)
         files = _sources(root) + _weights(weights) + [(Path(f), f"pretrained/{Path(f).name}") for f in pretrained]
-        files += _wheels(wheels, tmp)
+        files += _wheels(wheels, tmp, python)
         seen: dict[str, Path] = {}
         for src, rel in files:
             if rel in seen and seen[rel].resolve() != src.resolve():
@@ -223,6 +226,7 @@ def build_dataset(out: Path, user: str, weights: Sequence[str] = (), pretrained:
 
 
 def push_command(out: Path, user: str, slug: str = DATASET_SLUG, exists: bool | None = None) -> list[list[str]]:
+    """The kaggle CLI commands that upload the folder (printed for people who push by hand)."""
     create = ["kaggle", "datasets", "create", "-p", str(out), "-r", "zip"]
     version = ["kaggle", "datasets", "version", "-p", str(out), "-r", "zip", "-m", "kzlib build"]
     if exists is None:
@@ -230,18 +234,41 @@ def push_command(out: Path, user: str, slug: str = DATASET_SLUG, exists: bool | 
     return [version if exists else create]
 
 
-def push(out: Path, user: str, slug: str = DATASET_SLUG) -> None:
-    """Create the dataset on Kaggle, or add a version when it exists (sub-folders zipped)."""
-    if not shutil.which("kaggle"):
-        raise BuildError("--push: the kaggle CLI is not installed (pip install kaggle)")
-    if not has_credentials():
-        raise BuildError("--push: no Kaggle credentials; put your API token in ~/.kaggle/kaggle.json "
-                         "(or set KAGGLE_USERNAME and KAGGLE_KEY)")
-    status = subprocess.run(["kaggle", "datasets", "status", f"{user}/{slug}"], capture_output=True, text=True)
-    cmd = push_command(out, user, slug, exists=status.returncode == 0)[0]
-    print("running: " + shlex.join(cmd), flush=True)
-    if subprocess.run(cmd).returncode:
-        raise BuildError(f"--push: {' '.join(cmd)} failed (see above)")
+def push(out: Path, user: str, slug: str = DATASET_SLUG, api=None, wait: float = 600.0, poll: float = 10.0,
+         log=print) -> None:
+    """Create the dataset on Kaggle, or add a version when it exists (sub-folders zipped), through the
+    Kaggle API, then wait until Kaggle has processed it (``datasets status``: ready)."""
+    import time
+
+    from kzlib.kaggle.push import real_api
+
+    api = api or real_api()
+    ref = f"{user}/{slug}"
+    try:
+        exists = bool(api.dataset_status(ref))
+    except Exception:
+        exists = False
+    log(f"{'adding a version to' if exists else 'creating'} the dataset {ref} from {out} ...")
+    try:
+        if exists:
+            response = api.dataset_create_version(str(out), "kzlib build", dir_mode="zip", quiet=True)
+        else:
+            response = api.dataset_create_new(str(out), dir_mode="zip", quiet=True)
+    except Exception as e:
+        raise BuildError(f"--push: the Kaggle API refused the dataset ({type(e).__name__}: {e})") from None
+    error = getattr(response, "error", "") or ""
+    if error:
+        raise BuildError(f"--push: the Kaggle API refused the dataset: {error}")
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        status = str(api.dataset_status(ref) or "").lower()
+        if "ready" in status:
+            log(f"{ref} is ready")
+            return
+        if "error" in status:
+            raise BuildError(f"--push: Kaggle could not process {ref} (status {status})")
+        time.sleep(poll)
+    log(f"{ref} is still being processed; `kaggle datasets status {ref}` says when it is ready")
 
 
 CLI_DOC = """Build the Kaggle Dataset that the kzlib kernels import: kzlib source, presets, trained weights,
@@ -272,11 +299,12 @@ def main(argv=None) -> int:
                         "Kaggle image lacks; kernels install them offline")
     p.add_argument("--out", type=Path, default=Path("build") / "dataset")
     p.add_argument("--slug", default=DATASET_SLUG, help="dataset slug; kernels find kzlib at /kaggle/input/SLUG")
-    p.add_argument("--push", action="store_true", help="create or version the dataset with the kaggle CLI")
+    p.add_argument("--push", action="store_true", help="create or version the dataset through the Kaggle API")
+    p.add_argument("--kaggle-python", default=KAGGLE_PYTHON, help="Python version of the Kaggle image (for --wheels)")
     a = p.parse_args(argv)
     user = kaggle_user(a.user)
     pretrained = preset_weights(a.preset, a.pretrained_dir) + list(a.pretrained)
-    files = build_dataset(a.out, user, a.weights, pretrained, a.wheels, a.slug)
+    files = build_dataset(a.out, user, a.weights, pretrained, a.wheels, a.slug, python=a.kaggle_python)
     width = max(len(f) for f, _ in files)
     for f, size in files:
         print(f"{f:<{width}}  {size:>12,d}")

@@ -1,7 +1,8 @@
 """Kernels of the chain and their rendering: one folder per kernel with its script and
 ``kernel-metadata.json``, plus the push order.
 
-Kernels (the stage names are ``kzlib.pipeline``'s):
+Kernels (made from ``kzlib.pipeline.plan_stages``; the scripts are ``kernels/*.py`` with their
+values filled in):
 
 ==========================  =====================================================  ===========================
 kernel                      stages                                                 reads the outputs of
@@ -18,7 +19,7 @@ kernel                      stages                                              
 
 from __future__ import annotations
 
-import json
+import pprint
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -31,27 +32,18 @@ COMPETITION = "kuzushiji-recognition"
 DATASET_SLUG = "kzlib-kit"   # Kaggle wants dataset slugs of 6-50 characters; "kzlib" is too short
 SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
-SCRIPT = '''"""kzlib kernel {slug}: {what}.
+BEGIN = "# ---- values filled in by kzlib kaggle render ----"
+END = "# ---- end of the rendered values ----"
+MACHINE_SHAPE = "NvidiaTeslaT4"  # Kaggle's GPU machine shape (T4s; kaggle-cli docs: "GPU T4 x2", the default GPU)
 
-Rendered by `python -m kzlib.kaggle render`; change the preset or the template, not this file.
-Runs the kzlib stages {stages} with the kzlib source of the attached dataset.
-"""
-import json
-import os
-import sys
 
-INPUT = os.environ.get("KAGGLE_INPUT_ROOT", "/kaggle/input")
-sys.path.insert(0, os.path.join(INPUT, {dataset!r}))
-
-from kzlib.kaggle.runtime import main  # noqa: E402
-
-SPEC = json.loads(r"""
-{spec}
-""")
-
-if __name__ == "__main__":
-    sys.exit(main(SPEC))
-'''
+def template_dir() -> Path:
+    """``kernels/`` beside the package in a source checkout; ``kzlib/kernels`` once installed."""
+    here = Path(__file__).resolve().parents[1]
+    for folder in (here.parent / "kernels", here / "kernels"):
+        if (folder / "detect.py").is_file():
+            return folder
+    raise PlanError(f"the kernel templates (kernels/*.py) are not found beside {here}")
 
 
 class PlanError(ValueError):
@@ -65,6 +57,8 @@ class Kernel:
     stages: list[str]
     upstream: list[str] = field(default_factory=list)  # slugs of the kernels whose outputs it reads
     gpu: bool = False
+    template: str = "detect"                            # kernels/<template>.py
+    values: dict = field(default_factory=dict)          # FOLD, KIND: filled into the template
 
     @property
     def title(self) -> str:
@@ -106,8 +100,10 @@ def kernel_plan(cfg: PipelineConfig, prefix: str = "kzlib") -> list[Kernel]:
     for g, members in groups.items():
         names = [m.name for m in members]
         first = members[0]
+        template, values = first.step.split("-")[0], {}
         if first.step.startswith("classify"):
             names = ["detect-merge"] + names
+            values = {"KIND": first.kind, "FOLD": first.fold}
             base = first.kind.removesuffix("-pl-ft").removesuffix("-pl")
             variant = first.kind[len(base):]
             what = {"": "train, detailed predictions on its held-out pages and test",
@@ -116,6 +112,7 @@ def kernel_plan(cfg: PipelineConfig, prefix: str = "kzlib") -> list[Kernel]:
             what = f"classifier {first.kind}, fold {first.fold}: {what}"
         elif first.step.startswith("detect"):
             what = f"detector, fold {first.fold}: train, out-of-fold boxes, test boxes"
+            values = {"FOLD": first.fold}
         elif first.step == "pseudolabel":
             what = "pseudolabels from the blend of the base classifiers on test"
         else:
@@ -123,17 +120,17 @@ def kernel_plan(cfg: PipelineConfig, prefix: str = "kzlib") -> list[Kernel]:
         deps = [d for n in names for d in by_name[n].deps if d not in names]
         upstream = list(dict.fromkeys(slug_of[owner[d]] for d in deps))
         gpu = first.step.startswith(("detect", "classify"))
-        kernels.append(Kernel(slug_of[g], what, names, upstream, gpu))
+        kernels.append(Kernel(slug_of[g], what, names, upstream, gpu, template, values))
     for k in kernels:
         check_slug(k.slug)
     return kernels
 
 
-def metadata(kernel: Kernel, user: str, dataset_slug: str, resume: bool = False) -> dict:
+def metadata(kernel: Kernel, user: str, dataset_slug: str, continuation: bool = False) -> dict:
     sources = [f"{user}/{s}" for s in kernel.upstream]
-    if resume:  # its own previous version's output: the training resumes from its checkpoints
+    if continuation:  # its own previous version's output: the training resumes from its checkpoints
         sources.append(f"{user}/{kernel.slug}")
-    return {
+    meta = {
         "id": f"{user}/{kernel.slug}",
         "title": kernel.title,
         "code_file": "kernel.py",
@@ -146,54 +143,63 @@ def metadata(kernel: Kernel, user: str, dataset_slug: str, resume: bool = False)
         "competition_sources": [COMPETITION],
         "kernel_sources": sources,
     }
+    if kernel.gpu:  # named: without it the API has been seen to pick a retired GPU
+        meta["machine_shape"] = MACHINE_SHAPE
+    return meta
+
+
+def script(kernel: Kernel, cfg: PipelineConfig, continuation: bool, budget_hours: float) -> str:
+    """The kernel's script: its template (``kernels/<template>.py``) with the values filled in."""
+    from dataclasses import asdict
+
+    text = (template_dir() / f"{kernel.template}.py").read_text()
+    a, b = text.index(BEGIN), text.index(END)
+    values = {"KERNEL": kernel.slug, **kernel.values, "STAGES": kernel.stages, "UPSTREAM": kernel.upstream,
+              "GPU": kernel.gpu, "CONTINUATION": continuation, "BUDGET_HOURS": float(budget_hours),
+              "PRESET": asdict(cfg)}
+    lines = [f"{k} = {pprint.pformat(v, width=110, sort_dicts=False)}" for k, v in values.items()]
+    return text[:a] + BEGIN + "\n" + "\n".join(lines) + "\n" + text[b:]
 
 
 def render(cfg: PipelineConfig, user: str, out: Path, dataset_slug: str = DATASET_SLUG, prefix: str = "kzlib",
-           resume: tuple[str, ...] = ()) -> list[Kernel]:
-    """Write ``out/<slug>/{kernel.py,kernel-metadata.json}`` for every kernel and
-    ``out/push_order.txt``; returns the kernels in push order. ``resume``: slugs of kernels
-    that read their own previous version's output (a continuation after Kaggle's time limit)."""
+           continue_: tuple[str, ...] = (), budget_hours: float = 11.0, only: tuple[str, ...] = ()) -> list[Kernel]:
+    """Write ``out/<slug>/{kernel.py,kernel-metadata.json}`` for every kernel (or the ``only``
+    ones), ``out/push_order.txt`` and ``out/render.json`` (what ``kzlib kaggle push`` re-renders
+    continuations with); returns the kernels in push order. ``continue_``: slugs of kernels
+    rendered as continuations (they read and resume their own previous version's output)."""
     from dataclasses import asdict
 
     if not re.match(r"^[A-Za-z0-9_-]+$", user or ""):
         raise PlanError(f"Kaggle user name {user!r} is not valid")
     check_slug(dataset_slug, "dataset")
+    if not 0 < budget_hours <= 12:
+        raise PlanError(f"--budget-hours {budget_hours}: Kaggle sessions end at 12 h; give a budget in (0, 12]")
     kernels = kernel_plan(cfg, prefix)
     slugs = {k.slug for k in kernels}
-    unknown = sorted(set(resume) - slugs)
+    unknown = sorted((set(continue_) | set(only)) - slugs)
     if unknown:
-        raise PlanError(f"--resume {', '.join(unknown)}: no such kernel (kernels: {', '.join(sorted(slugs))})")
+        raise PlanError(f"{', '.join(unknown)}: no such kernel (kernels: {', '.join(sorted(slugs))})")
     out = Path(out)
     for k in kernels:
+        if only and k.slug not in only:
+            continue
         folder = out / k.slug
         if folder.exists():
             shutil.rmtree(folder)
-        spec = {"kernel": k.slug, "stages": k.stages, "upstream": k.upstream, "dataset": dataset_slug,
-                "competition": COMPETITION, "gpu": k.gpu, "preset": asdict(cfg)}
-        script = SCRIPT.format(slug=k.slug, what=k.what, stages=", ".join(k.stages), dataset=dataset_slug,
-                               spec=json.dumps(spec, indent=1))
+        cont = k.slug in continue_
         with atomic_path(folder / "kernel.py") as tmp:
-            tmp.write_text(script)
-        write_json_atomic(metadata(k, user, dataset_slug, k.slug in resume), folder / "kernel-metadata.json")
+            tmp.write_text(script(k, cfg, cont, budget_hours))
+        write_json_atomic(metadata(k, user, dataset_slug, cont), folder / "kernel-metadata.json")
     with atomic_path(out / "push_order.txt") as tmp:
         tmp.write_text("".join(f"{k.slug}\n" for k in kernels))
+    write_json_atomic({"user": user, "dataset_slug": dataset_slug, "prefix": prefix, "budget_hours": budget_hours,
+                       "preset": asdict(cfg)}, out / "render.json")
     return kernels
 
 
 def push_commands(kernels: list[Kernel], out: Path, user: str) -> str:
-    lines = ["# Push in this order; wait until a kernel's run is complete before pushing the kernels that",
-             "# read it. The kernels of one wave are independent and can run at the same time."]
-    done: set[str] = set()
-    wave = 0
-    left = list(kernels)
-    while left:
-        ready = [k for k in left if set(k.upstream) <= done]
-        wave += 1
-        lines.append(f"# wave {wave}")
-        for k in ready:
-            lines.append(f"kaggle kernels push -p {out / k.slug}")
-        lines.append(f"# wait until complete: kaggle kernels status {user}/{ready[0].slug}"
-                     + (f" (and the other {len(ready) - 1})" if len(ready) > 1 else ""))
-        done |= {k.slug for k in ready}
-        left = [k for k in left if k.slug not in done]
+    lines = ["# `kzlib kaggle push` pushes these in order, at most 2 GPU sessions at a time, waits for each,",
+             "# and pushes continuations of kernels stopped by the time budget. By hand, in this order:"]
+    for k in kernels:
+        lines.append(f"kaggle kernels push -p {out / k.slug}    # after: {', '.join(k.upstream) or '-'}")
     return "\n".join(lines)

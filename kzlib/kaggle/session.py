@@ -1,0 +1,275 @@
+"""What a kernel script (``kernels/*.py``) does on Kaggle around its stages.
+
+``Session.open`` finds the competition data and the upstream kernels' outputs under
+``/kaggle/input`` on either mount layout (``kzlib.kaggle.inputs``), refuses in seconds, with one
+line, an upstream that is missing or not done and a continuation whose previous output is not
+attached, installs the kit dataset's wheels, checks the packages and the GPU. ``with session:``
+copies the previous version's output (a continuation), links the upstream outputs into the
+working folder in the runner's layout, runs the stages under the time budget and writes
+``kzlib_status.json`` (stages done, stopped by the budget, or failed, with timings) that the next
+kernels and ``kzlib kaggle push`` read; the links are removed at the end so that the output holds
+only the kernel's own files.
+
+Roots: ``KAGGLE_INPUT_ROOT`` (default ``/kaggle/input``), ``KAGGLE_WORKING`` (default
+``/kaggle/working``); ``KZLIB_TIME_BUDGET_HOURS`` overrides the rendered budget.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+
+from kzlib.errors import KzError
+from kzlib.io import write_json_atomic
+from kzlib.kaggle.inputs import STATUS_FILE, describe, find_competition, kernel_outputs
+
+# import name -> distribution names (the first one installed gives the version)
+PACKAGES = {"torch": ["torch"], "torchvision": ["torchvision"], "timm": ["timm"], "albumentations": ["albumentations"],
+            "cv2": ["opencv-python-headless", "opencv-python", "opencv-contrib-python",
+                    "opencv-contrib-python-headless"],
+            "numpy": ["numpy"], "pandas": ["pandas"], "lightgbm": ["lightgbm"], "xgboost": ["xgboost"],
+            "catboost": ["catboost"], "tqdm": ["tqdm"], "matplotlib": ["matplotlib"]}
+
+
+class KernelError(KzError):
+    """A kernel that cannot run as pushed (an input missing or not done, no GPU, a package)."""
+    exit_code = 1
+
+
+class BudgetStop(Exception):
+    """The time budget ended the kernel before a stage finished (its progress is kept)."""
+
+
+def roots() -> tuple[Path, Path]:
+    return (Path(os.environ.get("KAGGLE_INPUT_ROOT", "/kaggle/input")),
+            Path(os.environ.get("KAGGLE_WORKING", "/kaggle/working")))
+
+
+def install_wheels(folder: Path) -> None:
+    wheels = sorted(folder.glob("*.whl")) if folder.is_dir() else []
+    if not wheels:
+        return
+    print(f"installing {len(wheels)} wheels from {folder} (offline)", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(folder),
+                    *map(str, wheels)], check=True)
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed version of each package the kit imports (None: missing), without importing them."""
+    out: dict[str, str | None] = {}
+    for module, dists in PACKAGES.items():
+        out[module] = None
+        if importlib.util.find_spec(module) is None:
+            continue
+        for dist in dists:
+            try:
+                out[module] = metadata.version(dist)
+                break
+            except metadata.PackageNotFoundError:
+                out[module] = "?"
+    return out
+
+
+def link_tree(src: Path, dst: Path) -> tuple[list[Path], list[Path]]:
+    """Symlink every file of ``src`` to the same relative path under ``dst`` unless a file is
+    already there; returns the links and the folders it created."""
+    links, dirs = [], []
+    for path in sorted(src.rglob("*")):
+        if path.is_dir() or path.name == STATUS_FILE:
+            continue
+        target = dst / path.relative_to(src)
+        if target.exists() or target.is_symlink():
+            continue
+        for parent in reversed(target.relative_to(dst).parents[:-1]):
+            d = dst / parent
+            if not d.exists():
+                d.mkdir()
+                dirs.append(d)
+        target.symlink_to(path.resolve())
+        links.append(target)
+    return links, dirs
+
+
+def unlink_tree(links: list[Path], dirs: list[Path]) -> None:
+    for link in links:
+        if link.is_symlink():
+            link.unlink()
+    for d in sorted(dirs, key=lambda p: len(p.parts), reverse=True):
+        if d.is_dir() and not any(d.iterdir()):
+            d.rmdir()
+
+
+class Status:
+    """``kzlib_status.json`` in the kernel's output: ``running``, then ``done``, ``stopped`` (by
+    the time budget: push its continuation) or ``failed``, with every stage's state and seconds."""
+
+    def __init__(self, path: Path, kernel: str, previous: dict | None = None):
+        from kzlib import __version__
+
+        self.path = path
+        self.data = {"kernel": kernel, "state": "running", "kit_version": __version__,
+                     "continuation": (previous or {}).get("continuation", -1) + 1 if previous else 0,
+                     "started": time.strftime("%Y-%m-%d %H:%M:%S"), "stages": dict((previous or {}).get("stages", {}))}
+        self.write()
+
+    def write(self) -> None:
+        self.data["updated"] = time.strftime("%Y-%m-%d %H:%M:%S")
+        write_json_atomic(self.data, self.path)
+
+    def stage(self, name: str, state: str, seconds: float | None = None) -> None:
+        self.data["stages"][name] = {"state": state, **({"seconds": round(seconds, 1)} if seconds is not None else {})}
+        self.write()
+
+    def finish(self, state: str, **extra) -> None:
+        self.data.update(state=state, **extra)
+        self.write()
+
+
+class Session:
+    def __init__(self, kernel: str, stages: list[str], upstream: list[str], gpu: bool, continuation: bool,
+                 budget_hours: float, preset: dict, kit: Path):
+        self.t0 = time.time()
+        self.kernel, self.stages, self.upstream, self.gpu = kernel, list(stages), list(upstream), gpu
+        self.continuation, self.preset, self.kit = continuation, preset, Path(kit)
+        hours = float(os.environ.get("KZLIB_TIME_BUDGET_HOURS", budget_hours))
+        self.deadline = self.t0 + hours * 3600
+        self.input_root, self.working = roots()
+        self.exit_code = 0
+        self.links: list[Path] = []
+        self.dirs: list[Path] = []
+        print(f"kernel {kernel}: stages {', '.join(stages)}; time budget {hours:g} h; kit {kit}", flush=True)
+        data = find_competition(self.input_root)
+        if data is None:
+            raise KernelError(f"the competition data (kuzushiji-recognition) is not attached under {self.input_root}; "
+                              f"add the competition to the kernel's inputs. Mounted:\n{describe(self.input_root)}")
+        self.data = data
+        outputs = kernel_outputs(self.input_root)
+        self.previous = outputs.get(kernel) if continuation else None
+        if continuation and self.previous is None:
+            raise KernelError(f"{kernel} is rendered as a continuation, but its previous version's output is not "
+                              f"attached (no {STATUS_FILE} of {kernel} under {self.input_root}); push the first "
+                              f"version, or render it without --continue. Mounted:\n{describe(self.input_root)}")
+        absent = [u for u in self.upstream if u not in outputs]
+        if absent:
+            raise KernelError(f"outputs of {', '.join(absent)} are not attached under {self.input_root}; push those "
+                              f"kernels first and wait for them to complete. Mounted:\n{describe(self.input_root)}")
+        unfinished = [f"{u} ({outputs[u][1].get('state')})" for u in self.upstream if outputs[u][1].get("state") != "done"]
+        if unfinished:
+            raise KernelError(f"upstream kernel(s) not done: {', '.join(unfinished)}; continue them first "
+                              "(kzlib kaggle push does), then push this one")
+        self.outputs = {u: outputs[u][0] for u in self.upstream}
+        install_wheels(self.kit / "wheels")
+        versions = package_versions()
+        print("packages: " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in versions.items()), flush=True)
+        missing = [k for k, v in versions.items() if v is None]
+        if missing:
+            raise KernelError(f"packages missing from this image: {', '.join(missing)}; add their wheels to the "
+                              "dataset with `kzlib dataset --wheels ...` and push a new dataset version")
+
+    @classmethod
+    def open(cls, kernel: str, stages, upstream, gpu: bool, continuation: bool, budget_hours: float, preset: dict,
+             kit: Path) -> "Session":
+        """The session, or one ``error:`` line, a failed status and exit code 1."""
+        try:
+            return cls(kernel, stages, upstream, gpu, continuation, budget_hours, preset, kit)
+        except KzError as e:
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            working = roots()[1]
+            working.mkdir(parents=True, exist_ok=True)
+            Status(working / STATUS_FILE, kernel).finish("failed", error=str(e).splitlines()[0])
+            sys.exit(1)
+
+    # ------------------------------------------------------------------ the run
+    def __enter__(self) -> "Session":
+        from kzlib.config import config_from_dict
+        from kzlib.pipeline import Pipeline
+        from kzlib.preset import PipelineConfig
+        from kzlib.weights import check_preset
+
+        self.working.mkdir(parents=True, exist_ok=True)
+        if self.previous is not None:
+            print(f"continuing from the previous version's output ({self.previous[0]})", flush=True)
+            shutil.copytree(self.previous[0], self.working, dirs_exist_ok=True)
+        self.status = Status(self.working / STATUS_FILE, self.kernel, self.previous[1] if self.previous else None)
+        try:
+            for up in self.upstream:
+                more = link_tree(self.outputs[up], self.working)
+                self.links += more[0]
+                self.dirs += more[1]
+            cfg = config_from_dict(PipelineConfig, self.preset, "preset")
+            if self.gpu:  # the training kernels: the preset's pretrained backbones, from the kit's dataset
+                check_preset(cfg, self.kit / "pretrained")
+                cfg = cfg.with_weights_dir(self.kit / "pretrained")
+                if cfg.device.startswith("cuda"):
+                    import torch
+
+                    if not torch.cuda.is_available():
+                        raise KernelError("this kernel trains on a GPU and none is available: turn on the GPU "
+                                          "accelerator (machine_shape in kernel-metadata.json)")
+            else:
+                cfg.device = "cpu"  # pseudolabels and level 2: no GPU attached, none needed
+            self.pipe = Pipeline(self.data, self.working, cfg, deadline=self.deadline)
+        except BaseException:
+            self._close()
+            raise
+        return self
+
+    def run(self, stage: str) -> None:
+        """Run one stage (skipped when an earlier version finished it)."""
+        t0 = time.time()
+        self.status.stage(stage, "running")
+        result = self.pipe.run(only=stage)
+        if result.get("stopped"):
+            self.status.stage(stage, "stopped", time.time() - t0)
+            raise BudgetStop(stage)
+        if result.get("blocked"):
+            raise KernelError(f"stage {stage} is waiting for {', '.join(result['blocked'])}: an upstream "
+                              "kernel's output is incomplete")
+        self.status.stage(stage, "done", time.time() - t0)
+
+    def __exit__(self, kind, error, tb) -> bool:
+        self._close()
+        seconds = round(time.time() - self.t0, 1)
+        if error is None:
+            self._log_tails()
+            self.status.finish("done", seconds=seconds)
+            print(f"\nkernel {self.kernel} done in {seconds:.0f} s; outputs in {self.working}", flush=True)
+            return False
+        if isinstance(error, BudgetStop):
+            saved = [p for p in self.working.rglob("checkpoint.pth")] + [p for p in self.working.rglob("parts")]
+            self.status.finish("stopped", stopped_at=str(error), seconds=seconds)
+            kept = ("its checkpoints and finished parts are in this version's output" if saved
+                    else "nothing of it had finished yet")
+            print(f"\nstopped by the time budget in stage {error}; {kept}. Continue it with "
+                  f"`kzlib kaggle push` (it pushes the continuation), or by hand: `kzlib kaggle render ... "
+                  f"--continue {self.kernel}` then `kaggle kernels push -p <kernels>/{self.kernel}`", flush=True)
+            return True
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        self.status.finish("failed", error=message, seconds=seconds)
+        self.exit_code = 1
+        if isinstance(error, KzError):
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return True
+        return False  # a bug: let the traceback show
+
+    def _close(self) -> None:
+        unlink_tree(self.links, self.dirs)
+        self.links, self.dirs = [], []
+
+    def _log_tails(self) -> None:
+        for stage in self.stages:
+            log = self.working / "logs" / f"{stage}.log"
+            if log.exists():
+                print(f"\n--- {log.relative_to(self.working)} (last lines)\n"
+                      + "\n".join(log.read_text().splitlines()[-20:]))
+        if "stack" in self.stages:
+            from kzlib.pipeline import summary
+
+            table, _ = summary(self.pipe)
+            print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
