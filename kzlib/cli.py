@@ -39,11 +39,11 @@ def one_line_errors(*errors: type[BaseException], code: int = 1) -> Callable:
             except KzError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return e.exit_code
-            except OSError as e:
-                print(f"error: {io_message(e)}", file=sys.stderr)
-                return EnvironmentProblem.exit_code
             except errors as e:
                 print(f"error: {e}", file=sys.stderr)
                 return code
+            except OSError as e:
+                print(f"error: {io_message(e)}", file=sys.stderr)
+                return EnvironmentProblem.exit_code
         return run
     return wrap
