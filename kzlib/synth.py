@@ -17,7 +17,8 @@ a few pages without characters.
         --height 1500 --seed 0 [--labels-source train_labels_777.csv] [--font FILE ...] \\
         [--holdout-font NAME]
 
-Besides the Kaggle layout it writes ``test_labels.csv`` (the test pages' truth, train.csv format,
+Besides the Kaggle layout it writes ``reading_order.csv`` (every page's characters in reading
+order, in CODH's form: image_id,block_id,char_id,unicode,x,y,w,h), ``test_labels.csv`` (the test pages' truth, train.csv format,
 for scoring a submission with ``python -m kzlib.metric``) and ``synth_meta.json`` (books, styles,
 fonts, split).
 """
@@ -43,7 +44,7 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from kzlib.cli import one_line_errors
-from kzlib.data import char_to_code, format_labels, parse_labels
+from kzlib.data import char_to_code, format_labels, labels_table, parse_labels
 from kzlib.fonts import Font, FontError, coverage, find_fonts, pil_font
 from kzlib.io import write_json_atomic
 
@@ -558,6 +559,11 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
         pd.DataFrame({"image_id": test_ids, "labels": dummy}).to_csv(tmp / "sample_submission.csv", index=False)
         pd.DataFrame({"Unicode": [char_to_code(c) for c in chars], "char": chars}).to_csv(
             tmp / "unicode_translation.csv", index=False)
+        # the pages are written column by column, right to left, top to bottom: their true reading order
+        order = labels_table(frame(train_ids + test_ids)).rename(columns={"code": "unicode"})
+        order.insert(1, "char_id", order.groupby("image_id").cumcount() + 1)
+        order.insert(1, "block_id", 1)
+        order.to_csv(tmp / "reading_order.csv", index=False)
         counts = np.array([results[i][1] for i in train_ids + test_ids])
         summary = {
             "train pages": len(train_ids),

@@ -44,13 +44,17 @@ class ClassifyConfig:
     batch_size: int = 10
     accumulation_steps: int = 1
     lr: float = 14e-3
+    optimizer: str = "sgd"  # sgd (momentum), or adamw (faster from scratch on short budgets)
     momentum: float = 0.9
     weight_decay: float = 1e-4
     schedule: str = "cosine"
     lr_steps: tuple[int, ...] = ()
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0          # cross-entropy label smoothing (0: none, as upstream)
     amp: bool = True                     # fp16 autocast + GradScaler on CUDA; ignored on CPU
+    amp_cpu: bool = False  # bf16 autocast on the CPU (about 2x faster convolutions with AVX512-BF16/AMX)
+    channels_last: bool = False  # NHWC memory format (faster convolutions on recent CPUs and GPUs)
     validate_every: int = 1
     # inference
     validate_n_tta: int = 1              # TTA scales while validating during training
@@ -68,10 +72,14 @@ class ClassifyConfig:
                        "test_size", "crop_width", "crop_height", "hidden", "roi_size", "validate_n_tta", "validate_every",
                        "pseudo_oversample", "lr", "n_folds")
         check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", allow_zero=True)
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ConfigError(f"optimizer: {self.optimizer!r} is not sgd or adamw")
         if self.schedule not in ("step", "cosine"):
             raise ConfigError(f"schedule: {self.schedule!r} is not step or cosine")
         if self.page_side not in ("height", "longest"):
             raise ConfigError(f"page_side: {self.page_side!r} is not height or longest")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.scale_aug < 1 or not 0 <= self.dropout < 1 or not 0 <= self.min_visibility <= 1:
             raise ConfigError("scale_aug and dropout must lie in [0, 1), min_visibility in [0, 1]")
         if self.frozen_start and not self.pretrained and not self.init_from:

@@ -48,6 +48,7 @@ class Classifier(nn.Module):
         channels = sum(self.trunk.feature_info.channels())
         self.roi_size = cfg.roi_size
         self.roi_sampling_ratio, self.roi_aligned = cfg.roi_sampling_ratio, cfg.roi_aligned
+        self.channels_last = cfg.channels_last
         self.frozen_start = cfg.frozen_start
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -74,7 +75,10 @@ class Classifier(nn.Module):
     def roi_features(self, images: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         """[sum of boxes, C2*r*r + C3*r*r] features; ``boxes`` are xyxy in image pixels, one tensor
         per image."""
-        features = self.trunk((images - self.mean) / self.std)
+        x = (images - self.mean) / self.std
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        features = self.trunk(x)
         pooled = [roi_align(f.float(), [b.float() for b in boxes], output_size=self.roi_size,
                             spatial_scale=1.0 / r, sampling_ratio=self.roi_sampling_ratio,
                             aligned=self.roi_aligned).flatten(1)

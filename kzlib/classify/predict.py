@@ -21,7 +21,7 @@ from kzlib.metric import score_arrays, write_submission
 from kzlib.pages import Page, split_pages
 from kzlib.config import config_from_dict
 from kzlib.runs import PagesInParts, RunDir
-from kzlib.training import autocast, pick_device
+from kzlib.training import autocast, memory_format, pick_device
 
 def tta_sizes(test_size: int, scale_aug: float, n: int) -> list[int]:
     """Page sizes test_size * (1 + s), s evenly spaced from 0 to the training scale range."""
@@ -32,21 +32,22 @@ def tta_sizes(test_size: int, scale_aug: float, n: int) -> list[int]:
 
 @torch.no_grad()
 def page_logits(model: Classifier, page: Page, sizes: Sequence[int], device: torch.device, amp: bool,
-                side: str = "height") -> torch.Tensor:
+                side: str = "height", amp_cpu: bool = False) -> torch.Tensor:
     """[boxes, classes] logits of one page, averaged over the page sizes in ``sizes``."""
     total = None
     for size in sizes:
         image, boxes = page_input(page, size, side)
-        with autocast(device, amp):
+        with autocast(device, amp, amp_cpu):
             logits = model(image[None].to(device), [boxes.to(device)]).float().cpu()
         total = logits if total is None else total + logits
     return total / len(sizes)
 
 
 def predict_pages(model: Classifier, pages: Sequence[Page], sizes: Sequence[int], device: torch.device,
-                  amp: bool, n_classes: int, desc: str = "classify", side: str = "height") -> list[torch.Tensor]:
+                  amp: bool, n_classes: int, desc: str = "classify", side: str = "height",
+                  amp_cpu: bool = False) -> list[torch.Tensor]:
     model.eval()
-    return [page_logits(model, p, sizes, device, amp, side) if len(p.boxes) else torch.zeros(0, n_classes)
+    return [page_logits(model, p, sizes, device, amp, side, amp_cpu) if len(p.boxes) else torch.zeros(0, n_classes)
             for p in tqdm(pages, desc=desc, leave=False, unit="page", disable=None)]
 
 
@@ -108,7 +109,7 @@ def load_run(run_dir: Path, device: str | None = None):
     dev = pick_device(cfg.device)
     model = Classifier(cfg, len(state["classes"]), load_pretrained=False)
     model.load_state_dict(state["model"])
-    return cfg, list(state["classes"]), model.to(dev).eval(), dev
+    return cfg, list(state["classes"]), memory_format(model.to(dev), cfg.channels_last).eval(), dev
 
 
 def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int = 4, out_dir: Path | None = None,
@@ -143,7 +144,7 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
 
     def rows_of(part: list[str]) -> pd.DataFrame:
         chosen = [pages[i] for i in part]
-        logits = [page_logits(model, p, sizes, dev, cfg.amp, cfg.page_side) if len(p.boxes)
+        logits = [page_logits(model, p, sizes, dev, cfg.amp, cfg.page_side, cfg.amp_cpu) if len(p.boxes)
                   else torch.zeros(0, len(classes)) for p in chosen]
         bar.update(len(part))
         return detailed_frame(chosen, logits, classes, cfg.top_k, with_true=split == "valid")

@@ -22,10 +22,11 @@ from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
 from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint
-from kzlib.training import Epochs, Optimisation, autocast, pick_device, sample_seed, seed_everything
+from kzlib.training import Epochs, Optimisation, autocast, memory_format, pick_device, sample_seed, seed_everything
 
 
-def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler) -> tuple[float, int, int]:
+def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler,
+                         amp_cpu: bool = False, label_smoothing: float = 0.0) -> tuple[float, int, int]:
     """Backward pass over several micro-batches as if they were one batch: each micro-batch's
     summed cross-entropy is divided by the box count of the whole group, so k small steps
     accumulate exactly the gradient of one big step. Returns (mean loss, boxes, correct)."""
@@ -33,9 +34,9 @@ def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, 
     loss_sum, correct = 0.0, 0
     for images, boxes, labels in micro_batches:
         y = torch.cat(labels).to(device)
-        with autocast(device, amp):
+        with autocast(device, amp, amp_cpu):
             logits = model(images.to(device, non_blocking=True), [b.to(device) for b in boxes])
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=label_smoothing)
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"training loss is {loss.item()}; try a lower --lr")
         scaler.scale(loss / total).backward()
@@ -71,7 +72,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg: ClassifyCo
                 micro.append((images, b, y))
         if micro:
             optimizer.zero_grad(set_to_none=True)
-            loss, n, ok = accumulate_gradients(model, micro, device, amp, scaler)
+            loss, n, ok = accumulate_gradients(model, micro, device, amp, scaler, cfg.amp_cpu, cfg.label_smoothing)
             scaler.step(optimizer)
             scaler.update()
             loss_sum, boxes, correct, steps = loss_sum + loss * n, boxes + n, correct + ok, steps + 1
@@ -124,7 +125,8 @@ def validate(model, val_pages, val_truth, classes, cfg: ClassifyConfig, device) 
     if not val_pages:
         return {}
     sizes = tta_sizes(cfg.test_size, cfg.scale_aug, cfg.validate_n_tta)
-    logits = predict_pages(model, val_pages, sizes, device, cfg.amp, len(classes), "validate", cfg.page_side)
+    logits = predict_pages(model, val_pages, sizes, device, cfg.amp, len(classes), "validate", cfg.page_side,
+                           cfg.amp_cpu)
     return detailed_scores(detailed_frame(val_pages, logits, classes, 1, with_true=True), val_truth)
 
 
@@ -162,7 +164,8 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    model = Classifier(cfg, len(classes), load_pretrained=checkpoint is None and init is None).to(device)
+    model = memory_format(Classifier(cfg, len(classes), load_pretrained=checkpoint is None and init is None).to(device),
+                          cfg.channels_last)
     if init is not None:
         try:
             model.load_state_dict(init["model"])

@@ -19,7 +19,7 @@ from kzlib.io import ensure_writable, write_csv_atomic
 from kzlib.pages import Page, best_iou, scaled_height, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
 from kzlib.runs import PagesInParts, RunDir
-from kzlib.training import autocast, pick_device
+from kzlib.training import autocast, memory_format, pick_device
 
 OOF_COLUMNS = ["image_id", "x", "y", "w", "h", "score", "true"]
 TEST_COLUMNS = OOF_COLUMNS[:-1]
@@ -31,7 +31,7 @@ def detect_page(model, path: Path, cfg: DetectConfig, device: torch.device) -> t
     w0, h0 = image_size(path)
     image = read_image(path, height=scaled_height(path, cfg.page_size, cfg.page_side))
     sx, sy = image.shape[1] / w0, image.shape[0] / h0
-    with autocast(device, cfg.amp):
+    with autocast(device, cfg.amp, cfg.amp_cpu):
         out = model([to_tensor(image).to(device)])[0]
     xywh = box_convert(out["boxes"].double().cpu(), "xyxy", "xywh").numpy().reshape(-1, 4) / [sx, sy, sx, sy]
     return xywh, out["scores"].float().cpu().numpy()
@@ -72,7 +72,7 @@ def load_run(run_dir: Path, device: str | None = None, score_threshold: float | 
     dev = pick_device(cfg.device)
     model = build_model(cfg, load_pretrained=False)
     model.load_state_dict(state["model"])
-    return cfg, model.to(dev).eval(), dev
+    return cfg, memory_format(model.to(dev), cfg.channels_last).eval(), dev
 
 
 def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, device: str | None = None,

@@ -18,10 +18,11 @@ from kzlib.pages import split_pages
 from kzlib.data import DataDir
 from kzlib.errors import UsageError
 from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint
-from kzlib.training import Epochs, Optimisation, autocast, pick_device, seed_everything
+from kzlib.training import Epochs, Optimisation, autocast, memory_format, pick_device, seed_everything
 
 
-def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str) -> dict:
+def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str,
+                    amp_cpu: bool = False) -> dict:
     model.train()
     sums: dict[str, float] = {}
     n = 0
@@ -29,7 +30,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bo
     for images, targets in bar:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        with autocast(device, amp):
+        with autocast(device, amp, amp_cpu):
             losses = model(images, targets)
             loss = sum(losses.values())
         if not math.isfinite(loss.item()):
@@ -69,7 +70,8 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
 
     device = pick_device(cfg.device)
     seed_everything(cfg.seed)
-    model = build_model(cfg, load_pretrained=checkpoint is None and not cfg.init_from).to(device)
+    model = memory_format(build_model(cfg, load_pretrained=checkpoint is None and not cfg.init_from).to(device),
+                          cfg.channels_last)
     if cfg.init_from and checkpoint is None:
         try:
             model.load_state_dict(load_other_checkpoint(cfg.init_from, "the checkpoint to start from")["model"])
@@ -88,7 +90,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
         losses = train_one_epoch(model, opt.optimizer, opt.scheduler, opt.scaler, loader, device, opt.use_amp,
-                                 f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
+                                 f"fold {fold} epoch {epoch + 1}/{cfg.epochs}", cfg.amp_cpu)
         t_train = time.time() - t0
         scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
         row = {"epoch": epoch, "lr": opt.lr, **losses,

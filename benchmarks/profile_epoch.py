@@ -1,0 +1,158 @@
+"""Where a training step's CPU time goes, for the classifier and the detector of a preset.
+
+    .venv/bin/python benchmarks/profile_epoch.py --data demo/data [--preset demo] [--crops 48] [--steps 6]
+
+Per crop: decode, geometry (cut + resize), colour augmentation, to-tensor — for the kit's crops
+(the page decoded at the smallest JPEG reduction that keeps the region's resolution, the region cut,
+then only the region resized) and, for comparison, the previous pipeline (the whole page rescaled
+with RandomScale, padded, then cropped). Per step: forward, backward, optimizer, at the preset's
+batch size. Prints seconds per crop / step and each part's share.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from kzlib.classify.dataset import collate as cls_collate, crop_spec as cls_spec  # noqa: E402
+from kzlib.classify.model import Classifier  # noqa: E402
+from kzlib.data import read_image  # noqa: E402
+from kzlib.detect.dataset import collate as det_collate, crop_spec as det_spec  # noqa: E402
+from kzlib.detect.model import build_model  # noqa: E402
+from kzlib.pages import page_scale, split_pages, to_tensor  # noqa: E402
+from kzlib.preset import load_preset, preset_path  # noqa: E402
+
+
+def crop_parts(spec, pages, n, rng):
+    """Seconds per crop of each part, for the kit's pipeline and the previous one."""
+    colour = A.Compose(list(spec.colour)) if spec.colour else None
+    new = dict(decode=0.0, geometry=0.0, colour=0.0, tensor=0.0)
+    old = dict(decode=0.0, geometry=0.0, colour=0.0, tensor=0.0)
+    old_geometry = A.Compose([
+        A.RandomScale(scale_limit=spec.scale_aug, interpolation=cv2.INTER_AREA, p=1.0),
+        A.PadIfNeeded(min_height=spec.crop_height, min_width=spec.crop_width, border_mode=cv2.BORDER_CONSTANT,
+                      fill=255, position="random"),
+        A.RandomCrop(height=spec.crop_height, width=spec.crop_width)])
+    for i in range(n):
+        page = pages[i % len(pages)]
+        from kzlib.data import image_size
+
+        w0, h0 = image_size(page.path)
+        s = page_scale(w0, h0, spec.size, spec.side)
+        # the kit: decode at the reduction the region needs, cut, resize the region
+        region_h0 = spec.crop_height * rng.uniform(1 - spec.scale_aug, 1 + spec.scale_aug) / s
+        t = time.perf_counter()
+        image = read_image(page.path, min_height=int(np.ceil(h0 * spec.crop_height / region_h0)))
+        new["decode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        k = image.shape[0] / h0
+        rh, rw = int(region_h0 * k), int(region_h0 * k * spec.crop_width / spec.crop_height)
+        geo = A.Compose([A.PadIfNeeded(min_height=rh, min_width=rw, border_mode=cv2.BORDER_CONSTANT, fill=255,
+                                       position="random"), A.RandomCrop(height=rh, width=rw),
+                         A.Resize(spec.crop_height, spec.crop_width, interpolation=cv2.INTER_AREA)])
+        crop = geo(image=image)["image"]
+        new["geometry"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if colour is not None:
+            crop = colour(image=crop)["image"]
+        new["colour"] += time.perf_counter() - t
+        t = time.perf_counter()
+        to_tensor(crop)
+        new["tensor"] += time.perf_counter() - t
+        # before: the whole page at the preset size, rescaled, padded, cropped
+        t = time.perf_counter()
+        image = read_image(page.path, height=max(1, round(h0 * s)))
+        old["decode"] += time.perf_counter() - t
+        t = time.perf_counter()
+        crop = old_geometry(image=image)["image"]
+        old["geometry"] += time.perf_counter() - t
+        t = time.perf_counter()
+        if colour is not None:
+            crop = colour(image=crop)["image"]
+        old["colour"] += time.perf_counter() - t
+        t = time.perf_counter()
+        to_tensor(crop)
+        old["tensor"] += time.perf_counter() - t
+    return {k: v / n for k, v in new.items()}, {k: v / n for k, v in old.items()}
+
+
+def step_parts(model, batches, loss_fn, steps):
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
+    model.train()
+    parts = dict(forward=0.0, backward=0.0, optimizer=0.0)
+    for i in range(steps + 1):
+        batch = batches[i % len(batches)]
+        t = time.perf_counter()
+        loss = loss_fn(model, batch)
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        t2 = time.perf_counter()
+        opt.step()
+        t3 = time.perf_counter()
+        if i:  # the first step warms up
+            parts["forward"] += t1 - t
+            parts["backward"] += t2 - t1
+            parts["optimizer"] += t3 - t2
+    return {k: v / steps for k, v in parts.items()}
+
+
+def table(name, crops_per_step, crop, step):
+    total = sum(crop.values()) * crops_per_step + sum(step.values())
+    rows = [(f"data: {k}", v * crops_per_step) for k, v in crop.items()] + list(step.items())
+    print(f"\n{name}: {sum(crop.values()):.4f} s per crop, {total:.3f} s per step of {crops_per_step} crops "
+          "(data loading in the main process)")
+    for k, v in rows:
+        print(f"  {k:<16} {v:7.3f} s  {100 * v / total:5.1f}%")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--crops", type=int, default=48)
+    p.add_argument("--steps", type=int, default=6)
+    a = p.parse_args()
+    torch.manual_seed(0)
+    cfg = load_preset(preset_path(a.preset))
+    rng = np.random.default_rng(0)
+    train, _ = split_pages(a.data, 0, cfg.n_folds)
+    print(f"torch threads {torch.get_num_threads()}; {len(train)} training pages of {a.data}")
+
+    kind = next(iter(cfg.kinds))
+    c = cfg.classify_config(kind)
+    new, old = crop_parts(cls_spec(c), train, a.crops, rng)
+    from kzlib.classify.dataset import CropDataset, class_index
+
+    classes = sorted({x for pg in train for x in pg.codes}) + ["seg_fp"]
+    ds = CropDataset(train, class_index(train, classes, "train"), c)
+    batches = [cls_collate([ds[i * c.batch_size + j] for j in range(c.batch_size)]) for i in range(3)]
+    model = Classifier(c, len(classes))
+    step = step_parts(model, batches, lambda m, b: torch.nn.functional.cross_entropy(m(b[0], b[1]), torch.cat(b[2])),
+                      a.steps)
+    table(f"classifier {kind} ({c.backbone}, {c.crop_width}x{c.crop_height} crops, pages {c.page_size} px)",
+          c.batch_size, new, step)
+    table("  the same step with the previous crop pipeline", c.batch_size, old, step)
+
+    d = cfg.detect_config()
+    new, old = crop_parts(det_spec(d), train, a.crops, rng)
+    from kzlib.detect.dataset import CropDataset as DetCrops
+
+    ds = DetCrops(train, d)
+    batches = [det_collate([ds[i * d.batch_size + j] for j in range(d.batch_size)]) for i in range(3)]
+    model = build_model(d)
+    step = step_parts(model, batches, lambda m, b: sum(m(b[0], b[1]).values()), a.steps)
+    table(f"detector ({d.backbone} FPN-{d.fpn_channels}, {d.crop_width}x{d.crop_height} crops, pages {d.page_size} px)",
+          d.batch_size, new, step)
+    table("  the same step with the previous crop pipeline", d.batch_size, old, step)
+
+
+if __name__ == "__main__":
+    main()
