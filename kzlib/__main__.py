@@ -20,6 +20,9 @@ COMMANDS = {
     "pseudolabel": ("kzlib.pseudolabel", "stage 3: pseudolabels from a blend of classifiers"),
     "stack": ("kzlib.stack.__main__", "stage 4: level 2 (features, train, predict)"),
     "run": ("kzlib.run", "the whole chain on one machine, resumable"),
+    "export": ("kzlib.export", "a model bundle from a finished run"),
+    "read": ("kzlib.read", "read pages: characters, text in reading order, pictures, a submission"),
+    "order": ("kzlib.order", "the reading order of boxes (train.csv format in)"),
     "kaggle": ("kzlib.kaggle.__main__", "the chain as Kaggle kernels (render, emulate)"),
     "dataset": ("kzlib.kaggle.build", "the Kaggle Dataset with the kit and its weights"),
 }

@@ -18,7 +18,9 @@ import os
 import re
 import sys
 import tempfile
+import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -249,6 +251,10 @@ def read_image(path: str | Path, height: int | None = None, min_height: int | No
     keeps at least that many rows, and not resized (callers that crop before resizing).
     """
     path = Path(path)
+    if _prefetched is not None:
+        img = _prefetched.pop((str(path), height, min_height), None)
+        if img is not None:
+            return img
     with _open_header(path) as im:
         (w0, h0), fmt, mode = im.size, im.format, im.mode
     factor = 1
@@ -306,6 +312,39 @@ def _open_header(path: Path) -> Image.Image:
 _DAMAGE_WORDS = ("Corrupt JPEG data", "Premature end of JPEG", "JPEG datastream contains no image",
                  "Invalid JPEG file structure", "Bogus", "Unsupported marker")
 _capture = None
+_capture_lock = threading.Lock()  # the C-level stderr is one per process
+_prefetched: dict | None = None   # (path, height, min_height) -> image, filled by ``prefetch``
+
+
+@contextmanager
+def prefetch_images():
+    """Inside this block, ``prefetch(path, heights)`` decodes pages in a background thread (OpenCV
+    releases the GIL) and ``read_image`` takes them from there: decoding overlaps inference, and
+    the images are exactly those ``read_image`` would have made. At most the pages asked for ahead
+    are held."""
+    global _prefetched
+    from concurrent.futures import ThreadPoolExecutor
+
+    _prefetched = {}
+    pool = ThreadPoolExecutor(1, thread_name_prefix="kzlib-decode")
+
+    def work(path: Path, heights):
+        for h in heights:
+            try:
+                img = read_image(path, height=h)
+            except Exception:  # the reader will meet the error itself, on its own thread
+                return
+            if _prefetched is not None:
+                _prefetched[(str(path), h, None)] = img
+
+    def ask(path: Path, heights) -> None:
+        pool.submit(work, Path(path), list(heights))
+
+    try:
+        yield ask
+    finally:
+        pool.shutdown(wait=True)
+        _prefetched = None
 
 
 def _imread_checked(path: Path, flags: int) -> tuple[np.ndarray | None, list[str]]:
@@ -313,20 +352,21 @@ def _imread_checked(path: Path, flags: int) -> tuple[np.ndarray | None, list[str
     data (a zeroed block, a truncated file) decodes without an error, and only these warnings
     tell. Valid files with bytes after the end marker decode without warnings."""
     global _capture
-    if _capture is None:
-        _capture = tempfile.TemporaryFile()
-    sys.stderr.flush()
-    saved = os.dup(2)
-    _capture.seek(0)
-    _capture.truncate()
-    try:
-        os.dup2(_capture.fileno(), 2)
-        img = cv2.imread(str(path), flags)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-    _capture.seek(0)
-    text = _capture.read().decode("utf-8", "replace")
+    with _capture_lock:
+        if _capture is None:
+            _capture = tempfile.TemporaryFile()
+        sys.stderr.flush()
+        saved = os.dup(2)
+        _capture.seek(0)
+        _capture.truncate()
+        try:
+            os.dup2(_capture.fileno(), 2)
+            img = cv2.imread(str(path), flags)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        _capture.seek(0)
+        text = _capture.read().decode("utf-8", "replace")
     return img, text.splitlines()
 
 

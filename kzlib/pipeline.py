@@ -277,6 +277,7 @@ class Pipeline:
                              f"{' ...' if len(changed) > 4 else ''} ran ({len(redo) - len(changed)} later stage(s) "
                              "depend on it); rerun with --rerun-changed to redo them, or use another --work")
         self.check_writable()
+        write_json_atomic(config_dict(self.cfg), self.work / "preset.json")  # what a model bundle is made with
         results, blocked, skipped = {}, [], []
         for i, s in enumerate(chosen, 1):
             head = f"[{i:>2}/{len(chosen)}] {s.name:<{width}}"

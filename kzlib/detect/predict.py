@@ -166,7 +166,7 @@ def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarra
     every = torch.cat(xyxy)
     if len(every) == 0:
         return np.empty((0, 4)), np.empty(0)
-    scores = torch.cat([torch.as_tensor(np.asarray(s, np.float64)) for s in fold_scores])
+    scores = torch.cat([torch.as_tensor(np.array(s, np.float64)) for s in fold_scores])
     seeds = every[nms(every.float(), scores.float(), iou)]
     total = torch.zeros(len(seeds), 4, dtype=torch.float64)
     votes = torch.zeros(len(seeds), dtype=torch.int64)
@@ -178,7 +178,7 @@ def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarra
         hit = m >= iou
         total[hit] += b[j[hit]]
         votes += hit.long()
-        score_sum[hit] += torch.as_tensor(np.asarray(s, np.float64))[j[hit]]
+        score_sum[hit] += torch.as_tensor(np.array(s, np.float64))[j[hit]]
     keep = votes >= min_votes
     mean = box_convert(total[keep] / votes[keep, None], "xyxy", "xywh")
     return mean.numpy(), (score_sum[keep] / n).numpy()
