@@ -47,3 +47,17 @@ def one_line_errors(*errors: type[BaseException], code: int = 1) -> Callable:
                 return EnvironmentProblem.exit_code
         return run
     return wrap
+
+
+def finish_training(result: dict, out, result_file=None) -> None:
+    """The end of a training CLI: process 0 reports (and writes ``result_file`` for the runner); a
+    distributed run leaves its process group."""
+    from kzlib import distributed
+    from kzlib.io import write_json_atomic
+
+    if distributed.is_main():
+        if result_file is not None:
+            write_json_atomic(result, result_file)
+        print(f"best validation F1 {result['best_f1']:.4f}; run folder {out}"
+              + ("; stopped for the time budget (rerun to resume)" if result.get("stopped_early") else ""))
+    distributed.close()

@@ -17,9 +17,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,22 +319,24 @@ class Pipeline:
         return self.work / "logs" / f"{s.name}.log"
 
     def run_stage(self, s: StageSpec) -> dict:
-        """Run one stage with its output in its log; an I/O failure is one line naming the stage,
-        the path and what went wrong, in the log and raised."""
+        """Run one stage with its output in its log (its progress lines on the console too); an I/O
+        failure is one line naming the stage, the path and what went wrong, in the log and raised."""
         from kzlib.cli import io_message
 
         path = self.stage_log(s)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-            print(f"=== {s.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})", flush=True)
-            try:
-                return getattr(self, "_" + s.step.replace("-", "_"))(s) or {}
-            except Stopped:  # a prediction stopped for the time budget; its finished parts are kept
-                return {"stopped_early": True}
-            except OSError as e:
-                message = io_message(e, f"stage {s.name}")
-                print(f"error: {message}", flush=True)
-                raise EnvironmentProblem(message) from None
+        with open(path, "a") as log_file:
+            out = _StageOutput(log_file, sys.stdout, s.name)
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+                print(f"=== {s.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})", flush=True)
+                try:
+                    return getattr(self, "_" + s.step.replace("-", "_"))(s) or {}
+                except Stopped:  # a prediction stopped for the time budget; its finished parts are kept
+                    return {"stopped_early": True}
+                except OSError as e:
+                    message = io_message(e, f"stage {s.name}")
+                    print(f"error: {message}", flush=True)
+                    raise EnvironmentProblem(message) from None
 
     def check_writable(self) -> None:
         """The work folder takes files before any compute starts."""
@@ -377,8 +382,36 @@ class Pipeline:
     def _detect_train(self, s: StageSpec) -> dict:
         from kzlib.detect.train import train
 
+        if self.cfg.gpus > 1:
+            return self._torchrun("kzlib.detect", self.det_run(s.fold), self.detect_config(), [str(self.data)], s)
         return train(self.data, self.det_run(s.fold), self.detect_config(), s.fold, mode="auto",
                      deadline=self.deadline)
+
+    def _torchrun(self, module: str, run: Path, cfg, args: list[str], s: StageSpec) -> dict:
+        """A training stage as ``torchrun --nproc-per-node GPUS`` (data-parallel, ``kzlib.distributed``):
+        the stage's config as a file in the run folder, every process's output in the stage's log."""
+        import subprocess
+
+        import torch
+
+        if cfg.device.startswith("cuda") and torch.cuda.device_count() < self.cfg.gpus:
+            raise EnvironmentProblem(f"the preset trains on {self.cfg.gpus} GPUs and this machine has "
+                                     f"{torch.cuda.device_count()}; set gpus in the preset")
+        run.mkdir(parents=True, exist_ok=True)
+        config, result = run / "stage_config.json", run / "stage_result.json"
+        write_json_atomic(config_dict(cfg), config)
+        result.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.cfg.gpus}",
+               "-m", module, "train", *args, "--out", str(run), "--config", str(config), "--fold", str(s.fold),
+               "--auto", "--result", str(result)] + (["--deadline", str(self.deadline)] if self.deadline else [])
+        print("running: " + " ".join(cmd), flush=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            print(line, end="", flush=True)
+        if proc.wait() or not result.is_file():
+            raise EnvironmentProblem(f"stage {s.name}: torchrun exited with {proc.returncode}; its processes' "
+                                     f"output is in {self.stage_log(s)}")
+        return json.loads(result.read_text())
 
     def _detect_oof(self, s: StageSpec) -> dict:
         from kzlib.detect.predict import predict
@@ -405,6 +438,10 @@ class Pipeline:
         from kzlib.classify.train import train
 
         pseudo = [self.pseudo_labels] if s.kind not in self.cfg.kinds else []
+        if self.cfg.gpus > 1:
+            args = [str(self.data), "--boxes", str(self.oof_boxes)] + (["--pseudolabels", *map(str, pseudo)] if pseudo else [])
+            return self._torchrun("kzlib.classify", self.cls_run(s.kind, s.fold), self.classify_config(s.kind, s.fold),
+                                  args, s)
         return train(self.data, self.oof_boxes, self.cls_run(s.kind, s.fold), self.classify_config(s.kind, s.fold),
                      s.fold, pseudolabels=pseudo, mode="auto", deadline=self.deadline)
 
@@ -465,6 +502,33 @@ class Pipeline:
         return {"submission": str(self.submission), "characters": int((test["pred"] != SEG_FP).sum()), "pages": len(ids)}
 
 
+class _StageOutput(io.TextIOBase):
+    """A stage's output: all of it to its log file; its progress lines (epochs, budget stops,
+    warnings, errors) also to the console, so a long stage shows it is alive (tqdm's bars are off
+    when the console is not a terminal)."""
+
+    PROGRESS = re.compile(r"epoch \d+/\d+|resuming|time budget|warning|error|stopping", re.IGNORECASE)
+
+    def __init__(self, log_file, console, name: str):
+        self.log_file, self.console, self.name, self.pending = log_file, console, name, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self.pending += text
+        *lines, self.pending = re.split(r"[\r\n]", self.pending)
+        for line in lines:
+            if self.PROGRESS.search(line):
+                self.console.write(f"      {self.name}: {line.strip()}\n")
+                self.console.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.log_file.flush()
+
+
 @dataclass
 class _Held:
     held: bool
@@ -513,7 +577,17 @@ def summary(p: Pipeline) -> tuple[pd.DataFrame, pd.DataFrame]:
             t = f1(submission_from_detailed(blend_files(test_files)), test_truth, ids_test)
         return v, t
 
-    rows = []
+    def agnostic(boxes: Path, sol: pd.DataFrame, ids) -> float | None:
+        """The detector's class-agnostic F1: every box and every character made one class."""
+        if not boxes.exists():
+            return None
+        b = pd.read_csv(boxes, dtype={"image_id": str})
+        sub = submission_from_detailed(b.assign(pred="U+0000"))
+        one = sol.assign(labels=sol["labels"].fillna("").str.replace(r"U\+[0-9A-F]+", "U+0000", regex=True))
+        return f1(sub, one, ids)
+
+    rows = [{"model": "detector (class-agnostic)", "valid_f1": agnostic(p.oof_boxes, truth, p.train_ids),
+             "test_f1": agnostic(p.test_boxes, test_truth, ids_test) if test_truth is not None else None}]
     for kind in p.kinds():
         v, t = kinds_f1([kind])
         rows.append({"model": kind, "valid_f1": v, "test_f1": t})

@@ -18,6 +18,7 @@ class PipelineConfig:
     (``configs/preset_full.json`` spells them out; UPSTREAM.md lists every one)."""
     n_folds: int = 5
     device: str = "cuda"
+    gpus: int = 1                                       # processes per training (torchrun, one GPU each)
     detect: dict = field(default_factory=dict)          # DetectConfig fields
     kinds: dict = field(default_factory=dict)           # model kind -> ClassifyConfig fields
     n_tta: int = 4
@@ -46,7 +47,7 @@ class PipelineConfig:
             raise ConfigError(f"pseudo_kind: {self.pseudo_kind!r} is not one of the kinds ({', '.join(self.kinds)})")
         if self.test_boxes not in ("fold0", "vote"):
             raise ConfigError(f"test_boxes: {self.test_boxes!r} is not fold0 or vote")
-        check_positive(self, "n_folds", "n_tta", "pseudo_oversample", "finetune_epochs", "finetune_lr_factor",
+        check_positive(self, "n_folds", "n_tta", "gpus", "pseudo_oversample", "finetune_epochs", "finetune_lr_factor",
                        "finetune_crops_per_page", "refit_crops_per_page")
         if not 0 <= self.test_votes <= self.n_folds:
             raise ConfigError(f"test_votes: must be within 0..{self.n_folds}, got {self.test_votes}")

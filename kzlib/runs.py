@@ -50,6 +50,7 @@ class Split:
     pseudolabels: list[str] = field(default_factory=list)  # classifier: pseudolabel files
     classes: int = 0
     inputs: dict = field(default_factory=dict)             # role (train.csv, boxes, ...) -> SHA-256
+    world_size: int = 1                                    # processes it was started with (torchrun)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -77,6 +78,16 @@ def check_inputs(run: "RunDir", saved: dict, current: dict) -> None:
         if role in current and current[role] != sha:
             raise RunStateError(f"{run.root}: its {role} has changed since the run started (SHA-256 differs); "
                                 "train into another folder, or restore the file")
+
+
+def note_world_size(saved: Split) -> None:
+    """Say what a resume with another number of processes changes."""
+    from kzlib import distributed
+
+    n = distributed.size()
+    if n != saved.world_size and distributed.is_main():
+        print(f"note: the run was started with {saved.world_size} process(es) and resumes with {n}: the global "
+              "batch and the learning rate stay; each process now takes its share of the global batch", flush=True)
 
 
 def check_split(run: "RunDir", saved: Split, fold: int | None, val_images: Sequence[str] | None) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from kzlib.distributed import all_sum
 from kzlib.errors import EnvironmentProblem
 from kzlib.io import atomic_path, write_csv_atomic
 
@@ -34,7 +35,16 @@ def autocast(device: torch.device, amp: bool, amp_cpu: bool = False):
     (CPUs with AVX512-BF16 or AMX run convolutions about twice as fast in bf16); else a no-op."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16, enabled=amp)
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_cpu)
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_cpu and cpu_has_bf16())
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): elsewhere bf16 is emulated and
+    slower than fp32, so ``amp_cpu`` is ignored."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def memory_format(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
@@ -127,10 +137,21 @@ class Optimisation:
 
 def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> DataLoader:
     """The epoch's shuffled loader; its order is seeded by (seed, epoch), so a resumed run sees the
-    same batches as an uninterrupted one."""
-    return DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, collate_fn=collate_fn,
-                      num_workers=cfg.workers, pin_memory=device.type == "cuda",
-                      generator=torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1)))
+    same batches as an uninterrupted one. In a distributed run each process loads its slice of
+    every global batch (``kzlib.distributed.EpochShard``)."""
+    from kzlib.distributed import EpochShard, per_process_batch
+
+    generator = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1))
+    return DataLoader(dataset, batch_size=per_process_batch(cfg.batch_size), collate_fn=collate_fn,
+                      sampler=EpochShard(len(dataset), cfg.batch_size, generator),
+                      num_workers=cfg.workers, pin_memory=device.type == "cuda")
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Global steps in an epoch of ``n`` crops (a distributed run drops the last partial batch)."""
+    from kzlib.distributed import size
+
+    return math.ceil(n / batch_size) if size() == 1 else n // batch_size
 
 
 class Epochs:
@@ -147,7 +168,8 @@ class Epochs:
     def __iter__(self):
         longest = 0.0
         for epoch in range(self.start, self.stop):
-            if self.deadline is not None and time.time() + longest > self.deadline:
+            late = self.deadline is not None and time.time() + longest > self.deadline
+            if all_sum(float(late)) > 0:  # every process stops together
                 print(f"time budget: stopping before epoch {epoch + 1} (an epoch takes up to {longest:.0f} s); "
                       "rerun to resume from the checkpoint", flush=True)
                 self.stopped_early = True

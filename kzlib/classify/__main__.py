@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import finish_training, one_line_errors
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
@@ -26,6 +26,9 @@ def main(argv=None) -> int:
     t.add_argument("--pseudolabels-oversample", dest="pseudo_oversample", type=int,
                    help=argparse.SUPPRESS)  # deprecated name of --pseudo-oversample
     t.add_argument("--resume", action="store_true", help="continue the run in --out (its config is kept; a flag that differs from it is an error)")
+    t.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)  # the runner's: resume when there is a run
+    t.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # the runner's time budget (time.time() value)
+    t.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # the runner reads the result here
     add_config_flags(t.add_argument_group("config"), ClassifyConfig)
     pr = sub.add_parser("predict", help="detailed file and submission for held-out (valid) or test pages")
     pr.add_argument("run_dir", type=Path)
@@ -42,9 +45,10 @@ def main(argv=None) -> int:
 
         cfg = config_from_args(ClassifyConfig, a, a.config)
         val = [v for v in a.val_images.split(",") if v] if a.val_images else None
-        result = train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels,
-                       "resume" if a.resume else "start", given_flags(ClassifyConfig, a))
-        print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
+        mode = "auto" if a.auto else "resume" if a.resume else "start"
+        result = train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels, mode,
+                       given_flags(ClassifyConfig, a), deadline=a.deadline)
+        finish_training(result, a.out, a.result)
     else:
         from kzlib.classify.predict import predict
 

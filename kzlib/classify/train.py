@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -21,28 +22,35 @@ from kzlib.classify.predict import detailed_frame, detailed_scores, predict_page
 from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
-from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint
-from kzlib.training import Epochs, Optimisation, autocast, memory_format, pick_device, sample_seed, seed_everything
+from kzlib import distributed
+from kzlib.runs import (EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint,
+                        note_world_size)
+from kzlib.training import (Epochs, Optimisation, autocast, memory_format, sample_seed, seed_everything,
+                            steps_per_epoch)
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler,
                          amp_cpu: bool = False, label_smoothing: float = 0.0) -> tuple[float, int, int]:
     """Backward pass over several micro-batches as if they were one batch: each micro-batch's
-    summed cross-entropy is divided by the box count of the whole group, so k small steps
-    accumulate exactly the gradient of one big step. Returns (mean loss, boxes, correct)."""
-    total = sum(int(sum(len(y) for y in labels)) for _, _, labels in micro_batches)
+    summed cross-entropy is divided by the box count of the whole group — of every process in a
+    distributed run — so k small steps (or N processes) give exactly the gradient of one big step.
+    Returns (mean loss, boxes, correct) of this process."""
+    local = sum(int(sum(len(y) for y in labels)) for _, _, labels in micro_batches)
+    total = distributed.all_sum(local)  # DDP averages over the processes: undo it with the world size
+    scale = distributed.size() / max(1.0, total)
     loss_sum, correct = 0.0, 0
-    for images, boxes, labels in micro_batches:
+    for k, (images, boxes, labels) in enumerate(micro_batches):
         y = torch.cat(labels).to(device)
-        with autocast(device, amp, amp_cpu):
-            logits = model(images.to(device, non_blocking=True), [b.to(device) for b in boxes])
-        loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=label_smoothing)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()}; try a lower --lr")
-        scaler.scale(loss / total).backward()
+        with distributed.no_sync(model) if k + 1 < len(micro_batches) else nullcontext():
+            with autocast(device, amp, amp_cpu):
+                logits = model(images.to(device, non_blocking=True), [b.to(device) for b in boxes])
+            loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=label_smoothing)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"training loss is {loss.item()}; try a lower --lr")
+            scaler.scale(loss * scale).backward()
         loss_sum += loss.item()
         correct += int((logits.argmax(1) == y).sum())
-    return loss_sum / max(1, total), total, correct
+    return loss_sum / max(1, local), local, correct
 
 
 def groups(loader, k: int):
@@ -63,14 +71,15 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg: ClassifyCo
     loss_sum, boxes, correct, steps = 0.0, 0, 0, 0
     total_steps = math.ceil(len(loader) / cfg.accumulation_steps)
     bar = tqdm(groups(loader, cfg.accumulation_steps), total=total_steps, desc=desc, leave=False, unit="step", disable=None)
+    cap = cfg.max_targets and max(32, cfg.max_targets // distributed.size() // 32 * 32)  # each process's share
     for step, group in enumerate(bar):
         micro = []
         for j, (images, b, y) in enumerate(group):
-            g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, step, j))
-            b, y = cap_targets(b, y, cfg.max_targets, g)
+            g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, step, j, distributed.rank()))
+            b, y = cap_targets(b, y, cap, g)
             if sum(len(t) for t in y) >= 2:  # BatchNorm needs two boxes
                 micro.append((images, b, y))
-        if micro:
+        if distributed.all_sum(float(not micro)) == 0:  # every process steps, or none
             optimizer.zero_grad(set_to_none=True)
             loss, n, ok = accumulate_gradients(model, micro, device, amp, scaler, cfg.amp_cpu, cfg.label_smoothing)
             scaler.step(optimizer)
@@ -78,7 +87,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg: ClassifyCo
             loss_sum, boxes, correct, steps = loss_sum + loss * n, boxes + n, correct + ok, steps + 1
         scheduler.step()
         bar.set_postfix(loss=f"{loss_sum / max(1, boxes):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    return {"loss": loss_sum / max(1, boxes), "train_accuracy": correct / max(1, boxes), "train_boxes": boxes}
+    loss_sum, boxes, correct = distributed.all_sum(loss_sum), distributed.all_sum(boxes), distributed.all_sum(correct)
+    return {"loss": loss_sum / max(1, boxes), "train_accuracy": correct / max(1, boxes), "train_boxes": int(boxes)}
 
 
 def add_missed(page: Page, truth: Page, iou: float = 0.5) -> Page:
@@ -136,14 +146,18 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
     """Train a fold's classifier into the run folder ``out`` (``mode``: start, resume or auto; see
     ``RunDir.resume_or_start``; ``given`` the config values given as flags); returns the best
     validation F1. ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a
-    ``time.time()`` value) before an epoch that would end after it; the run stays resumable."""
+    ``time.time()`` value) before an epoch that would end after it; the run stays resumable. Under
+    ``torchrun`` it trains data-parallel (``kzlib.distributed``); process 0 writes and validates."""
+    device = distributed.init(cfg.device)
     run = RunDir(out)
     cfg, saved, checkpoint = run.resume_or_start(ClassifyConfig, cfg, given, mode)
+    distributed.barrier()  # every process has read the folder before process 0 writes to it
     inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv, "boxes": boxes,
                            "pseudolabels": list(pseudolabels)})
     if saved is not None:  # a resumed run keeps its split, and must read the same files
         check_inputs(run, saved.inputs, inputs)
         check_split(run, saved, fold, val_images)
+        note_world_size(saved)
         fold, val_images = saved.fold, saved.val_ids if saved.val_images_given else None
     fold = 0 if fold is None else fold
     init = None
@@ -156,13 +170,13 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         Path(data_dir), Path(boxes), fold, cfg, val_images, [Path(p) for p in pseudolabels], classes)
     if sum(len(y) for y in labels) < 2:
         raise DataError(f"{boxes}: fewer than two training boxes outside fold {fold}")
-    if saved is None:
+    if saved is None and distributed.is_main():
         run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
                              sorted({p.image_id for p in train_pages}), [p.image_id for p in val_pages],
                              boxes=str(Path(boxes).resolve()), pseudolabels=[str(Path(p).resolve()) for p in pseudolabels],
-                             classes=len(classes), inputs=inputs))
+                             classes=len(classes), inputs=inputs, world_size=distributed.size()))
+    distributed.barrier()
 
-    device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     model = memory_format(Classifier(cfg, len(classes), load_pretrained=checkpoint is None and init is None).to(device),
                           cfg.channels_last)
@@ -172,31 +186,37 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         except RuntimeError as e:
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint ({str(e).splitlines()[0]}); "
                              "the same backbone is needed") from None
+    model = distributed.sync_batchnorm(model, device)
     dataset = CropDataset(train_pages, labels, cfg)
-    steps = math.ceil(math.ceil(len(dataset) / cfg.batch_size) / cfg.accumulation_steps)
+    steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
     opt = Optimisation(model, cfg, device, steps)
     start, best = opt.resume(model, checkpoint, out)
+    ddp = distributed.wrap(model, device)
     end = EpochEnd(run, cfg, ("f1", "accuracy", "train_accuracy"), {"classes": classes}, keep_last_as_best=not val_pages)
-    end.open(start)
+    if distributed.is_main():
+        end.open(start)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
     epochs = Epochs(start, cfg.epochs, deadline, max_epochs)
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
-        stats = train_one_epoch(model, opt.optimizer, opt.scheduler, opt.scaler, loader, cfg, device, opt.use_amp,
+        stats = train_one_epoch(ddp, opt.optimizer, opt.scheduler, opt.scaler, loader, cfg, device, opt.use_amp,
                                 epoch, f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
         last = epoch + 1 == cfg.epochs
-        scores = validate(model, val_pages, val_truth, classes, cfg, device) \
-            if (epoch + 1) % cfg.validate_every == 0 or last else {}
-        row = {"epoch": epoch, "lr": opt.lr, **stats,
-               **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
-               "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0}
-        best = end(model, opt, epoch, best, scores, row, last)
-        f1 = scores.get("f1", -1.0)
-        print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} train acc "
-              f"{stats['train_accuracy']:.3f} val F1 {f1:.4f} acc {scores.get('accuracy', float('nan')):.3f} "
-              f"(best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+        if distributed.is_main():
+            scores = validate(model, val_pages, val_truth, classes, cfg, device) \
+                if (epoch + 1) % cfg.validate_every == 0 or last else {}
+            row = {"epoch": epoch, "lr": opt.lr, **stats,
+                   **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
+                   "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0,
+                   "world_size": distributed.size()}
+            best = end(model, opt, epoch, best, scores, row, last)
+            f1 = scores.get("f1", -1.0)
+            print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} train acc "
+                  f"{stats['train_accuracy']:.3f} val F1 {f1:.4f} acc {scores.get('accuracy', float('nan')):.3f} "
+                  f"(best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+        distributed.barrier()
     return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early, "classes": len(classes)}
 

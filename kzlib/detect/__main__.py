@@ -2,7 +2,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import finish_training, one_line_errors
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
@@ -20,6 +20,9 @@ def main(argv=None) -> int:
     t.add_argument("--config", type=Path, help="JSON config (flags override it)")
     t.add_argument("--val-images", help="comma-separated image ids to hold out instead of the fold's books")
     t.add_argument("--resume", action="store_true", help="continue the run in --out (its config is kept; a flag that differs from it is an error)")
+    t.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)  # the runner's: resume when there is a run
+    t.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # the runner's time budget (time.time() value)
+    t.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # the runner reads the result here
     add_config_flags(t.add_argument_group("config"), DetectConfig)
     pr = sub.add_parser("predict", help="boxes for the run's held-out pages (oof) or the test pages")
     pr.add_argument("run_dir", type=Path)
@@ -45,9 +48,9 @@ def main(argv=None) -> int:
 
         cfg = config_from_args(DetectConfig, a, a.config)
         val = [v for v in a.val_images.split(",") if v] if a.val_images else None
-        result = train(a.data_dir, a.out, cfg, a.fold, val, "resume" if a.resume else "start",
-                       given_flags(DetectConfig, a))
-        print(f"best validation F1 {result['best_f1']:.4f}; run folder {a.out}")
+        mode = "auto" if a.auto else "resume" if a.resume else "start"
+        result = train(a.data_dir, a.out, cfg, a.fold, val, mode, given_flags(DetectConfig, a), deadline=a.deadline)
+        finish_training(result, a.out, a.result)
     elif a.cmd == "predict":
         from kzlib.detect.predict import predict
 

@@ -12,6 +12,7 @@ import torch
 
 from kzlib.detect.config import DetectConfig
 from kzlib.pages import CropSpec, Page, PageCrops, colour_transforms, to_tensor
+from kzlib.training import sample_seed
 
 
 def crop_spec(cfg: DetectConfig) -> CropSpec:
@@ -29,7 +30,9 @@ class CropDataset(PageCrops):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
         crop, boxes, labels = self.crop(i)
-        return to_tensor(crop), {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels)}
+        seed = sample_seed(self.seed, self.epoch, i, 99)  # the crop's proposal sampling (SeededSampler)
+        return to_tensor(crop), {"boxes": torch.from_numpy(boxes), "labels": torch.from_numpy(labels),
+                                 "seed": torch.tensor(seed)}
 
 
 def collate(batch):

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 import torchvision
 from torch import nn
 from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
@@ -15,6 +17,32 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from kzlib import weights
 from kzlib.detect.config import DetectConfig
+
+
+class SeededSampler(BalancedPositiveNegativeSampler):
+    """torchvision's anchor / proposal sampler, seeded per image: ``seeds`` (one per image, set
+    before a training forward) make the same crop draw the same samples in any batch, any number of
+    processes and after a resume."""
+
+    seeds: list[int] | None = None
+
+    def __call__(self, matched_idxs):
+        if self.seeds is None or len(self.seeds) != len(matched_idxs):
+            return super().__call__(matched_idxs)
+        pos, neg = [], []
+        for seed, matched in zip(self.seeds, matched_idxs):
+            with torch.random.fork_rng(devices=[matched.device] if matched.is_cuda else []):
+                torch.manual_seed(seed)
+                p, n = super().__call__([matched])
+            pos += p
+            neg += n
+        return pos, neg
+
+
+def seed_samplers(model: FasterRCNN, seeds: list[int] | None) -> None:
+    """The per-image seeds of the next training forward (None: torch's global generator)."""
+    sampler_seeds = [None, None] if seeds is None else [[s * 2 + 1 for s in seeds], [s * 2 + 2 for s in seeds]]
+    model.rpn.fg_bg_sampler.seeds, model.roi_heads.fg_bg_sampler.seeds = sampler_seeds
 
 
 class PageTransform(GeneralizedRCNNTransform):
@@ -79,4 +107,7 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
     )
     t = model.transform
     model.transform = PageTransform(t.min_size, t.max_size, t.image_mean, t.image_std)
+    for head in (model.rpn, model.roi_heads):
+        old = head.fg_bg_sampler
+        head.fg_bg_sampler = SeededSampler(old.batch_size_per_image, old.positive_fraction)
     return model

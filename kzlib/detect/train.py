@@ -12,13 +12,16 @@ from tqdm import tqdm
 
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset, collate
-from kzlib.detect.model import build_model
+from kzlib.detect.model import build_model, seed_samplers
 from kzlib.detect.predict import agnostic_f1, detect_pages
 from kzlib.pages import split_pages
 from kzlib.data import DataDir
 from kzlib.errors import UsageError
-from kzlib.runs import EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint
-from kzlib.training import Epochs, Optimisation, autocast, memory_format, pick_device, seed_everything
+from kzlib import distributed
+from kzlib.distributed import all_sum, unwrap
+from kzlib.runs import (EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint,
+                        note_world_size)
+from kzlib.training import Epochs, Optimisation, autocast, memory_format, seed_everything, steps_per_epoch
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str,
@@ -30,6 +33,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bo
     for images, targets in bar:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        seed_samplers(unwrap(model), [int(t["seed"]) for t in targets] if all("seed" in t for t in targets) else None)
         with autocast(device, amp, amp_cpu):
             losses = model(images, targets)
             loss = sum(losses.values())
@@ -45,7 +49,9 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bo
             sums[k] = sums.get(k, 0.0) + v.item()
         sums["loss"] = sums.get("loss", 0.0) + loss.item()
         bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    return {("loss" if k == "loss" else f"loss_{k.removeprefix('loss_')}"): v / max(1, n) for k, v in sums.items()}
+    n = all_sum(n)  # the losses of every process (each its own batch's mean), averaged
+    return {("loss" if k == "loss" else f"loss_{k.removeprefix('loss_')}"): all_sum(v) / max(1, n)
+            for k, v in sums.items()}
 
 
 def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None, val_images: Sequence[str] | None = None,
@@ -54,21 +60,26 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
     """Train a fold's detector into the run folder ``out`` (``mode``: start, resume or auto; see
     ``RunDir.resume_or_start``; ``given`` the config values given as flags). Returns the best
     validation scores. ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a
-    ``time.time()`` value) before an epoch that would end after it; the run stays resumable."""
+    ``time.time()`` value) before an epoch that would end after it; the run stays resumable. Under
+    ``torchrun`` it trains data-parallel (``kzlib.distributed``); process 0 writes and validates."""
+    device = distributed.init(cfg.device)
     run = RunDir(out)
     cfg, saved, checkpoint = run.resume_or_start(DetectConfig, cfg, given, mode)
+    distributed.barrier()  # every process has read the folder before process 0 writes to it
     inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv})
     if saved is not None:  # a resumed run keeps its split, and must read the same data
         check_inputs(run, saved.inputs, inputs)
         check_split(run, saved, fold, val_images)
+        note_world_size(saved)
         fold, val_images = saved.fold, saved.val_ids if saved.val_images_given else None
     fold = 0 if fold is None else fold
     train_pages, val_pages = split_pages(Path(data_dir), fold, cfg.n_folds, val_images)
-    if saved is None:
+    if saved is None and distributed.is_main():
         run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
-                             [p.image_id for p in train_pages], [p.image_id for p in val_pages], inputs=inputs))
+                             [p.image_id for p in train_pages], [p.image_id for p in val_pages], inputs=inputs,
+                             world_size=distributed.size()))
+    distributed.barrier()
 
-    device = pick_device(cfg.device)
     seed_everything(cfg.seed)
     model = memory_format(build_model(cfg, load_pretrained=checkpoint is None and not cfg.init_from).to(device),
                           cfg.channels_last)
@@ -78,25 +89,31 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
         except RuntimeError as e:
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
+    model = distributed.sync_batchnorm(model, device)
     dataset = CropDataset(train_pages, cfg)
-    opt = Optimisation(model, cfg, device, math.ceil(len(dataset) / cfg.batch_size))
+    opt = Optimisation(model, cfg, device, steps_per_epoch(len(dataset), cfg.batch_size))
     start, best = opt.resume(model, checkpoint, out)
+    ddp = distributed.wrap(model, device)
     end = EpochEnd(run, cfg, ("f1", "precision", "recall"), keep_last_as_best=not val_pages)
-    end.open(start)
+    if distributed.is_main():
+        end.open(start)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
 
     epochs = Epochs(start, cfg.epochs, deadline, max_epochs)
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
-        losses = train_one_epoch(model, opt.optimizer, opt.scheduler, opt.scaler, loader, device, opt.use_amp,
+        losses = train_one_epoch(ddp, opt.optimizer, opt.scheduler, opt.scaler, loader, device, opt.use_amp,
                                  f"fold {fold} epoch {epoch + 1}/{cfg.epochs}", cfg.amp_cpu)
         t_train = time.time() - t0
-        scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
-        row = {"epoch": epoch, "lr": opt.lr, **losses,
-               **{k: scores[k] for k in ("f1", "precision", "recall") if k in scores},
-               "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0}
-        best = end(model, opt, epoch, best, scores, row, last=epoch + 1 == cfg.epochs)
-        print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {losses.get('loss', 0):.4f} "
-              f"val F1 {scores.get('f1', -1.0):.4f} (best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+        if distributed.is_main():
+            scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
+            row = {"epoch": epoch, "lr": opt.lr, **losses,
+                   **{k: scores[k] for k in ("f1", "precision", "recall") if k in scores},
+                   "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0,
+                   "world_size": distributed.size()}
+            best = end(model, opt, epoch, best, scores, row, last=epoch + 1 == cfg.epochs)
+            print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {losses.get('loss', 0):.4f} "
+                  f"val F1 {scores.get('f1', -1.0):.4f} (best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+        distributed.barrier()
     return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early}

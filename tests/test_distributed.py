@@ -1,0 +1,129 @@
+"""Data-parallel training on the CPU (gloo, 2 processes under torchrun): 2 processes x half the
+batch give the weights of 1 process x the whole batch, a killed 2-process run resumes exactly, a
+process that fails ends the job with its error shown once."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kzlib.config import config_dict
+from kzlib.classify.config import ClassifyConfig
+from kzlib.data import labels_table, read_labels_csv
+from kzlib.detect.config import DetectConfig
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun's processes: the same kernels, the same float noise
+CLS = ClassifyConfig(backbone="resnet18", pretrained="", page_side="height", page_size=256, test_size=256,
+                     crop_width=96, crop_height=128, crops_per_page=3, batch_size=4, epochs=1, lr=0.01, workers=0,
+                     device="cpu", hidden=32, n_folds=3, top_k=3, amp=False, dropout=0.0, min_visibility=0.5,
+                     resample_empty=False, validate_every=100)
+DET = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=256,
+                   crop_width=160, crop_height=128, crops_per_page=1, batch_size=4, epochs=1, lr=0.005, workers=0,
+                   device="cpu", anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05,
+                   box_batch_per_image=64, warmup_epochs=0.0)
+
+
+def boxes_file(data: Path, path: Path) -> Path:
+    t = labels_table(read_labels_csv(data / "train.csv")).rename(columns={"code": "true"}).assign(score=1.0)
+    t[["image_id", "x", "y", "w", "h", "score", "true"]].to_csv(path, index=False)
+    return path
+
+
+def train_cmd(module, data, out, cfg_file, extra=()):
+    return ["-m", module, "train", str(data), "--out", str(out), "--config", str(cfg_file), "--fold", "0", *extra]
+
+
+def weights(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pth", weights_only=False)["model"]
+
+
+def initial(module, cfg, n_classes=None) -> dict:
+    """The weights both runs start from (seeded)."""
+    from kzlib.classify.model import Classifier
+    from kzlib.detect.model import build_model
+    from kzlib.training import seed_everything
+
+    seed_everything(cfg.seed)
+    return (Classifier(cfg, n_classes) if module == "kzlib.classify" else build_model(cfg)).state_dict()
+
+
+def assert_same_updates(start: dict, a: dict, b: dict, rel=1e-3):
+    """The two runs moved every trained tensor the same way, to float precision: within ``rel`` of
+    how far it moved, or within the weights' own float32 resolution."""
+    moved = 0
+    for k, v in a.items():
+        if not v.is_floating_point() or k.endswith(("running_mean", "running_var")):
+            continue
+        da, db = v - start[k], b[k] - start[k]
+        if da.norm() > 0:
+            moved += 1
+            resolution = 1e-7 * float(v.abs().max()) * v.numel() ** 0.5
+            assert float((da - db).norm()) <= rel * float(da.norm()) + resolution, (k, float((da - db).norm() / da.norm()))
+    assert moved > 10
+
+
+@pytest.mark.parametrize("module", ["kzlib.classify", "kzlib.detect"])
+def test_two_processes_equal_one_with_the_whole_batch(tiny, tmp_path, module):
+    """Classifier: three steps; detector: one step (its proposal selection, top-k and NMS, is
+    discontinuous, so float noise in later steps picks other proposals), from ImageNet-style weights
+    (frozen BatchNorm, as the presets train it)."""
+    import torchvision
+
+    cfg = CLS
+    extra = ["--boxes", str(boxes_file(tiny, tmp_path / "b.csv"))] if module == "kzlib.classify" else []
+    if module == "kzlib.detect":
+        torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+        cfg = DetectConfig(**{**config_dict(DET), "anchor_sizes": DET.anchor_sizes, "pretrained": str(tmp_path / "r18.pth")})
+    (tmp_path / "cfg.json").write_text(json.dumps(config_dict(cfg)))
+    one = subprocess.run([sys.executable] + train_cmd(module, tiny, tmp_path / "one", tmp_path / "cfg.json", extra),
+                         capture_output=True, text=True, env=ONE_THREAD)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(TORCHRUN + train_cmd(module, tiny, tmp_path / "two", tmp_path / "cfg.json", extra),
+                         capture_output=True, text=True)
+    assert two.returncode == 0, two.stderr[-3000:]
+    classes = torch.load(tmp_path / "one" / "checkpoint.pth", weights_only=False).get("classes")
+    assert_same_updates(initial(module, cfg, len(classes) if classes else None), weights(tmp_path / "one"),
+                        weights(tmp_path / "two"))
+    assert json.loads((tmp_path / "two" / "split.json").read_text())["world_size"] == 2
+    log = pd.read_csv(tmp_path / "two" / "log.csv")
+    assert log["world_size"].tolist() == [2]
+    assert two.stdout.count("best validation F1") == 1  # process 0 alone reports
+
+
+def test_a_killed_two_process_run_resumes_exactly(tiny, tmp_path):
+    cfg = DetectConfig(**{**config_dict(DET), "epochs": 3, "crops_per_page": 2, "anchor_sizes": DET.anchor_sizes})
+    (tmp_path / "cfg.json").write_text(json.dumps(config_dict(cfg)))
+    straight = subprocess.run(TORCHRUN + train_cmd("kzlib.detect", tiny, tmp_path / "a", tmp_path / "cfg.json"),
+                              capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    proc = subprocess.Popen(TORCHRUN + train_cmd("kzlib.detect", tiny, tmp_path / "b", tmp_path / "cfg.json"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    ckpt, deadline = tmp_path / "b" / "checkpoint.pth", time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and torch.load(ckpt, weights_only=False)["epoch"] < 2
+    resumed = subprocess.run(TORCHRUN + train_cmd("kzlib.detect", tiny, tmp_path / "b", tmp_path / "cfg.json",
+                                                  ["--resume"]), capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert all(torch.equal(v, b[k]) for k, v in a.items())  # the same processes and threads: bitwise
+    assert pd.read_csv(tmp_path / "b" / "log.csv")["epoch"].tolist() == [0, 1, 2]
+
+
+def test_a_failing_process_ends_the_job_with_its_error_once(tiny, tmp_path):
+    (tmp_path / "cfg.json").write_text(json.dumps(config_dict(DET)))
+    r = subprocess.run(TORCHRUN + train_cmd("kzlib.detect", tiny, tmp_path / "run", tmp_path / "cfg.json"),
+                       capture_output=True, text=True, env={**os.environ, "KZLIB_FAIL_RANK": "1"})
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert out.count("error: process 1 failed on purpose (KZLIB_FAIL_RANK)") == 1
