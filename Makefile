@@ -35,11 +35,12 @@ fonts:
 test: $(STAMP) fonts
 	$(VPY) -m pytest -q -n 2 --durations=5 tests
 
-# The embedded default: a small synthetic dataset (4 books of 8 pages, 5 test pages from a fifth
-# book), then the whole chain with the CPU demo preset. Rerunning resumes/skips finished stages.
+# The embedded default: a small synthetic dataset (4 books of 12 pages, 5 test pages from a fifth
+# book whose glyphs are 1.7x larger), then the whole chain with the CPU demo preset. Rerunning
+# resumes/skips finished stages.
 DEMO ?= demo
 demo: $(STAMP) fonts
-	@test -f $(DEMO)/data/train.csv || $(VPY) -m kzlib.synth $(DEMO)/data --books 4 --pages-per-book 8 \
+	@test -f $(DEMO)/data/train.csv || $(VPY) -m kzlib.synth $(DEMO)/data --books 4 --pages-per-book 12 \
 		--test-pages 5 --classes 200 --height 1200 --seed 3 --workers 2
 	$(VPY) run_local.py --data $(DEMO)/data --work $(DEMO)/run --preset demo
 

@@ -39,7 +39,7 @@ def main():
     labels = read_labels_csv(a.data / "train.csv").set_index("image_id")["labels"]
     codes, boxes = parse_labels(labels[a.image])
     page = Page(a.image, a.data / "train_images" / f"{a.image}.jpg", boxes.astype(float), list(codes))
-    fast = load_config(ClassifyConfig, Path(__file__).resolve().parents[1] / "configs" / "classify_fast.json")
+    fast = load_config(ClassifyConfig, Path(__file__).resolve().parents[1] / "kzlib" / "configs" / "classify_fast.json")
     setups = [("original: resnet152 @2528, 4 TTA scales", ClassifyConfig(), 4),
               ("original, 1 scale", ClassifyConfig(), 1),
               ("fast: configs/classify_fast.json (resnet18 @1200), 2 scales", fast, 2),
@@ -49,8 +49,8 @@ def main():
     for name, cfg, n in setups:
         model = Classifier(replace(cfg, device=a.device), a.classes).to(dev).eval()
         sizes = tta_sizes(cfg.test_size, cfg.scale_aug, n)
-        page_logits(model, page, sizes[:1], dev, False, cfg.page_side)  # warm-up
-        best = min(_timed(lambda: page_logits(model, page, sizes, dev, False, cfg.page_side)) for _ in range(a.repeat))
+        page_logits(model, page, sizes[:1], dev, cfg)  # warm-up
+        best = min(_timed(lambda: page_logits(model, page, sizes, dev, cfg)) for _ in range(a.repeat))
         image, _ = page_input(page, cfg.test_size, cfg.page_side)
         with torch.no_grad():
             trunk = min(_timed(lambda: model.trunk(image[None].to(dev))) for _ in range(a.repeat))

@@ -159,6 +159,12 @@ def check_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
             raise ConfigError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
+def check_zoom_range(zoom_range: tuple[float, ...]) -> None:
+    """``zoom_range`` is empty (scale_aug applies) or (lo, hi) with 0 < lo <= hi."""
+    if zoom_range and (len(zoom_range) != 2 or not 0 < zoom_range[0] <= zoom_range[1]):
+        raise ConfigError(f"zoom_range: needs two magnifications 0 < lo <= hi (or none), got {list(zoom_range)}")
+
+
 # ---------------------------------------------------------------------------------- CLI
 
 def parse_bool(text: str) -> bool:

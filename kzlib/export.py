@@ -98,8 +98,10 @@ def _best(runs: Sequence[Path]) -> Path:
     return max(runs, key=f1)
 
 
-def export(work: Path, out: Path, folds: str = "all", log=print) -> Bundle:
-    """Copy what reading needs into ``out`` (replaced whole) with a manifest."""
+def export(work: Path, out: Path, folds: str = "all", level2: bool = True, log=print) -> Bundle:
+    """Copy what reading needs into ``out`` (replaced whole) with a manifest. Without ``level2``
+    the bundle's characters are the plain blend of the classifiers (the runner's submission when
+    level 2 is skipped)."""
     from kzlib import __version__
     from kzlib.io import write_json_atomic
     from kzlib.runs import file_sha256
@@ -114,6 +116,8 @@ def export(work: Path, out: Path, folds: str = "all", log=print) -> Bundle:
         b.detectors = [_best([d for d in every if (d / "best.pth").is_file()])]
         b.test_boxes = "fold0"
         b.classifiers = {k: [_best(v)] for k, v in b.classifiers.items()}
+        b.level2 = None
+    if not level2:
         b.level2 = None
     out = Path(out)
     stage = out.parent / f".{out.name}.building"
@@ -163,9 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("work", type=Path, help="a runner work folder (kzlib run --work)")
     p.add_argument("--out", type=Path, required=True, help="the bundle folder (replaced)")
-    p.add_argument("--folds", choices=("all", "best"), default="all")
+    p.add_argument("--folds", choices=("all", "best"), default="all",
+                   help="every fold as the runner, or the best fold's detector and classifiers (no level 2)")
+    p.add_argument("--no-level2", action="store_true", help="leave level 2 out: the plain blend of the classifiers")
     a = p.parse_args(argv)
-    b = export(a.work, a.out, a.folds)
+    b = export(a.work, a.out, a.folds, level2=not a.no_level2)
     print(json.dumps({"bundle": str(b.root), "detectors": len(b.detectors),
                       "classifiers": {k: len(v) for k, v in b.classifiers.items()}, "level2": b.level2 is not None}))
     return 0

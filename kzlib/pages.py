@@ -48,6 +48,21 @@ def page_scale(width: int, height: int, size: float, side: str = "height") -> fl
     return size / (height if side == "height" else max(width, height))
 
 
+GLYPH_ZOOM_LIMITS = (0.4, 2.5)  # how far glyph-height normalisation may move a page from its preset size
+
+
+def glyph_zoom(boxes: np.ndarray, base: float, glyph_height: float) -> float:
+    """A page's scale factor. ``base`` brings it to the preset's page size; with ``glyph_height`` > 0
+    the factor instead brings the median height of its boxes (xywh, page pixels) to ``glyph_height``
+    pixels, within ``GLYPH_ZOOM_LIMITS`` times ``base``, so books with larger or smaller glyphs are
+    seen at the size the network learned. Pages without boxes keep ``base``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if glyph_height <= 0 or len(boxes) == 0:
+        return base
+    lo, hi = GLYPH_ZOOM_LIMITS
+    return float(np.clip(glyph_height / max(np.median(boxes[:, 3]), 1.0), base * lo, base * hi))
+
+
 def scaled_height(path: Path, size: float, side: str = "height") -> int:
     """The height a page is read at so that its ``side`` is ``size`` pixels."""
     w0, h0 = image_size(path)
@@ -76,7 +91,12 @@ class CropSpec:
     aspect), resized to ``crop_height`` x ``crop_width`` — the original solution's
     ``RandomSizedCrop`` on pages of a fixed longest side. Only the region is resized: the page is
     decoded at the smallest JPEG reduction that keeps the region's resolution, then cropped.
-    Regions larger than the page are padded with white paper."""
+    Regions larger than the page are padded with white paper.
+
+    ``zoom_range`` (lo, hi), when given, replaces ``scale_aug``: the crop's magnification of the
+    page at ``size`` is drawn log-uniformly from [lo, hi] (region height = crop_height / zoom), so
+    books with glyphs several times larger or smaller are seen in training without the long tail of
+    huge zooms that a wide uniform region height gives."""
     size: int
     side: str
     crop_height: int
@@ -85,6 +105,8 @@ class CropSpec:
     min_visibility: float
     colour: tuple = ()
     resample_empty: bool = False   # draw another crop when one holds no box (classifier)
+    zoom_range: tuple = ()         # (lo, hi): log-uniform magnification instead of scale_aug
+    glyph_height: float = 0.0      # > 0: pages scaled so their median box is this high (glyph_zoom)
 
 
 class PageCrops(Dataset):
@@ -100,6 +122,8 @@ class PageCrops(Dataset):
         self.crops_per_page, self.seed = crops_per_page, seed
         self.epoch = 0
         self.sizes = [image_size(p.path) for p in self.pages]
+        self.scales = [glyph_zoom(p.boxes, page_scale(w, h, spec.size, spec.side), spec.glyph_height)
+                       for p, (w, h) in zip(self.pages, self.sizes)]
         self.norm_boxes = [normalised_xyxy(p.boxes, *wh) for p, wh in zip(self.pages, self.sizes)]
         self.colour = A.Compose(list(spec.colour)) if spec.colour else None
 
@@ -123,8 +147,11 @@ class PageCrops(Dataset):
         w0, h0 = self.sizes[k]
         rng = np.random.default_rng(seed)
         # region height in pixels of the page at spec.size, then in original pixels
-        region_h = spec.crop_height * rng.uniform(1 - spec.scale_aug, 1 + spec.scale_aug)
-        region_h0 = region_h / page_scale(w0, h0, spec.size, spec.side)
+        if spec.zoom_range:
+            region_h = spec.crop_height / np.exp(rng.uniform(*np.log(spec.zoom_range)))
+        else:
+            region_h = spec.crop_height * rng.uniform(1 - spec.scale_aug, 1 + spec.scale_aug)
+        region_h0 = region_h / self.scales[k]
         zoom = spec.crop_height / region_h0  # crop pixels per original pixel
         image = read_image(page.path, min_height=max(1, int(np.ceil(h0 * zoom))))
         s = image.shape[0] / h0

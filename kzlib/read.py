@@ -165,7 +165,7 @@ class Reader:
         for kind, runs in self.classifiers.items():
             frames = []
             for (cfg, classes, model, dev), sizes in zip(runs, self.sizes[kind]):
-                logits = page_logits(model, page, sizes, dev, cfg.amp, cfg.page_side, cfg.amp_cpu)
+                logits = page_logits(model, page, sizes, dev, cfg)
                 frames.append(detailed_frame([page], [logits], classes, cfg.top_k, with_true=False))
             groups.append(blend(frames))
         if self.bundle.level2 is not None:

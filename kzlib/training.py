@@ -147,6 +147,15 @@ def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> 
                       num_workers=cfg.workers, pin_memory=device.type == "cuda")
 
 
+def epoch_line(fold, epoch: int, epochs: int, train: str, scores: dict, best: float, seconds: float) -> str:
+    """The console line of one finished epoch; ``val -`` when it was not validated."""
+    if scores:
+        val = f"val F1 {scores['f1']:.4f}" + (f" acc {scores['accuracy']:.3f}" if "accuracy" in scores else "")
+    else:
+        val = "val -"
+    return f"fold {fold} epoch {epoch + 1}/{epochs}: {train} {val} (best {best:.4f}) {seconds:.0f} s"
+
+
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Global steps in an epoch of ``n`` crops (a distributed run drops the last partial batch)."""
     from kzlib.distributed import size

@@ -302,3 +302,16 @@ def test_dataset_push_uses_the_api_and_waits_until_ready(tmp_path):
 
     with pytest.raises(BuildError, match="refused the dataset: Dataset slug too short"):
         push(tmp_path / "ds", "test", api=Refusing(), poll=0, log=lambda *_: None)
+
+
+def test_render_gpus_trains_on_both_t4s(tmp_path):
+    """--gpus 2: the GPU kernels' preset trains with 2 processes; more than a session has is refused."""
+    cfg = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
+    render(cfg, "test", tmp_path / "k", only=("kzlib-detect-f0", "kzlib-stack"), gpus=2)
+    for slug in ("kzlib-detect-f0", "kzlib-stack"):
+        assert rendered_values((tmp_path / "k" / slug / "kernel.py").read_text())["PRESET"]["gpus"] == 2
+    assert json.loads((tmp_path / "k" / "render.json").read_text())["preset"]["gpus"] == 2  # continuations too
+    meta = json.loads((tmp_path / "k" / "kzlib-detect-f0" / "kernel-metadata.json").read_text())
+    assert meta["machine_shape"] == "NvidiaTeslaT4"
+    with pytest.raises(PlanError, match="at most 2 GPUs"):
+        render(cfg, "test", tmp_path / "k2", gpus=4)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from kzlib.detailed import blend_files, submission_from_detailed
 from kzlib.export import export, load
 from kzlib.pipeline import Pipeline
 from kzlib.preset import load_preset
@@ -72,13 +73,28 @@ def test_read_writes_every_output_and_the_runners_submission(finished_run, tmp_p
     assert sorted(pages["page"]) == ids and (pages["error"] == "").all()
     runner = pd.read_csv(work / "submission.csv", keep_default_na=False).set_index("image_id")["labels"]
     mine = pd.read_csv(out / "submission.csv", keep_default_na=False).set_index("image_id")["labels"]
-    assert runner.str.split().str.len().sum() > 0  # the run does read characters
-    assert mine.to_dict() == runner.to_dict()  # the same code path as the runner
+    assert mine.to_dict() == runner.to_dict()  # the same code path as the runner (level 2)
     assert "<img" in (out / "index.html").read_text()
     # a work folder serves as a bundle too
     same = subprocess.run([sys.executable, "-m", "kzlib.read", str(data / "test_images"), "--model", str(work),
                            "--out", str(tmp_path / "out2")], capture_output=True, text=True)
     assert same.returncode == 0 and (tmp_path / "out2" / "submission.csv").read_text() == (out / "submission.csv").read_text()
+
+
+def test_read_without_level2_gives_the_runners_blend(finished_run, tmp_path):
+    """The tiny run's level 2 may keep nothing (its classifier is weak); the blend of every fold's
+    classifier reads characters, and `read` gives exactly the runner's blend of its test files."""
+    data, work = finished_run
+    export(work, tmp_path / "bundle", level2=False, log=lambda *_: None)
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "kzlib.read", str(data / "test_images"), "--model", str(tmp_path / "bundle"),
+                        "--out", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    blend = blend_files(sorted((work / "classify" / "a").glob("fold*/test_detailed.csv.gz")))
+    runner = submission_from_detailed(blend).set_index("image_id")["labels"]
+    mine = pd.read_csv(out / "submission.csv", keep_default_na=False).set_index("image_id")["labels"]
+    assert mine.str.split().str.len().sum() > 0  # characters are read
+    assert mine.to_dict() == runner.reindex(mine.index, fill_value="").to_dict()
 
 
 def test_formats_a_bad_page_and_skip_on_rerun(finished_run, tmp_path):

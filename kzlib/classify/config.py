@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kzlib.config import ConfigError, check_positive
+from kzlib.config import ConfigError, check_positive, check_zoom_range
 
 
 @dataclass
@@ -31,6 +31,9 @@ class ClassifyConfig:
     crop_height: int = 768
     crops_per_page: int = 6              # the train set is repeated this many times per epoch (--repeat-train)
     scale_aug: float = 0.3               # crop region height uniform in crop_height*(1 +- scale_aug)
+    zoom_range: tuple[float, ...] = ()   # (lo, hi): magnification log-uniform in [lo, hi] instead of scale_aug
+    glyph_height: float = 0.0            # > 0: every page (train and test) scaled so that its boxes' median
+    #                                      height is this many pixels, instead of page_size/test_size (0: off)
     hsv_aug: tuple[int, int, int] = (7, 30, 30)
     brightness_contrast: float = 0.2
     gamma_aug: tuple[int, int] = (80, 120)
@@ -82,6 +85,7 @@ class ClassifyConfig:
             raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.scale_aug < 1 or not 0 <= self.dropout < 1 or not 0 <= self.min_visibility <= 1:
             raise ConfigError("scale_aug and dropout must lie in [0, 1), min_visibility in [0, 1]")
+        check_zoom_range(self.zoom_range)
         if self.frozen_start and not self.pretrained and not self.init_from:
             raise ConfigError("frozen_start: freezes conv1/bn1/layer1 at their pretrained values, but no pretrained "
                               "weights are given (pretrained is empty); set pretrained, or frozen_start false")

@@ -18,7 +18,7 @@ from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.io import ensure_writable, write_json_atomic
 from kzlib.detailed import DETAILED_COLUMNS, submission_from_detailed, write_detailed
 from kzlib.metric import score_arrays, write_submission
-from kzlib.pages import Page, split_pages
+from kzlib.pages import Page, glyph_zoom, page_scale, split_pages
 from kzlib.config import config_from_dict
 from kzlib.runs import PagesInParts, RunDir
 from kzlib.training import autocast, memory_format, pick_device
@@ -30,24 +30,34 @@ def tta_sizes(test_size: int, scale_aug: float, n: int) -> list[int]:
     return [int(round(test_size * (1 + s))) for s in np.linspace(0.0, scale_aug, n)] if n > 1 else [test_size]
 
 
+def page_sizes(page: Page, sizes: Sequence[int], cfg: ClassifyConfig) -> list[float]:
+    """The TTA page sizes of one page: ``sizes``, moved by glyph-height normalisation when the
+    config has it (the page's median box brought to ``cfg.glyph_height``, as in training)."""
+    if cfg.glyph_height <= 0:
+        return list(sizes)
+    w0, h0 = image_size(page.path)
+    base = page_scale(w0, h0, cfg.test_size, cfg.page_side)
+    m = glyph_zoom(page.boxes, base, cfg.glyph_height) / base
+    return [s * m for s in sizes]
+
+
 @torch.no_grad()
-def page_logits(model: Classifier, page: Page, sizes: Sequence[int], device: torch.device, amp: bool,
-                side: str = "height", amp_cpu: bool = False) -> torch.Tensor:
+def page_logits(model: Classifier, page: Page, sizes: Sequence[int], device: torch.device,
+                cfg: ClassifyConfig) -> torch.Tensor:
     """[boxes, classes] logits of one page, averaged over the page sizes in ``sizes``."""
     total = None
-    for size in sizes:
-        image, boxes = page_input(page, size, side)
-        with autocast(device, amp, amp_cpu):
+    for size in page_sizes(page, sizes, cfg):
+        image, boxes = page_input(page, size, cfg.page_side)
+        with autocast(device, cfg.amp, cfg.amp_cpu):
             logits = model(image[None].to(device), [boxes.to(device)]).float().cpu()
         total = logits if total is None else total + logits
     return total / len(sizes)
 
 
 def predict_pages(model: Classifier, pages: Sequence[Page], sizes: Sequence[int], device: torch.device,
-                  amp: bool, n_classes: int, desc: str = "classify", side: str = "height",
-                  amp_cpu: bool = False) -> list[torch.Tensor]:
+                  cfg: ClassifyConfig, n_classes: int, desc: str = "classify") -> list[torch.Tensor]:
     model.eval()
-    return [page_logits(model, p, sizes, device, amp, side, amp_cpu) if len(p.boxes) else torch.zeros(0, n_classes)
+    return [page_logits(model, p, sizes, device, cfg) if len(p.boxes) else torch.zeros(0, n_classes)
             for p in tqdm(pages, desc=desc, leave=False, unit="page", disable=None)]
 
 
@@ -144,7 +154,7 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
 
     def rows_of(part: list[str]) -> pd.DataFrame:
         chosen = [pages[i] for i in part]
-        logits = [page_logits(model, p, sizes, dev, cfg.amp, cfg.page_side, cfg.amp_cpu) if len(p.boxes)
+        logits = [page_logits(model, p, sizes, dev, cfg) if len(p.boxes)
                   else torch.zeros(0, len(classes)) for p in chosen]
         bar.update(len(part))
         return detailed_frame(chosen, logits, classes, cfg.top_k, with_true=split == "valid")

@@ -25,7 +25,7 @@ from kzlib.pages import Page, best_iou, split_pages
 from kzlib import distributed
 from kzlib.runs import (EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint,
                         note_world_size)
-from kzlib.training import (Epochs, Optimisation, autocast, memory_format, sample_seed, seed_everything,
+from kzlib.training import (Epochs, epoch_line, Optimisation, autocast, memory_format, sample_seed, seed_everything,
                             steps_per_epoch)
 
 
@@ -135,8 +135,7 @@ def validate(model, val_pages, val_truth, classes, cfg: ClassifyConfig, device) 
     if not val_pages:
         return {}
     sizes = tta_sizes(cfg.test_size, cfg.scale_aug, cfg.validate_n_tta)
-    logits = predict_pages(model, val_pages, sizes, device, cfg.amp, len(classes), "validate", cfg.page_side,
-                           cfg.amp_cpu)
+    logits = predict_pages(model, val_pages, sizes, device, cfg, len(classes), "validate")
     return detailed_scores(detailed_frame(val_pages, logits, classes, 1, with_true=True), val_truth)
 
 
@@ -213,10 +212,8 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
                    "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0,
                    "world_size": distributed.size()}
             best = end(model, opt, epoch, best, scores, row, last)
-            f1 = scores.get("f1", -1.0)
-            print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {stats['loss']:.4f} train acc "
-                  f"{stats['train_accuracy']:.3f} val F1 {f1:.4f} acc {scores.get('accuracy', float('nan')):.3f} "
-                  f"(best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+            print(epoch_line(fold, epoch, cfg.epochs, f"loss {stats['loss']:.4f} train acc {stats['train_accuracy']:.3f}",
+                             scores, best, time.time() - t0), flush=True)
         distributed.barrier()
     return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early, "classes": len(classes)}
 

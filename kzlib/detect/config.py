@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kzlib.config import ConfigError, check_positive
+from kzlib.config import ConfigError, check_positive, check_zoom_range
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -32,6 +32,7 @@ class DetectConfig:
     crop_height: int = 384
     crops_per_page: int = 2  # an epoch = pages x crops_per_page random crops (upstream: 2 passes)
     scale_aug: float = 0.1425  # crop region height uniform in crop_height*(1 +- scale_aug) at page_size
+    zoom_range: tuple[float, ...] = ()  # (lo, hi): magnification log-uniform in [lo, hi] instead of scale_aug
     hsv_aug: tuple[int, int, int] = (7, 10, 10)  # hue, saturation, value shift limits
     brightness_contrast: float = 0.2
     gamma_aug: tuple[int, int] = (80, 120)
@@ -79,6 +80,7 @@ class DetectConfig:
         check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", allow_zero=True)
         if not 0 <= self.scale_aug < 1:
             raise ConfigError(f"scale_aug: must be in [0, 1), got {self.scale_aug}")
+        check_zoom_range(self.zoom_range)
         if not 0 <= self.min_visibility <= 1 or not 0 <= self.score_threshold <= 1 or not 0 < self.nms_iou <= 1:
             raise ConfigError("min_visibility, score_threshold and nms_iou must lie in [0, 1]")
         if not 0 <= self.trainable_layers <= 5:

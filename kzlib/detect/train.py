@@ -21,7 +21,7 @@ from kzlib import distributed
 from kzlib.distributed import all_sum, unwrap
 from kzlib.runs import (EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint,
                         note_world_size)
-from kzlib.training import Epochs, Optimisation, autocast, memory_format, seed_everything, steps_per_epoch
+from kzlib.training import Epochs, epoch_line, Optimisation, autocast, memory_format, seed_everything, steps_per_epoch
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str,
@@ -113,7 +113,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
                    "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0,
                    "world_size": distributed.size()}
             best = end(model, opt, epoch, best, scores, row, last=epoch + 1 == cfg.epochs)
-            print(f"fold {fold} epoch {epoch + 1}/{cfg.epochs}: loss {losses.get('loss', 0):.4f} "
-                  f"val F1 {scores.get('f1', -1.0):.4f} (best {best:.4f}) {time.time() - t0:.0f} s", flush=True)
+            print(epoch_line(fold, epoch, cfg.epochs, f"loss {losses.get('loss', 0):.4f}", scores, best,
+                             time.time() - t0), flush=True)
         distributed.barrier()
     return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early}

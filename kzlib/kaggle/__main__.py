@@ -1,7 +1,7 @@
 """kzlib kaggle render|push|emulate
 
   render  --user NAME [--preset full|demo|FILE] [--out build/kernels] [--dataset-slug kzlib-kit]
-          [--prefix kzlib] [--budget-hours 11] [--continue SLUG ...] [--only SLUG ...]
+          [--prefix kzlib] [--budget-hours 11] [--continue SLUG ...] [--only SLUG ...] [--gpus 1|2]
       one folder per kernel (kernel.py from kernels/*.py with its values filled in, and
       kernel-metadata.json), push_order.txt and render.json.
   push    [--kernels build/kernels] [--max-gpu 2] [--max-cpu 4] [--poll 60] [--max-continuations 3]
@@ -37,9 +37,10 @@ def render_cmd(a) -> int:
 
     user = kaggle_user(a.user)
     kernels = render(_preset(a.preset), user, a.out, a.dataset_slug, a.prefix, tuple(a.continue_), a.budget_hours,
-                     tuple(a.only))
+                     tuple(a.only), a.gpus)
+    gpus = f"; {a.gpus} GPUs per training (torchrun)" if a.gpus and a.gpus > 1 else ""
     print(f"{len(kernels)} kernels in {a.out} for {user} (dataset {user}/{a.dataset_slug}); "
-          f"time budget {a.budget_hours:g} h a session")
+          f"time budget {a.budget_hours:g} h a session{gpus}")
     print(push_commands(kernels, a.out, user))
     print(f"\nthen: kzlib kaggle push --kernels {a.out}")
     return 0
@@ -93,6 +94,8 @@ def main(argv=None) -> int:
                    help="stop every stage before it would run past this many hours of a session (Kaggle stops at 12)")
     r.add_argument("--dataset-slug", default=DATASET_SLUG)
     r.add_argument("--prefix", default="kzlib", help="first word of every kernel slug")
+    r.add_argument("--gpus", type=int, choices=(1, 2), default=None,
+                   help="train on both T4s of a session (data-parallel, torchrun) instead of the preset's gpus")
     ps = sub.add_parser("push", help="push the kernels in order, at most N GPU sessions, and see them through")
     ps.add_argument("--kernels", type=Path, default=Path("build") / "kernels")
     ps.add_argument("--max-gpu", type=int, default=2, help="GPU sessions at a time (a Kaggle account gets 2)")

@@ -35,6 +35,7 @@ SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 BEGIN = "# ---- values filled in by kzlib kaggle render ----"
 END = "# ---- end of the rendered values ----"
 MACHINE_SHAPE = "NvidiaTeslaT4"  # Kaggle's GPU machine shape (T4s; kaggle-cli docs: "GPU T4 x2", the default GPU)
+KAGGLE_MAX_GPUS = 2              # the most GPUs a Kaggle session has (T4 x2)
 
 
 def template_dir() -> Path:
@@ -162,18 +163,25 @@ def script(kernel: Kernel, cfg: PipelineConfig, continuation: bool, budget_hours
 
 
 def render(cfg: PipelineConfig, user: str, out: Path, dataset_slug: str = DATASET_SLUG, prefix: str = "kzlib",
-           continue_: tuple[str, ...] = (), budget_hours: float = 11.0, only: tuple[str, ...] = ()) -> list[Kernel]:
+           continue_: tuple[str, ...] = (), budget_hours: float = 11.0, only: tuple[str, ...] = (),
+           gpus: int | None = None) -> list[Kernel]:
     """Write ``out/<slug>/{kernel.py,kernel-metadata.json}`` for every kernel (or the ``only``
     ones), ``out/push_order.txt`` and ``out/render.json`` (what ``kzlib kaggle push`` re-renders
     continuations with); returns the kernels in push order. ``continue_``: slugs of kernels
-    rendered as continuations (they read and resume their own previous version's output)."""
-    from dataclasses import asdict
+    rendered as continuations (they read and resume their own previous version's output).
+    ``gpus``: processes per training in the GPU kernels (torchrun over a session's T4s), instead
+    of the preset's."""
+    from dataclasses import asdict, replace
 
     if not re.match(r"^[A-Za-z0-9_-]+$", user or ""):
         raise PlanError(f"Kaggle user name {user!r} is not valid")
     check_slug(dataset_slug, "dataset")
     if not 0 < budget_hours <= 12:
         raise PlanError(f"--budget-hours {budget_hours}: Kaggle sessions end at 12 h; give a budget in (0, 12]")
+    if gpus is not None:
+        cfg = replace(cfg, gpus=gpus)
+    if not 1 <= cfg.gpus <= KAGGLE_MAX_GPUS:
+        raise PlanError(f"gpus {cfg.gpus}: a Kaggle session has at most {KAGGLE_MAX_GPUS} GPUs (T4 x2)")
     kernels = kernel_plan(cfg, prefix)
     slugs = {k.slug for k in kernels}
     unknown = sorted((set(continue_) | set(only)) - slugs)
