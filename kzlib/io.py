@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -94,3 +96,39 @@ def ensure_writable(folder: str | Path, what: str = "output folder") -> Path:
             e.filename = str(folder)
         raise EnvironmentProblem(io_message(e, what)) from None
     return folder
+
+
+@dataclass
+class Held:
+    """What ``exclusive_lock`` yields: truthy when this process holds the lock, else the holder."""
+    held: bool
+    owner: str
+
+    def __bool__(self) -> bool:
+        return self.held
+
+
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[Held]:
+    """An exclusive, non-blocking ``flock`` on ``path`` for the ``with`` block: yields a truthy
+    ``Held`` when this process got it (the file then names this process), a falsy one naming the
+    holder when another process has it. The kernel releases it if the process dies."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fh = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            yield Held(False, fh.read().strip() or "another process")
+            return
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
+        fh.flush()
+        yield Held(True, "")
+    finally:
+        fh.close()

@@ -15,7 +15,6 @@ Folds: ``kzlib.folds`` (by book; by page when the data has fewer books than fold
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -34,7 +33,7 @@ from kzlib.config import config_dict
 from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
 from kzlib.errors import EnvironmentProblem, UsageError
 from kzlib.folds import fold_pages
-from kzlib.io import write_json_atomic
+from kzlib.io import exclusive_lock, write_json_atomic
 from kzlib.preset import PipelineConfig
 from kzlib.runs import RunDir, Stopped, config_conflicts
 
@@ -344,27 +343,9 @@ class Pipeline:
 
         ensure_writable(self.work, "work folder")
 
-    @contextlib.contextmanager
     def lock(self, s: StageSpec):
-        """An exclusive lock on the stage (``locks/<stage>.lock``); yields a truthy handle when
-        this process holds it, a falsy one naming the holder when another process does."""
-        path = self.work / "locks" / f"{s.name}.lock"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(path, "a+")
-        try:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                fh.seek(0)
-                yield _Held(False, fh.read().strip() or "another runner")
-                return
-            fh.seek(0)
-            fh.truncate()
-            fh.write(f"pid {os.getpid()} since {time.strftime('%H:%M:%S')}")
-            fh.flush()
-            yield _Held(True, "")
-        finally:
-            fh.close()
+        """An exclusive lock on the stage (``locks/<stage>.lock``, ``kzlib.io.exclusive_lock``)."""
+        return exclusive_lock(self.work / "locks" / f"{s.name}.lock")
 
     def set_aside(self, s: StageSpec) -> None:
         """Before a changed stage reruns: its state goes, and a training's run folder is moved to
@@ -388,30 +369,10 @@ class Pipeline:
                      deadline=self.deadline)
 
     def _torchrun(self, module: str, run: Path, cfg, args: list[str], s: StageSpec) -> dict:
-        """A training stage as ``torchrun --nproc-per-node GPUS`` (data-parallel, ``kzlib.distributed``):
-        the stage's config as a file in the run folder, every process's output in the stage's log."""
-        import subprocess
+        from kzlib.distributed import launch
 
-        import torch
-
-        if cfg.device.startswith("cuda") and torch.cuda.device_count() < self.cfg.gpus:
-            raise EnvironmentProblem(f"the preset trains on {self.cfg.gpus} GPUs and this machine has "
-                                     f"{torch.cuda.device_count()}; set gpus in the preset")
-        run.mkdir(parents=True, exist_ok=True)
-        config, result = run / "stage_config.json", run / "stage_result.json"
-        write_json_atomic(config_dict(cfg), config)
-        result.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={self.cfg.gpus}",
-               "-m", module, "train", *args, "--out", str(run), "--config", str(config), "--fold", str(s.fold),
-               "--auto", "--result", str(result)] + (["--deadline", str(self.deadline)] if self.deadline else [])
-        print("running: " + " ".join(cmd), flush=True)
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for line in proc.stdout:
-            print(line, end="", flush=True)
-        if proc.wait() or not result.is_file():
-            raise EnvironmentProblem(f"stage {s.name}: torchrun exited with {proc.returncode}; its processes' "
-                                     f"output is in {self.stage_log(s)}")
-        return json.loads(result.read_text())
+        return launch(module, run, cfg, args + ["--fold", str(s.fold)], self.cfg.gpus, self.deadline,
+                      f"stage {s.name}", self.stage_log(s))
 
     def _detect_oof(self, s: StageSpec) -> dict:
         from kzlib.detect.predict import predict
@@ -527,15 +488,6 @@ class _StageOutput(io.TextIOBase):
 
     def flush(self) -> None:
         self.log_file.flush()
-
-
-@dataclass
-class _Held:
-    held: bool
-    owner: str
-
-    def __bool__(self) -> bool:
-        return self.held
 
 
 def _jsonable(obj):

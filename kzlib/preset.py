@@ -99,7 +99,7 @@ PRESET_DIR = Path(__file__).resolve().parent / "configs"
 def preset_path(name: str | Path) -> Path:
     """A preset by name (``full``, ``demo``, ... in ``configs/preset_NAME.json``) or a JSON file."""
     path = Path(name)
-    if path.suffix == ".json" or path.exists():
+    if path.suffix == ".json" or path.is_file():  # a folder named like a preset (make demo's demo/) is not one
         if not path.is_file():
             raise ConfigError(f"preset file {path} not found")
         return path

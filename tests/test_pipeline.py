@@ -11,7 +11,8 @@ import pytest
 
 from kzlib.data import read_labels_csv
 from kzlib.metric import read_submission
-from kzlib.preset import load_preset
+from kzlib.config import ConfigError
+from kzlib.preset import load_preset, preset_path
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
@@ -27,6 +28,17 @@ def test_presets_are_valid():
     full = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
     rx = full.classify_config("resnext101")
     assert (rx.backbone, rx.frozen_start, rx.max_targets, rx.batch_size, rx.lr) == ("resnext101_32x8d", True, 256, 12, 0.016)
+
+
+def test_preset_names_are_not_shadowed_by_folders(tmp_path, monkeypatch):
+    """`make demo` runs `--preset demo` beside its own demo/ folder: the name is still the preset."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert preset_path("demo") == ROOT / "kzlib" / "configs" / "preset_demo.json"
+    (tmp_path / "mine").write_text("{}")
+    assert preset_path("mine") == Path("mine")  # a file is taken as it is
+    with pytest.raises(ConfigError, match="not found"):
+        preset_path("missing.json")
 
 
 def _state(work):
