@@ -6,7 +6,8 @@ Per crop: decode, geometry (cut + resize), colour augmentation, to-tensor — fo
 (the page decoded at the smallest JPEG reduction that keeps the region's resolution, the region cut,
 then only the region resized) and, for comparison, the previous pipeline (the whole page rescaled
 with RandomScale, padded, then cropped). Per step: forward, backward, optimizer, at the preset's
-batch size. Prints seconds per crop / step and each part's share.
+batch size, with the preset's speed options (bf16 autocast on CPUs with AVX512-BF16/AMX,
+channels_last) and, "before", in fp32. Prints seconds per crop / step and each part's share.
 """
 
 import argparse
@@ -28,6 +29,7 @@ from kzlib.detect.dataset import collate as det_collate, crop_spec as det_spec  
 from kzlib.detect.model import build_model  # noqa: E402
 from kzlib.pages import page_scale, split_pages, to_tensor  # noqa: E402
 from kzlib.preset import load_preset, preset_path  # noqa: E402
+from kzlib.training import autocast, cpu_has_bf16, memory_format  # noqa: E402
 
 
 def crop_parts(spec, pages, n, rng):
@@ -83,14 +85,18 @@ def crop_parts(spec, pages, n, rng):
     return {k: v / n for k, v in new.items()}, {k: v / n for k, v in old.items()}
 
 
-def step_parts(model, batches, loss_fn, steps):
+def step_parts(model, batches, loss_fn, steps, amp_cpu=False, channels_last=False):
+    """Seconds of forward, backward and optimizer per step; with the speed options as in training
+    (bf16 autocast on the CPU, channels_last weights) when asked."""
+    model = memory_format(model, channels_last)
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3, momentum=0.9)
     model.train()
     parts = dict(forward=0.0, backward=0.0, optimizer=0.0)
     for i in range(steps + 1):
         batch = batches[i % len(batches)]
         t = time.perf_counter()
-        loss = loss_fn(model, batch)
+        with autocast(torch.device("cpu"), False, amp_cpu):
+            loss = loss_fn(model, batch)
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -102,6 +108,11 @@ def step_parts(model, batches, loss_fn, steps):
             parts["backward"] += t2 - t1
             parts["optimizer"] += t3 - t2
     return {k: v / steps for k, v in parts.items()}
+
+
+def speed(cfg) -> str:
+    on = [n for n, v in (("bf16 autocast", cfg.amp_cpu and cpu_has_bf16()), ("channels_last", cfg.channels_last)) if v]
+    return ", ".join(on) or "fp32"
 
 
 def table(name, crops_per_step, crop, step):
@@ -134,12 +145,12 @@ def main():
     classes = sorted({x for pg in train for x in pg.codes}) + ["seg_fp"]
     ds = CropDataset(train, class_index(train, classes, "train"), c)
     batches = [cls_collate([ds[i * c.batch_size + j] for j in range(c.batch_size)]) for i in range(3)]
-    model = Classifier(c, len(classes))
-    step = step_parts(model, batches, lambda m, b: torch.nn.functional.cross_entropy(m(b[0], b[1]), torch.cat(b[2])),
-                      a.steps)
-    table(f"classifier {kind} ({c.backbone}, {c.crop_width}x{c.crop_height} crops, pages {c.page_size} px)",
-          c.batch_size, new, step)
-    table("  the same step with the previous crop pipeline", c.batch_size, old, step)
+    loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0], b[1]).float(), torch.cat(b[2]))
+    fp32 = step_parts(Classifier(c, len(classes)), batches, loss, a.steps)
+    fast = step_parts(Classifier(c, len(classes)), batches, loss, a.steps, c.amp_cpu and cpu_has_bf16(), c.channels_last)
+    name = f"classifier {kind} ({c.backbone}, {c.crop_width}x{c.crop_height} crops, pages {c.page_size} px)"
+    table(f"{name}, the preset's speed options ({speed(c)})", c.batch_size, new, fast)
+    table("  before: the previous crop pipeline, fp32", c.batch_size, old, fp32)
 
     d = cfg.detect_config()
     new, old = crop_parts(det_spec(d), train, a.crops, rng)
@@ -147,11 +158,14 @@ def main():
 
     ds = DetCrops(train, d)
     batches = [det_collate([ds[i * d.batch_size + j] for j in range(d.batch_size)]) for i in range(3)]
-    model = build_model(d)
-    step = step_parts(model, batches, lambda m, b: sum(m(b[0], b[1]).values()), a.steps)
-    table(f"detector ({d.backbone} FPN-{d.fpn_channels}, {d.crop_width}x{d.crop_height} crops, pages {d.page_size} px)",
-          d.batch_size, new, step)
-    table("  the same step with the previous crop pipeline", d.batch_size, old, step)
+    loss = lambda m, b: sum(m(b[0], b[1]).values())
+    torch.manual_seed(0)
+    fp32 = step_parts(build_model(d), batches, loss, a.steps)
+    torch.manual_seed(0)
+    fast = step_parts(build_model(d), batches, loss, a.steps, d.amp_cpu and cpu_has_bf16(), d.channels_last)
+    name = f"detector ({d.backbone} FPN-{d.fpn_channels}, {d.crop_width}x{d.crop_height} crops, pages {d.page_size} px)"
+    table(f"{name}, the preset's speed options ({speed(d)})", d.batch_size, new, fast)
+    table("  before: the previous crop pipeline, fp32", d.batch_size, old, fp32)
 
 
 if __name__ == "__main__":

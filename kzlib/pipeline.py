@@ -30,12 +30,13 @@ from typing import Sequence
 import pandas as pd
 
 from kzlib.config import config_dict
-from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
+from kzlib.data import DataDir, DataError, read_labels_csv
 from kzlib.errors import EnvironmentProblem, UsageError
 from kzlib.folds import fold_pages
 from kzlib.io import exclusive_lock, write_json_atomic
 from kzlib.preset import PipelineConfig
 from kzlib.runs import RunDir, Stopped, config_conflicts
+from kzlib.steps import STEPS
 
 
 @dataclass(frozen=True)
@@ -329,7 +330,7 @@ class Pipeline:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 print(f"=== {s.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})", flush=True)
                 try:
-                    return getattr(self, "_" + s.step.replace("-", "_"))(s) or {}
+                    return STEPS[s.step](self, s) or {}
                 except Stopped:  # a prediction stopped for the time budget; its finished parts are kept
                     return {"stopped_early": True}
                 except OSError as e:
@@ -358,110 +359,6 @@ class Pipeline:
                 dest.parent.mkdir(parents=True, exist_ok=True)
                 shutil.move(str(run), str(dest))
                 print(f"{s.name}: its earlier run folder is kept in {dest}", flush=True)
-
-    # ----------------------------------------------------------------------------- the steps
-    def _detect_train(self, s: StageSpec) -> dict:
-        from kzlib.detect.train import train
-
-        if self.cfg.gpus > 1:
-            return self._torchrun("kzlib.detect", self.det_run(s.fold), self.detect_config(), [str(self.data)], s)
-        return train(self.data, self.det_run(s.fold), self.detect_config(), s.fold, mode="auto",
-                     deadline=self.deadline)
-
-    def _torchrun(self, module: str, run: Path, cfg, args: list[str], s: StageSpec) -> dict:
-        from kzlib.distributed import launch
-
-        return launch(module, run, cfg, args + ["--fold", str(s.fold)], self.cfg.gpus, self.deadline,
-                      f"stage {s.name}", self.stage_log(s))
-
-    def _detect_oof(self, s: StageSpec) -> dict:
-        from kzlib.detect.predict import predict
-
-        return {"out": str(predict(self.det_run(s.fold), self.data, "oof", deadline=self.deadline))}
-
-    def _detect_test(self, s: StageSpec) -> dict:
-        from kzlib.detect.predict import predict
-
-        return {"out": str(predict(self.det_run(s.fold), self.data, "test", deadline=self.deadline))}
-
-    def _detect_merge(self, s: StageSpec) -> dict:
-        from kzlib.detect.predict import merge_oof, merge_test
-
-        cfg = self.cfg
-        oof = merge_oof([self.det_run(k) for k in range(cfg.n_folds)], self.oof_boxes, self.data)
-        vote = cfg.test_boxes == "vote"
-        folds = range(cfg.n_folds) if vote else [0]
-        test = merge_test([RunDir(self.det_run(k)).test_boxes for k in folds], self.test_boxes,
-                          cfg.test_votes or None if vote else None)
-        return {"oof_boxes": len(oof), "test_boxes": len(test)}
-
-    def _classify_train(self, s: StageSpec) -> dict:
-        from kzlib.classify.train import train
-
-        pseudo = [self.pseudo_labels] if s.kind not in self.cfg.kinds else []
-        if self.cfg.gpus > 1:
-            args = [str(self.data), "--boxes", str(self.oof_boxes)] + (["--pseudolabels", *map(str, pseudo)] if pseudo else [])
-            return self._torchrun("kzlib.classify", self.cls_run(s.kind, s.fold), self.classify_config(s.kind, s.fold),
-                                  args, s)
-        return train(self.data, self.oof_boxes, self.cls_run(s.kind, s.fold), self.classify_config(s.kind, s.fold),
-                     s.fold, pseudolabels=pseudo, mode="auto", deadline=self.deadline)
-
-    def _classify_predict(self, s: StageSpec) -> dict:
-        from kzlib.classify.predict import predict
-
-        run = self.cls_run(s.kind, s.fold)
-        v = predict(run, self.data, self.oof_boxes, "valid", self.cfg.n_tta, deadline=self.deadline)
-        t = predict(run, self.data, self.test_boxes, "test", self.cfg.n_tta, deadline=self.deadline)
-        return {"valid_f1": v["scores"]["f1"], "valid_accuracy": v["scores"]["accuracy"], "test": t["detailed"]}
-
-    def _pseudolabel(self, s: StageSpec) -> dict:
-        from kzlib.detailed import blend_files
-        from kzlib.pseudolabel import report, select, write_pseudolabels
-
-        cfg = self.cfg
-        folds = range(cfg.n_folds)
-        test = blend_files([RunDir(self.cls_run(kind, k)).detailed("test") for kind in cfg.kinds for k in folds])
-        valid = pd.concat([blend_files([RunDir(self.cls_run(kind, k)).detailed("valid") for kind in cfg.kinds])
-                           for k in folds], ignore_index=True)
-        gap, second, drop = cfg.pseudo_min_gap, cfg.pseudo_max_second_score, cfg.pseudo_drop_seg_fp
-        result = {"test": write_pseudolabels(test, self.pseudo_labels, gap, second, drop),
-                  "valid": report(valid, select(valid, gap, second, drop))}
-        write_json_atomic(result, self.pseudo_labels.with_suffix(".json"))
-        return result
-
-    def _stack(self, s: StageSpec) -> dict:
-        from kzlib.stack.models import TooFewRows
-        from kzlib.stack.run import build_features, predict, train
-
-        cfg, kinds = self.cfg, self.kinds()
-        out = self.work / "stack"
-        feats = []
-        for k in range(cfg.n_folds):
-            groups = {kind: [str(RunDir(self.cls_run(kind, k)).detailed("valid"))] for kind in kinds}
-            build_features(groups, out / f"features_fold{k}.csv.gz")
-            feats.append(out / f"features_fold{k}.csv.gz")
-        test_groups = {kind: [str(RunDir(self.cls_run(kind, k)).detailed("test")) for k in range(cfg.n_folds)]
-                       for kind in kinds}
-        info = build_features(test_groups, out / "features_test.csv.gz")
-        write_json_atomic(config_dict(cfg.stack_config()), out / "stack_config.json")
-        try:
-            result = train(feats, self.data, out / "models", out / "stack_config.json")
-        except TooFewRows as e:  # e.g. a detector that found almost nothing on the held-out pages
-            print(f"{e}; the submission is the plain blend of every kind instead", flush=True)
-            return {"level2": f"skipped: {e}", "test_features": info, **self._blend_submission(kinds)}
-        sub = predict(out / "models", out / "features_test.csv.gz", self.data, self.submission)
-        return {"level2_seconds": result["seconds"], "test_features": info, **sub}
-
-    def _blend_submission(self, kinds: list[str]) -> dict:
-        from kzlib.detailed import blend_files, submission_from_detailed
-        from kzlib.metric import write_submission
-
-        test = blend_files([RunDir(self.cls_run(kind, k)).detailed("test") for kind in kinds
-                            for k in range(self.cfg.n_folds)])
-        ids = read_labels_csv(DataDir(self.data).sample_submission_csv)["image_id"].tolist()
-        write_submission(submission_from_detailed(test), self.submission, ids)
-        return {"submission": str(self.submission), "characters": int((test["pred"] != SEG_FP).sum()), "pages": len(ids)}
-
 
 class _StageOutput(io.TextIOBase):
     """A stage's output: all of it to its log file; its progress lines (epochs, budget stops,

@@ -151,11 +151,12 @@ def test_a_full_disk_is_one_line_naming_the_stage_and_file(tiny, tmp_path, monke
 
     from kzlib.errors import EnvironmentProblem
     from kzlib.pipeline import Pipeline
+    from kzlib.steps import STEPS
 
-    def full(self, s):
-        raise OSError(errno.ENOSPC, "No space left on device", str(self.det_run(s.fold) / "checkpoint.pth"))
+    def full(p, s):
+        raise OSError(errno.ENOSPC, "No space left on device", str(p.det_run(s.fold) / "checkpoint.pth"))
 
-    monkeypatch.setattr(Pipeline, "_detect_train", full)
+    monkeypatch.setitem(STEPS, "detect-train", full)
     pipe = Pipeline(tiny, tmp_path / "work", load_preset(PRESET))
     with pytest.raises(EnvironmentProblem) as e:
         pipe.run("detect-f0", log=lambda *_: None)
