@@ -49,6 +49,23 @@ def one_line_errors(*errors: type[BaseException], code: int = 1) -> Callable:
     return wrap
 
 
+def add_training_flags(t) -> None:
+    """The flags every ``train`` subcommand has: fold or held-out pages, run folder, config file,
+    resume, and the runner's own (hidden) --auto/--deadline/--result."""
+    import argparse
+    from pathlib import Path
+
+    t.add_argument("--fold", type=int, help="fold to hold out (default 0)")
+    t.add_argument("--out", type=Path, required=True, help="run folder")
+    t.add_argument("--config", type=Path, help="JSON config (flags override it)")
+    t.add_argument("--val-images", help="comma-separated image ids to hold out instead of the fold's books")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out (its config is kept; a flag that differs from it is an error)")
+    t.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)  # the runner's: resume when there is a run
+    t.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # the runner's time budget (time.time() value)
+    t.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # the runner reads the result here
+
+
 def finish_training(result: dict, out, result_file=None) -> None:
     """The end of a training CLI: process 0 reports (and writes ``result_file`` for the runner); a
     distributed run leaves its process group."""

@@ -16,7 +16,7 @@ import types
 import typing
 import warnings
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Sequence, TypeVar
 
 from kzlib.errors import UsageError
 
@@ -157,6 +157,14 @@ def check_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
         v = getattr(cfg, name)
         if v < 0 or (v == 0 and not allow_zero):
             raise ConfigError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
+
+
+def check_choices(cfg: Any, **choices: Sequence[str]) -> None:
+    """Each named field holds one of its allowed values."""
+    for name, allowed in choices.items():
+        v = getattr(cfg, name)
+        if v not in allowed:
+            raise ConfigError(f"{name}: {v!r} is not {', '.join(allowed[:-1])} or {allowed[-1]}")
 
 
 def check_zoom_range(zoom_range: tuple[float, ...]) -> None:

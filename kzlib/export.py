@@ -104,7 +104,7 @@ def export(work: Path, out: Path, folds: str = "all", level2: bool = True, log=p
     level 2 is skipped)."""
     from kzlib import __version__
     from kzlib.io import write_json_atomic
-    from kzlib.runs import file_sha256
+    from kzlib.io import file_sha256
 
     if folds not in ("all", "best"):
         raise UsageError(f"--folds {folds!r}: all or best")

@@ -18,7 +18,6 @@ The models are detectron2's ``resume_or_load`` and timm's ``CheckpointSaver``.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any, Sequence, TypeVar
 
 from kzlib.config import config_dict, config_from_dict, read_json, save_config
 from kzlib.errors import DataError, UsageError
-from kzlib.io import write_json_atomic
+from kzlib.io import file_sha256, write_json_atomic
 
 C = TypeVar("C")
 
@@ -51,14 +50,6 @@ class Split:
     classes: int = 0
     inputs: dict = field(default_factory=dict)             # role (train.csv, boxes, ...) -> SHA-256
     world_size: int = 1                                    # processes it was started with (torchrun)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def input_hashes(files: dict[str, str | Path | Sequence[str | Path]]) -> dict:
@@ -146,6 +137,22 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.config)
         write_json_atomic(dataclasses.asdict(split), self.split_file)
+
+    def open_training(self, cls: type[C], cfg: C, given: dict | None, mode: str, inputs: dict, fold: int | None,
+                      val_images: Sequence[str] | None) -> tuple[C, Split | None, dict | None, int, list | None]:
+        """``resume_or_start`` for a training call, with a resumed run's checks: it must read the same
+        files (``inputs``: role -> SHA-256) and keeps its fold and held-out pages. Returns (config,
+        saved split or None, checkpoint or None, fold, held-out image ids given or None)."""
+        from kzlib import distributed
+
+        cfg, saved, checkpoint = self.resume_or_start(cls, cfg, given, mode)
+        distributed.barrier()  # every process has read the folder before process 0 writes to it
+        if saved is not None:
+            check_inputs(self, saved.inputs, inputs)
+            check_split(self, saved, fold, val_images)
+            note_world_size(saved)
+            fold, val_images = saved.fold, saved.val_ids if saved.val_images_given else None
+        return cfg, saved, checkpoint, 0 if fold is None else fold, val_images
 
     def resume_or_start(self, cls: type[C], cfg: C, given: dict | None, mode: str) -> tuple[C, Split | None, dict | None]:
         """What a training call continues: (config, saved split or None, checkpoint or None).
@@ -280,6 +287,15 @@ class EpochEnd:
 
     def open(self, start: int) -> None:
         self.log = self.log_cls(self.run.log, keep_until_epoch=start - 1)
+
+    @staticmethod
+    def row(epoch: int, opt, stats: dict, scores: dict, images: int, train_seconds: float, seconds: float) -> dict:
+        """The log row of an epoch: learning rate, training stats, validation scores, speed."""
+        from kzlib import distributed
+
+        return {"epoch": epoch, "lr": opt.lr, **stats,
+                **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
+                "train_images_per_s": images / train_seconds, "seconds": seconds, "world_size": distributed.size()}
 
     def __call__(self, model, opt, epoch: int, best: float, scores: dict, row: dict, last: bool) -> float:
         f1 = scores.get("f1", -1.0)

@@ -147,6 +147,27 @@ def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> 
                       num_workers=cfg.workers, pin_memory=device.type == "cuda")
 
 
+def begin(model: torch.nn.Module, cfg, device: torch.device, run, checkpoint: dict | None, steps: int,
+          metrics: tuple[str, ...], extra: dict | None = None, keep_last_as_best: bool = False):
+    """What every training does once its model is built: BatchNorm synced across processes, the
+    optimiser and schedule (restored from ``checkpoint``), the data-parallel wrapper and the
+    end-of-epoch bookkeeping (``kzlib.runs.EpochEnd``, its log opened on process 0).
+    Returns (model, wrapped model, Optimisation, first epoch, best F1, EpochEnd)."""
+    from kzlib import distributed
+    from kzlib.runs import EpochEnd
+
+    model = distributed.sync_batchnorm(model, device)
+    opt = Optimisation(model, cfg, device, steps)
+    start, best = opt.resume(model, checkpoint, run.root)
+    ddp = distributed.wrap(model, device)
+    end = EpochEnd(run, cfg, metrics, extra, keep_last_as_best=keep_last_as_best)
+    if distributed.is_main():
+        end.open(start)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return model, ddp, opt, start, best, end
+
+
 def epoch_line(fold, epoch: int, epochs: int, train: str, scores: dict, best: float, seconds: float) -> str:
     """The console line of one finished epoch; ``val -`` when it was not validated."""
     if scores:

@@ -15,7 +15,6 @@ files in the kit's dataset.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from kzlib.cli import EnvironmentProblem, one_line_errors
+from kzlib.io import file_sha256
 
 MANIFEST = "manifest.json"
 FETCH = "python -m kzlib.weights fetch"
@@ -84,14 +84,6 @@ def resolve(value: str, arch: str, weights_dir: Path | None = None) -> Path | No
     return folder / path
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -111,7 +103,7 @@ def status(path: Path) -> str:
     entry = read_manifest(path.parent).get(path.name)
     if entry is None:
         return "present"
-    return "verified" if entry.get("sha256") == sha256(path) and path.stat().st_size == entry.get("bytes") \
+    return "verified" if entry.get("sha256") == file_sha256(path) and path.stat().st_size == entry.get("bytes") \
         else "corrupt"
 
 
@@ -181,7 +173,7 @@ def fetch(out: Path, archs: Iterable[str], force: bool = False, log=print) -> li
         with atomic_path(path) as tmp:
             torch.save(state, tmp)
         entry = {"file": spec.file, "arch": arch, "library": spec.library, "source": spec.source,
-                 "sha256": sha256(path), "bytes": path.stat().st_size, "tensors": len(state)}
+                 "sha256": file_sha256(path), "bytes": path.stat().st_size, "tensors": len(state)}
         manifest[spec.file] = entry
         write_json_atomic(manifest, out / MANIFEST)
         log(f"{path}: {entry['bytes'] / 2**20:.1f} MiB, sha256 {entry['sha256'][:16]}...")

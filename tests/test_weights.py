@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from kzlib import weights
+from kzlib.io import file_sha256
 from kzlib.preset import load_preset, preset_path
 
 ROOT = weights.Path(__file__).resolve().parents[1]
@@ -35,7 +36,7 @@ def test_fetch_writes_files_and_manifest_then_skips_verified(tmp_path, fake_load
     assert set(manifest) == {"resnet152_imagenet1k_v1.pth", "resnext101_32x8d_wsl.pth"}
     entry = manifest["resnext101_32x8d_wsl.pth"]
     assert entry["library"] == "timm" and entry["source"] == "resnext101_32x8d.fb_wsl_ig1b_ft_in1k"
-    assert entry["sha256"] == weights.sha256(tmp_path / "resnext101_32x8d_wsl.pth") and entry["tensors"] == 2
+    assert entry["sha256"] == file_sha256(tmp_path / "resnext101_32x8d_wsl.pth") and entry["tensors"] == 2
     assert manifest["resnet152_imagenet1k_v1.pth"]["source"] == "IMAGENET1K_V1" and len(rows) == 2
     assert weights.load_state(tmp_path / "resnet152_imagenet1k_v1.pth")["conv1.weight"][0, 0] == 1.0
     weights.fetch(tmp_path, ["resnet152"], log=lambda *_: None)

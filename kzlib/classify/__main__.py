@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from kzlib.cli import finish_training, one_line_errors
+from kzlib.cli import add_training_flags, finish_training, one_line_errors
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
@@ -17,18 +17,11 @@ def main(argv=None) -> int:
     t = sub.add_parser("train", help="train one fold's classifier on the detector's OOF boxes")
     t.add_argument("data_dir", type=Path)
     t.add_argument("--boxes", type=Path, required=True, help="oof_boxes.csv (image_id,x,y,w,h,score,true)")
-    t.add_argument("--fold", type=int, help="fold to hold out (default 0)")
-    t.add_argument("--out", type=Path, required=True, help="run folder")
-    t.add_argument("--config", type=Path, help="JSON config (flags override it)")
-    t.add_argument("--val-images", help="comma-separated image ids to hold out instead of the fold's books")
+    add_training_flags(t)
     t.add_argument("--pseudolabels", type=Path, nargs="+", default=[],
                    help="pseudolabel files (train.csv format, test images) added to training")
     t.add_argument("--pseudolabels-oversample", dest="pseudo_oversample", type=int,
                    help=argparse.SUPPRESS)  # deprecated name of --pseudo-oversample
-    t.add_argument("--resume", action="store_true", help="continue the run in --out (its config is kept; a flag that differs from it is an error)")
-    t.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)  # the runner's: resume when there is a run
-    t.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # the runner's time budget (time.time() value)
-    t.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # the runner reads the result here
     add_config_flags(t.add_argument_group("config"), ClassifyConfig)
     pr = sub.add_parser("predict", help="detailed file and submission for held-out (valid) or test pages")
     pr.add_argument("run_dir", type=Path)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kzlib.config import ConfigError, check_positive, check_zoom_range
+from kzlib.config import ConfigError, check_choices, check_positive, check_zoom_range
 
 
 @dataclass
@@ -75,12 +75,7 @@ class ClassifyConfig:
                        "test_size", "crop_width", "crop_height", "hidden", "roi_size", "validate_n_tta", "validate_every",
                        "pseudo_oversample", "lr", "n_folds")
         check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", allow_zero=True)
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"optimizer: {self.optimizer!r} is not sgd or adamw")
-        if self.schedule not in ("step", "cosine"):
-            raise ConfigError(f"schedule: {self.schedule!r} is not step or cosine")
-        if self.page_side not in ("height", "longest"):
-            raise ConfigError(f"page_side: {self.page_side!r} is not height or longest")
+        check_choices(self, optimizer=("sgd", "adamw"), schedule=("step", "cosine"), page_side=("height", "longest"))
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.scale_aug < 1 or not 0 <= self.dropout < 1 or not 0 <= self.min_visibility <= 1:

@@ -23,9 +23,8 @@ from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
 from kzlib import distributed
-from kzlib.runs import (EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint,
-                        note_world_size)
-from kzlib.training import (Epochs, epoch_line, Optimisation, autocast, memory_format, sample_seed, seed_everything,
+from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
+from kzlib.training import (Epochs, autocast, begin, epoch_line, memory_format, sample_seed, seed_everything,
                             steps_per_epoch)
 
 
@@ -149,16 +148,10 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
     ``torchrun`` it trains data-parallel (``kzlib.distributed``); process 0 writes and validates."""
     device = distributed.init(cfg.device)
     run = RunDir(out)
-    cfg, saved, checkpoint = run.resume_or_start(ClassifyConfig, cfg, given, mode)
-    distributed.barrier()  # every process has read the folder before process 0 writes to it
     inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv, "boxes": boxes,
                            "pseudolabels": list(pseudolabels)})
-    if saved is not None:  # a resumed run keeps its split, and must read the same files
-        check_inputs(run, saved.inputs, inputs)
-        check_split(run, saved, fold, val_images)
-        note_world_size(saved)
-        fold, val_images = saved.fold, saved.val_ids if saved.val_images_given else None
-    fold = 0 if fold is None else fold
+    cfg, saved, checkpoint, fold, val_images = run.open_training(ClassifyConfig, cfg, given, mode, inputs, fold,
+                                                                 val_images)
     init = None
     if cfg.init_from and checkpoint is None:
         init = load_other_checkpoint(cfg.init_from, "the checkpoint to fine-tune from")
@@ -185,17 +178,11 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         except RuntimeError as e:
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint ({str(e).splitlines()[0]}); "
                              "the same backbone is needed") from None
-    model = distributed.sync_batchnorm(model, device)
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
-    opt = Optimisation(model, cfg, device, steps)
-    start, best = opt.resume(model, checkpoint, out)
-    ddp = distributed.wrap(model, device)
-    end = EpochEnd(run, cfg, ("f1", "accuracy", "train_accuracy"), {"classes": classes}, keep_last_as_best=not val_pages)
-    if distributed.is_main():
-        end.open(start)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    model, ddp, opt, start, best, end = begin(model, cfg, device, run, checkpoint, steps,
+                                              ("f1", "accuracy", "train_accuracy"), {"classes": classes},
+                                              keep_last_as_best=not val_pages)
 
     epochs = Epochs(start, cfg.epochs, deadline, max_epochs)
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
@@ -207,10 +194,7 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         if distributed.is_main():
             scores = validate(model, val_pages, val_truth, classes, cfg, device) \
                 if (epoch + 1) % cfg.validate_every == 0 or last else {}
-            row = {"epoch": epoch, "lr": opt.lr, **stats,
-                   **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
-                   "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0,
-                   "world_size": distributed.size()}
+            row = end.row(epoch, opt, stats, scores, len(dataset), t_train, time.time() - t0)
             best = end(model, opt, epoch, best, scores, row, last)
             print(epoch_line(fold, epoch, cfg.epochs, f"loss {stats['loss']:.4f} train acc {stats['train_accuracy']:.3f}",
                              scores, best, time.time() - t0), flush=True)

@@ -2,7 +2,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kzlib.cli import finish_training, one_line_errors
+from kzlib.cli import add_training_flags, finish_training, one_line_errors
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
@@ -15,14 +15,7 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one fold's detector")
     t.add_argument("data_dir", type=Path)
-    t.add_argument("--fold", type=int, help="fold to hold out (default 0)")
-    t.add_argument("--out", type=Path, required=True, help="run folder")
-    t.add_argument("--config", type=Path, help="JSON config (flags override it)")
-    t.add_argument("--val-images", help="comma-separated image ids to hold out instead of the fold's books")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out (its config is kept; a flag that differs from it is an error)")
-    t.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)  # the runner's: resume when there is a run
-    t.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # the runner's time budget (time.time() value)
-    t.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # the runner reads the result here
+    add_training_flags(t)
     add_config_flags(t.add_argument_group("config"), DetectConfig)
     pr = sub.add_parser("predict", help="boxes for the run's held-out pages (oof) or the test pages")
     pr.add_argument("run_dir", type=Path)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kzlib.config import ConfigError, check_positive, check_zoom_range
+from kzlib.config import ConfigError, check_choices, check_positive, check_zoom_range
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -68,12 +68,7 @@ class DetectConfig:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         if len(self.anchor_sizes) != 5:
             raise ConfigError("anchor_sizes: needs one size per FPN level (5)")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ConfigError(f"optimizer: {self.optimizer!r} is not sgd or adamw")
-        if self.schedule not in ("step", "cosine"):
-            raise ConfigError(f"schedule: {self.schedule!r} is not step or cosine")
-        if self.page_side not in ("height", "longest"):
-            raise ConfigError(f"page_side: {self.page_side!r} is not height or longest")
+        check_choices(self, optimizer=("sgd", "adamw"), schedule=("step", "cosine"), page_side=("height", "longest"))
         check_positive(self, "page_size", "crop_width", "crop_height", "crops_per_page", "epochs", "batch_size",
                        "lr", "fpn_channels", "max_detections", "rpn_pre_nms_test", "rpn_post_nms_test",
                        "n_folds", "box_batch_per_image")

@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-import torch
 from tqdm import tqdm
 
 from kzlib.detect.config import DetectConfig
@@ -19,9 +18,8 @@ from kzlib.data import DataDir
 from kzlib.errors import UsageError
 from kzlib import distributed
 from kzlib.distributed import all_sum, unwrap
-from kzlib.runs import (EpochEnd, RunDir, Split, check_inputs, check_split, input_hashes, load_other_checkpoint,
-                        note_world_size)
-from kzlib.training import Epochs, epoch_line, Optimisation, autocast, memory_format, seed_everything, steps_per_epoch
+from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
+from kzlib.training import Epochs, autocast, begin, epoch_line, memory_format, seed_everything, steps_per_epoch
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str,
@@ -64,15 +62,9 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
     ``torchrun`` it trains data-parallel (``kzlib.distributed``); process 0 writes and validates."""
     device = distributed.init(cfg.device)
     run = RunDir(out)
-    cfg, saved, checkpoint = run.resume_or_start(DetectConfig, cfg, given, mode)
-    distributed.barrier()  # every process has read the folder before process 0 writes to it
     inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv})
-    if saved is not None:  # a resumed run keeps its split, and must read the same data
-        check_inputs(run, saved.inputs, inputs)
-        check_split(run, saved, fold, val_images)
-        note_world_size(saved)
-        fold, val_images = saved.fold, saved.val_ids if saved.val_images_given else None
-    fold = 0 if fold is None else fold
+    cfg, saved, checkpoint, fold, val_images = run.open_training(DetectConfig, cfg, given, mode, inputs, fold,
+                                                                 val_images)
     train_pages, val_pages = split_pages(Path(data_dir), fold, cfg.n_folds, val_images)
     if saved is None and distributed.is_main():
         run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
@@ -89,16 +81,10 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
         except RuntimeError as e:
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
-    model = distributed.sync_batchnorm(model, device)
     dataset = CropDataset(train_pages, cfg)
-    opt = Optimisation(model, cfg, device, steps_per_epoch(len(dataset), cfg.batch_size))
-    start, best = opt.resume(model, checkpoint, out)
-    ddp = distributed.wrap(model, device)
-    end = EpochEnd(run, cfg, ("f1", "precision", "recall"), keep_last_as_best=not val_pages)
-    if distributed.is_main():
-        end.open(start)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    model, ddp, opt, start, best, end = begin(model, cfg, device, run, checkpoint,
+                                              steps_per_epoch(len(dataset), cfg.batch_size), ("f1", "precision", "recall"),
+                                              keep_last_as_best=not val_pages)
 
     epochs = Epochs(start, cfg.epochs, deadline, max_epochs)
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
@@ -108,10 +94,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
         t_train = time.time() - t0
         if distributed.is_main():
             scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
-            row = {"epoch": epoch, "lr": opt.lr, **losses,
-                   **{k: scores[k] for k in ("f1", "precision", "recall") if k in scores},
-                   "train_images_per_s": len(dataset) / t_train, "seconds": time.time() - t0,
-                   "world_size": distributed.size()}
+            row = end.row(epoch, opt, losses, scores, len(dataset), t_train, time.time() - t0)
             best = end(model, opt, epoch, best, scores, row, last=epoch + 1 == cfg.epochs)
             print(epoch_line(fold, epoch, cfg.epochs, f"loss {losses.get('loss', 0):.4f}", scores, best,
                              time.time() - t0), flush=True)

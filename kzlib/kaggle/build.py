@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import json
 import os
 import shlex
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Sequence
 
 from kzlib.cli import one_line_errors
+from kzlib.io import file_sha256
 from kzlib.kaggle.plan import DATASET_SLUG, check_slug
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -153,14 +153,6 @@ def render_metadata(user: str, slug: str = DATASET_SLUG, template: Path = TEMPLA
     return meta
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def preset_weights(presets: Sequence[str], weights_dir: Path | None = None) -> list[str]:
     """The weight files the named presets train from, checked (missing or corrupt: one line)."""
     from kzlib.preset import load_preset, preset_path
@@ -217,7 +209,7 @@ def build_dataset(out: Path, user: str, weights: Sequence[str] = (), pretrained:
         if manifest:
             (stage / "pretrained" / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
         listing = sorted((p.relative_to(stage).as_posix(), p.stat().st_size) for p in stage.rglob("*") if p.is_file())
-        manifest = "".join(f"{rel}\t{size}\t{sha256(stage / rel)}\n" for rel, size in listing)
+        manifest = "".join(f"{rel}\t{size}\t{file_sha256(stage / rel)}\n" for rel, size in listing)
         (stage / "MANIFEST.tsv").write_text("path\tbytes\tsha256\n" + manifest)
         if out.exists():
             shutil.rmtree(out)
