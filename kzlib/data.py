@@ -291,15 +291,19 @@ def max_pixels() -> int:
 def _open_header(path: Path) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
+    saved = Image.MAX_IMAGE_PIXELS
     try:
+        Image.MAX_IMAGE_PIXELS = None  # reading a header decodes nothing; the kit's own limit follows
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
-    except Image.DecompressionBombError as e:
-        raise ImageError(f"{path}: image too large to read ({e}); the limit is {max_pixels():,} pixels "
-                         "($KZLIB_MAX_PIXELS)") from None
+    except Image.DecompressionBombError:  # another thread restored Pillow's limit meanwhile
+        raise ImageError(f"{path}: more pixels than the limit of {max_pixels():,} ($KZLIB_MAX_PIXELS); "
+                         "is this a page scan?") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise ImageError(f"{path}: not a readable image ({e})") from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     w, h = im.size
     if w * h > max_pixels():
         im.close()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
@@ -201,8 +200,7 @@ class RunDir:
                 errors.append(f"{path.name}: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}")
                 continue
             if errors:
-                warnings.warn(f"{self.root}: {errors[0]}; resuming from {path.name} (epoch {state['epoch'] + 1})")
-                print(f"warning: {errors[0]}; resuming from {path.name} (epoch {state['epoch'] + 1})", flush=True)
+                print(f"warning: {self.root}: {errors[0]}; resuming from {path.name} (epoch {state['epoch'] + 1})", flush=True)
             return state
         raise RunStateError(f"{self.root}: no loadable checkpoint ({'; '.join(errors)}); delete "
                             f"{self.checkpoint.name} and {self.previous.name} to restart the run from epoch 1, or "

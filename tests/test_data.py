@@ -153,7 +153,7 @@ def test_damaged_jpegs_are_caught_and_trailing_bytes_are_not(tmp_path, monkeypat
     sof = huge.find(b"\xff\xc0")
     huge[sof + 5: sof + 9] = (20000).to_bytes(2, "big") * 2
     (tmp_path / "huge.jpg").write_bytes(bytes(huge))
-    with pytest.raises(ImageError, match="huge.jpg: .*(too large|more than the limit)"):
+    with pytest.raises(ImageError, match="huge.jpg: 20000x20000 = 400,000,000 pixels, more than the limit of 200,000,000"):
         data.read_image(tmp_path / "huge.jpg")
 
 
