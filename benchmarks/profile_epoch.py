@@ -13,6 +13,7 @@ channels_last) and, "before", in fp32. Prints seconds per crop / step and each p
 import argparse
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import albumentations as A
@@ -24,12 +25,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kzlib.classify.dataset import collate as cls_collate, crop_spec as cls_spec  # noqa: E402
 from kzlib.classify.model import Classifier  # noqa: E402
-from kzlib.data import read_image  # noqa: E402
+from kzlib.data import image_size, read_image  # noqa: E402
 from kzlib.detect.dataset import collate as det_collate, crop_spec as det_spec  # noqa: E402
 from kzlib.detect.model import build_model  # noqa: E402
 from kzlib.pages import page_scale, split_pages, to_tensor  # noqa: E402
 from kzlib.preset import load_preset, preset_path  # noqa: E402
 from kzlib.training import autocast, cpu_has_bf16, memory_format  # noqa: E402
+
+
+@contextmanager
+def timed(acc: dict, part: str):
+    """Adds the seconds the block takes to ``acc[part]``."""
+    t = time.perf_counter()
+    yield
+    acc[part] += time.perf_counter() - t
 
 
 def crop_parts(spec, pages, n, rng):
@@ -42,46 +51,35 @@ def crop_parts(spec, pages, n, rng):
         A.PadIfNeeded(min_height=spec.crop_height, min_width=spec.crop_width, border_mode=cv2.BORDER_CONSTANT,
                       fill=255, position="random"),
         A.RandomCrop(height=spec.crop_height, width=spec.crop_width)])
+
+    def finish(crop, acc):
+        with timed(acc, "colour"):
+            crop = colour(image=crop)["image"] if colour is not None else crop
+        with timed(acc, "tensor"):
+            to_tensor(crop)
+
     for i in range(n):
         page = pages[i % len(pages)]
-        from kzlib.data import image_size
-
         w0, h0 = image_size(page.path)
         s = page_scale(w0, h0, spec.size, spec.side)
         # the kit: decode at the reduction the region needs, cut, resize the region
         region_h0 = spec.crop_height * rng.uniform(1 - spec.scale_aug, 1 + spec.scale_aug) / s
-        t = time.perf_counter()
-        image = read_image(page.path, min_height=int(np.ceil(h0 * spec.crop_height / region_h0)))
-        new["decode"] += time.perf_counter() - t
-        t = time.perf_counter()
-        k = image.shape[0] / h0
-        rh, rw = int(region_h0 * k), int(region_h0 * k * spec.crop_width / spec.crop_height)
-        geo = A.Compose([A.PadIfNeeded(min_height=rh, min_width=rw, border_mode=cv2.BORDER_CONSTANT, fill=255,
-                                       position="random"), A.RandomCrop(height=rh, width=rw),
-                         A.Resize(spec.crop_height, spec.crop_width, interpolation=cv2.INTER_AREA)])
-        crop = geo(image=image)["image"]
-        new["geometry"] += time.perf_counter() - t
-        t = time.perf_counter()
-        if colour is not None:
-            crop = colour(image=crop)["image"]
-        new["colour"] += time.perf_counter() - t
-        t = time.perf_counter()
-        to_tensor(crop)
-        new["tensor"] += time.perf_counter() - t
+        with timed(new, "decode"):
+            image = read_image(page.path, min_height=int(np.ceil(h0 * spec.crop_height / region_h0)))
+        with timed(new, "geometry"):
+            k = image.shape[0] / h0
+            rh, rw = int(region_h0 * k), int(region_h0 * k * spec.crop_width / spec.crop_height)
+            geo = A.Compose([A.PadIfNeeded(min_height=rh, min_width=rw, border_mode=cv2.BORDER_CONSTANT, fill=255,
+                                           position="random"), A.RandomCrop(height=rh, width=rw),
+                             A.Resize(spec.crop_height, spec.crop_width, interpolation=cv2.INTER_AREA)])
+            crop = geo(image=image)["image"]
+        finish(crop, new)
         # before: the whole page at the preset size, rescaled, padded, cropped
-        t = time.perf_counter()
-        image = read_image(page.path, height=max(1, round(h0 * s)))
-        old["decode"] += time.perf_counter() - t
-        t = time.perf_counter()
-        crop = old_geometry(image=image)["image"]
-        old["geometry"] += time.perf_counter() - t
-        t = time.perf_counter()
-        if colour is not None:
-            crop = colour(image=crop)["image"]
-        old["colour"] += time.perf_counter() - t
-        t = time.perf_counter()
-        to_tensor(crop)
-        old["tensor"] += time.perf_counter() - t
+        with timed(old, "decode"):
+            image = read_image(page.path, height=max(1, round(h0 * s)))
+        with timed(old, "geometry"):
+            crop = old_geometry(image=image)["image"]
+        finish(crop, old)
     return {k: v / n for k, v in new.items()}, {k: v / n for k, v in old.items()}
 
 
