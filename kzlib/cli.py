@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import errno
 import functools
 import os
@@ -10,7 +11,14 @@ from typing import Callable
 
 from kzlib.errors import DataError, EnvironmentProblem, KzError, UsageError
 
-__all__ = ["one_line_errors", "DataError", "EnvironmentProblem", "UsageError", "io_message"]
+__all__ = ["parser", "one_line_errors", "DataError", "EnvironmentProblem", "UsageError", "io_message"]
+
+
+def parser(prog: str, doc: str, epilog: bool = True) -> argparse.ArgumentParser:
+    """An entry point's parser: its docstring's first line as description and, with ``epilog``, the
+    whole docstring after the options as it is written."""
+    return argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0], epilog=doc if epilog else None,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def io_message(e: OSError, what: str = "") -> str:

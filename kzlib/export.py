@@ -21,7 +21,6 @@ books on a CPU (with a small preset's networks, e.g. ``--preset fast``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -30,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 from kzlib.errors import DataError, UsageError
 
 MANIFEST = "manifest.json"
@@ -163,8 +162,7 @@ def export(work: Path, out: Path, folds: str = "all", level2: bool = True, log=p
 
 @one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kzlib export", description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("kzlib export", __doc__)
     p.add_argument("work", type=Path, help="a runner work folder (kzlib run --work)")
     p.add_argument("--out", type=Path, required=True, help="the bundle folder (replaced)")
     p.add_argument("--folds", choices=("all", "best"), default="all",

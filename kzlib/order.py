@@ -24,7 +24,6 @@ are flagged ``small`` so a reader can keep them apart from the text.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 
 LINK_GAP = 1.5      # character heights between two boxes of one column
 JOIN_GAP = 4.0      # character heights a column may skip (a picture, a wide gap)
@@ -210,8 +209,7 @@ def order_table(df: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
 
 @one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kzlib order", description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("kzlib order", __doc__)
     p.add_argument("labels", type=Path, help="boxes in the train.csv format (image_id,labels)")
     p.add_argument("--out", type=Path, required=True, help="CSV: image_id,order,column,unicode,x,y,w,h")
     a = p.parse_args(argv)

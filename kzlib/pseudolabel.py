@@ -11,7 +11,6 @@ written in the train.csv format, ready for ``kzlib.classify train --pseudolabels
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 from kzlib.detailed import blend_files, write_detailed
 from kzlib.data import SEG_FP, DataError
 from kzlib.io import write_csv_atomic, write_json_atomic
@@ -71,8 +70,7 @@ def write_pseudolabels(blended: pd.DataFrame, out: Path, min_gap: float = 5.0, m
 
 @one_line_errors(DataError)
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kzlib.pseudolabel", description=__doc__.split("\n")[0],
-                                epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("python -m kzlib.pseudolabel", __doc__)
     p.add_argument("detailed", type=Path, nargs="+", help="test_detailed.csv.gz files of the same boxes")
     p.add_argument("--out", type=Path, required=True, help="pseudolabel file (train.csv format)")
     p.add_argument("--min-gap", type=float, default=5.0)

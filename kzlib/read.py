@@ -29,7 +29,6 @@ read is reported in ``pages.csv`` and on one line, and the others are still read
 
 from __future__ import annotations
 
-import argparse
 import glob
 import html
 import json
@@ -41,7 +40,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 from kzlib.errors import DataError, KzError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -324,8 +323,7 @@ def read_pages(inputs: Sequence[str], model_dir: Path, out: Path, png: bool = Fa
 
 @one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="kzlib read", description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("kzlib read", __doc__)
     p.add_argument("inputs", nargs="+", help="image files, folders or globs")
     p.add_argument("--model", type=Path, required=True, help="a bundle (kzlib export) or a runner's work folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")

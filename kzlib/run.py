@@ -13,12 +13,11 @@ Each runs the stages of its folds that are ready and reports the rest as waiting
 --folds) once they finish, and the stages that need every fold (merges, pseudolabels, level 2) run.
 """
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 from kzlib.errors import EnvironmentProblem
 
 
@@ -45,8 +44,7 @@ def save_picture(data: Path, submission: Path, out: Path) -> str | None:
 
 @one_line_errors()
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="kzlib run", description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("kzlib run", __doc__)
     p.add_argument("--data", type=Path, required=True, help="competition-layout data folder")
     p.add_argument("--work", type=Path, required=True, help="work folder (runs, logs, state, submission)")
     p.add_argument("--preset", default="demo", help="full, demo, or a preset JSON file")

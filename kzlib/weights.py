@@ -14,7 +14,6 @@ files in the kit's dataset.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from kzlib.cli import EnvironmentProblem, one_line_errors
+from kzlib.cli import EnvironmentProblem, one_line_errors, parser
 from kzlib.io import file_sha256
 
 MANIFEST = "manifest.json"
@@ -206,8 +205,7 @@ def _presets(names: Sequence[str]):
 
 @one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kzlib.weights", description=__doc__.split("\n")[0],
-                                epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("python -m kzlib.weights", __doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("fetch", help="download the pretrained backbones the presets need (needs internet)")
     f.add_argument("--out", type=Path, help="weights folder (default $KZLIB_PRETRAINED or pretrained/)")

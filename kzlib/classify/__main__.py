@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from kzlib.cli import add_training_flags, finish_training, one_line_errors
+from kzlib.cli import add_training_flags, finish_training, one_line_errors, parser
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
@@ -11,8 +11,7 @@ from kzlib.config import add_config_flags, config_from_args, given_flags
 
 @one_line_errors(ValueError)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kzlib.classify", description=DOC.split("\n")[0],
-                                epilog=DOC, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("python -m kzlib.classify", DOC)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one fold's classifier on the detector's OOF boxes")
     t.add_argument("data_dir", type=Path)

@@ -2,7 +2,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kzlib.cli import add_training_flags, finish_training, one_line_errors
+from kzlib.cli import add_training_flags, finish_training, one_line_errors, parser
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
@@ -10,8 +10,7 @@ from kzlib.config import add_config_flags, config_from_args, given_flags
 
 @one_line_errors(ValueError)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kzlib.detect", description=DOC.split("\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("python -m kzlib.detect", DOC, epilog=False)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train one fold's detector")
     t.add_argument("data_dir", type=Path)

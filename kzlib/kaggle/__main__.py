@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 from kzlib.kaggle.build import BuildError
 from kzlib.kaggle.emulate import LAYOUTS, EmulationError
 from kzlib.kaggle.plan import DATASET_SLUG, PlanError
@@ -79,8 +79,7 @@ def emulate_cmd(a) -> int:
 
 @one_line_errors(BuildError, PlanError, EmulationError, ValueError, FileNotFoundError, code=2)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="kzlib kaggle", description=__doc__.split("\n")[0], epilog=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("kzlib kaggle", __doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="write the kernel folders and the push order")
     r.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")

@@ -16,7 +16,6 @@ Building twice from the same inputs gives the same files with the same bytes.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import json
 import os
@@ -28,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 from kzlib.io import file_sha256
 from kzlib.kaggle.plan import DATASET_SLUG, check_slug
 
@@ -276,8 +275,7 @@ Then `kaggle datasets create -p build/dataset -r zip` (first time) or
 
 @one_line_errors(BuildError, code=2)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="kzlib dataset", description=CLI_DOC.split("\n")[0], epilog=CLI_DOC,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("kzlib dataset", CLI_DOC)
     p.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")
     p.add_argument("--weights", nargs="*", default=[], metavar="[NAME=]RUN_DIR",
                    help="trained run folders (best.pth, config.json) to include under weights/NAME")

@@ -1,17 +1,15 @@
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 from kzlib.data import DataError
 from kzlib.stack import __doc__ as DOC
 
 
 @one_line_errors(DataError, ValueError, FileNotFoundError, json.JSONDecodeError)
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kzlib.stack", description=DOC.split("\n")[0], epilog=DOC,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser("python -m kzlib.stack", DOC)
     sub = p.add_subparsers(dest="cmd", required=True)
     f = sub.add_parser("features", help="candidate rows from groups of detailed files")
     f.add_argument("groups", type=Path, help='JSON: {"kind": [detailed files...], ...}; each group is blended first')
