@@ -7,6 +7,7 @@ import errno
 import functools
 import os
 import sys
+from pathlib import Path
 from typing import Callable
 
 from kzlib.errors import DataError, EnvironmentProblem, KzError, UsageError
@@ -60,9 +61,6 @@ def one_line_errors(*errors: type[BaseException], code: int = 1) -> Callable:
 def add_training_flags(t) -> None:
     """The flags every ``train`` subcommand has: fold or held-out pages, run folder, config file,
     resume, and the runner's own (hidden) --auto/--deadline/--result."""
-    import argparse
-    from pathlib import Path
-
     t.add_argument("--fold", type=int, help="fold to hold out (default 0)")
     t.add_argument("--out", type=Path, required=True, help="run folder")
     t.add_argument("--config", type=Path, help="JSON config (flags override it)")

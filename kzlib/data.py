@@ -19,7 +19,6 @@ import re
 import sys
 import tempfile
 import threading
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -288,22 +287,20 @@ def max_pixels() -> int:
     return int(os.environ.get("KZLIB_MAX_PIXELS", 200_000_000))
 
 
+_PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-wide; read's decoder thread opens pages too
+
+
 def _open_header(path: Path) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
-    saved = Image.MAX_IMAGE_PIXELS
-    try:
-        Image.MAX_IMAGE_PIXELS = None  # reading a header decodes nothing; the kit's own limit follows
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    with _PILLOW_LIMIT:  # Pillow's own bomb check off while the header is read: the kit's limit follows
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
             im = Image.open(path)
-    except Image.DecompressionBombError:  # another thread restored Pillow's limit meanwhile
-        raise ImageError(f"{path}: more pixels than the limit of {max_pixels():,} ($KZLIB_MAX_PIXELS); "
-                         "is this a page scan?") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{path}: not a readable image ({e})") from None
-    finally:
-        Image.MAX_IMAGE_PIXELS = saved
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"{path}: not a readable image ({e})") from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
     w, h = im.size
     if w * h > max_pixels():
         im.close()

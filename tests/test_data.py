@@ -5,6 +5,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from kzlib import data
 from kzlib.data import DataError, ImageError
@@ -149,12 +150,14 @@ def test_damaged_jpegs_are_caught_and_trailing_bytes_are_not(tmp_path, monkeypat
     with pytest.raises(ImageError, match=r"good.jpg: 400x600 = 240,000 pixels, more than the limit of 100,000"):
         data.image_size(good)
     monkeypatch.delenv("KZLIB_MAX_PIXELS")
+    pillow_limit = Image.MAX_IMAGE_PIXELS
     huge = bytearray(data_)  # a header that claims 20000 x 20000 (PIL's decompression-bomb check)
     sof = huge.find(b"\xff\xc0")
     huge[sof + 5: sof + 9] = (20000).to_bytes(2, "big") * 2
     (tmp_path / "huge.jpg").write_bytes(bytes(huge))
     with pytest.raises(ImageError, match="huge.jpg: 20000x20000 = 400,000,000 pixels, more than the limit of 200,000,000"):
         data.read_image(tmp_path / "huge.jpg")
+    assert Image.MAX_IMAGE_PIXELS == pillow_limit  # Pillow's own limit is back for everything else
 
 
 # ---------------------------------------------------------------- check CLI
