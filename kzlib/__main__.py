@@ -14,7 +14,7 @@ COMMANDS = {
     "synth": ("kzlib.synth", "synthetic pages in the competition layout"),
     "viz": ("kzlib.viz", "draw a page with its characters"),
     "metric": ("kzlib.metric", "the competition F1 of a submission"),
-    "weights": ("kzlib.weights", "fetch and check the pretrained backbones"),
+    "weights": ("kzlib.weights_cli", "fetch and check the pretrained backbones"),
     "detect": ("kzlib.detect.__main__", "stage 1: the detector (train, predict, merge)"),
     "classify": ("kzlib.classify.__main__", "stage 2: the classifier (train, predict)"),
     "pseudolabel": ("kzlib.pseudolabel", "stage 3: pseudolabels from a blend of classifiers"),

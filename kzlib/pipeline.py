@@ -29,6 +29,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from kzlib import weights
 from kzlib.config import config_dict
 from kzlib.data import DataDir, DataError, read_labels_csv
 from kzlib.errors import EnvironmentProblem, UsageError
@@ -184,8 +185,11 @@ class Pipeline:
             out = {"stack": config_dict(cfg.stack_config()), "kinds": self.kinds()}
         for c in ("detect", "classify"):  # machine-local settings are not the stage's substance
             if c in out:
-                for key in ("device", "workers", "pretrained", "init_from"):
+                pretrained = out[c].pop("pretrained", "")
+                for key in ("device", "workers", "init_from"):
                     out[c].pop(key, None)
+                if pretrained:  # what the network starts from: the file's name and SHA-256 (scratch: no key)
+                    out["weights"] = weights.identity(weights.resolve(pretrained, out[c]["backbone"]))
         return out
 
     def data_hash(self) -> str:

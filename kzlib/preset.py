@@ -6,10 +6,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from kzlib import weights
 from kzlib.classify.config import ClassifyConfig
 from kzlib.config import ConfigError, check_positive, config_from_dict, load_config
 from kzlib.detect.config import DetectConfig
 from kzlib.stack.config import StackConfig
+
+
+@dataclass(frozen=True)
+class WeightNeed:
+    """One network of a preset that starts from pretrained weights."""
+    stage: str     # "detect", "classify KIND"
+    arch: str      # its backbone
+    value: str     # the config's ``pretrained`` value
 
 
 @dataclass
@@ -79,14 +88,26 @@ class PipelineConfig:
         kinds = {k: {**v, "pretrained": "", "frozen_start": False} for k, v in self.kinds.items()}
         return replace(self, detect={**self.detect, "pretrained": ""}, kinds=kinds)
 
+    def weight_needs(self) -> list[WeightNeed]:
+        """Every network this preset trains from pretrained weights."""
+        det = self.detect_config()
+        out = [WeightNeed("detect", det.backbone, det.pretrained)]
+        out += [WeightNeed(f"classify {kind}", c.backbone, c.pretrained)
+                for kind, c in ((k, self.classify_config(k)) for k in self.kinds)]
+        return [n for n in out if n.value]
+
+    def check_weights(self, folder: Path | None = None, fix: str = "") -> list[Path]:
+        """Every weight file this preset needs, checked (the first problem is one ``WeightsError``
+        line naming the file and ``fix``, the command that fetches it)."""
+        return [weights.require(n.value, n.arch, folder, f"preset stage {n.stage} ({n.arch})", fix)
+                for n in self.weight_needs()]
+
     def with_weights_dir(self, folder: Path) -> "PipelineConfig":
         """Pretrained weight names resolved to files of ``folder`` (the stages' configs then record
         the file they started from)."""
-        from kzlib.weights import resolve
-
         def fix(values: dict, arch: str) -> dict:
             value = values.get("pretrained", "auto")
-            path = resolve(value, arch, folder)
+            path = weights.resolve(value, arch, folder)
             return {**values, "pretrained": str(path.resolve()) if path else ""}
         det = self.detect_config()
         kinds = {k: fix(v, self.classify_config(k).backbone) for k, v in self.kinds.items()}

@@ -169,9 +169,9 @@ class Reader:
             groups.append(blend(frames))
         if self.bundle.level2 is not None:
             from kzlib.stack.features import build
-            from kzlib.stack.models import pick_best, predict_rows
+            from kzlib.stack.models import pick_best, predict_rows, read_models
 
-            rows = build(groups)
+            rows = build(groups, read_models(self.bundle.level2)[1].overlap)
             best = pick_best(rows, predict_rows(self.bundle.level2, rows)).rename(columns={"prob": "score"})
         else:  # the plain blend of every kind, as the runner's submission without level 2
             every = blend([g for g in groups])

@@ -73,7 +73,8 @@ def main(argv=None) -> int:
         print("note: --allow-scratch: every network starts from random weights (the preset's pretrained "
               "backbones and frozen starts are off)")
     folder = a.pretrained_dir or weights.default_dir()
-    weights.check_preset(cfg, folder)  # before anything else: a missing file is one line, not hours later
+    # before anything else: a missing file is one line naming the command that fetches it, not hours later
+    cfg.check_weights(folder, fix=f"{weights.FETCH} --preset {a.preset} --out {folder}")
     cfg = cfg.with_weights_dir(folder)
     if not a.dry_run:
         import torch

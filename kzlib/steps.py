@@ -101,15 +101,16 @@ def stack(p: "Pipeline", s: StageSpec) -> dict:
     from kzlib.stack.run import build_features, predict, train
 
     cfg, kinds = p.cfg, p.kinds()
+    overlap = cfg.stack_config().overlap
     out = p.work / "stack"
     feats = []
     for k in range(cfg.n_folds):
         groups = {kind: [str(RunDir(p.cls_run(kind, k)).detailed("valid"))] for kind in kinds}
-        build_features(groups, out / f"features_fold{k}.csv.gz")
+        build_features(groups, out / f"features_fold{k}.csv.gz", overlap)
         feats.append(out / f"features_fold{k}.csv.gz")
     test_groups = {kind: [str(RunDir(p.cls_run(kind, k)).detailed("test")) for k in range(cfg.n_folds)]
                    for kind in kinds}
-    info = build_features(test_groups, out / "features_test.csv.gz")
+    info = build_features(test_groups, out / "features_test.csv.gz", overlap)
     write_json_atomic(config_dict(cfg.stack_config()), out / "stack_config.json")
     try:
         result = train(feats, p.data, out / "models", out / "stack_config.json")

@@ -1,31 +1,29 @@
-"""Pretrained backbones: fetch them once through the libraries' own loaders, keep them as plain
-state-dict files with a manifest (SHA-256, source), check them before any training.
-
-    python -m kzlib.weights fetch [--out DIR] [--preset full ...] [--all] [--force]
-    python -m kzlib.weights list [--dir DIR] [--preset full ...]
+"""Pretrained backbones: the registry of the files the kit knows how to fetch, the libraries'
+own loaders that fetch them, a manifest (SHA-256, source) beside them, and the checks a training
+runs before it starts. It knows no preset: ``kzlib.preset`` asks it about the files a preset names,
+and ``python -m kzlib weights fetch|list`` (``kzlib.weights_cli``) is the command line.
 
 A config names its weights with ``pretrained``: ``"auto"`` is the file registered below for its
-backbone, a bare file name is looked up in the weights folder, a path is taken as it is, and
-``""`` trains from random initialisation. The weights folder is ``--dir``/``--out``, else
-``$KZLIB_PRETRAINED``, else ``pretrained/`` in the working directory. Nothing is downloaded
-anywhere else: ``fetch`` is the only step that needs the internet, and kernels on Kaggle find the
-files in the kit's dataset.
+backbone, a bare file name is looked up in the weights folder (a registered file name fetches the
+same way as ``"auto"``), a path is taken as it is, and ``""`` trains from random initialisation.
+The weights folder is ``$KZLIB_PRETRAINED``, else ``pretrained/`` in the working directory, unless
+a caller names one. Nothing is downloaded anywhere else: ``fetch`` is the only step that needs the
+internet, and kernels on Kaggle find the files in the kit's dataset.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
-from kzlib.cli import EnvironmentProblem, one_line_errors, parser
-from kzlib.io import file_sha256
+from kzlib.errors import EnvironmentProblem
+from kzlib.io import atomic_path, file_sha256, write_json_atomic
 
 MANIFEST = "manifest.json"
-FETCH = "python -m kzlib.weights fetch"
+FETCH = "python -m kzlib weights fetch"
 
 
 class WeightsError(EnvironmentProblem):
@@ -45,6 +43,7 @@ SPECS = {s.arch: s for s in [
       for d in (18, 34, 50, 101, 152)),
     WeightSpec("resnext101_32x8d", "resnext101_32x8d_wsl.pth", "timm", "resnext101_32x8d.fb_wsl_ig1b_ft_in1k"),
 ]}
+BY_FILE = {s.file: s for s in SPECS.values()}
 
 
 def _torchvision_state(spec: WeightSpec) -> dict:
@@ -83,6 +82,22 @@ def resolve(value: str, arch: str, weights_dir: Path | None = None) -> Path | No
     return folder / path
 
 
+def spec_for(value: str, arch: str) -> WeightSpec | None:
+    """The registered file a ``pretrained`` value names — ``"auto"`` or a registered file name,
+    wherever it lies — or None when the kit cannot fetch it (a file of the user's own, or
+    scratch). A registered file of another architecture than ``arch`` is a ``WeightsError``."""
+    if not value:
+        return None
+    if value == "auto":
+        resolve(value, arch)  # an unregistered architecture is one line
+        return SPECS[arch]
+    spec = BY_FILE.get(Path(value).name)
+    if spec is not None and spec.arch != arch:
+        raise WeightsError(f"pretrained {value!r} holds {spec.arch} weights, but the network is a {arch}; "
+                           f"use \"auto\" or {SPECS[arch].file if arch in SPECS else 'a file of that architecture'}")
+    return spec
+
+
 def read_manifest(folder: Path) -> dict:
     path = Path(folder) / MANIFEST
     if not path.is_file():
@@ -93,51 +108,83 @@ def read_manifest(folder: Path) -> dict:
         raise WeightsError(f"{path}: unreadable manifest ({e}); delete it and run `{FETCH}` again") from None
 
 
+def _state_or_error(path: Path) -> tuple[dict | None, str]:
+    """(state dict, "") of a weight file, or (None, why it is not one)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:  # torch raises many kinds for damaged or foreign files
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        return None, f"not a readable weight file ({first})"
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        return None, "holds no state dict"
+    return state, ""
+
+
 def status(path: Path) -> str:
-    """``verified`` (SHA-256 matches the manifest beside it), ``present`` (no manifest entry),
-    ``missing`` or ``corrupt``."""
+    """``verified`` (its SHA-256 matches the manifest beside it), ``unverified`` (no manifest entry,
+    but it loads as a state dict: a file of the user's own), ``corrupt`` (the SHA-256 differs, or it
+    does not load) or ``missing``."""
     path = Path(path)
     if not path.is_file():
         return "missing"
     entry = read_manifest(path.parent).get(path.name)
     if entry is None:
-        return "present"
+        return "unverified" if _state_or_error(path)[0] is not None else "corrupt"
     return "verified" if entry.get("sha256") == file_sha256(path) and path.stat().st_size == entry.get("bytes") \
         else "corrupt"
 
 
-def require(value: str, arch: str, weights_dir: Path | None = None, what: str = "") -> Path | None:
+_IDENTITY: dict[tuple[str, float, int], dict] = {}
+
+
+def identity(path: Path) -> dict:
+    """What a training starts from, for a stage's fingerprint: the weight file's name and SHA-256
+    (the manifest's, else computed once per file version)."""
+    path = Path(path)
+    if not path.is_file():
+        return {"file": path.name, "sha256": "missing"}
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime, st.st_size)
+    if key not in _IDENTITY:
+        entry = read_manifest(path.parent).get(path.name) or {}
+        _IDENTITY[key] = {"file": path.name, "sha256": entry.get("sha256") or file_sha256(path)}
+    return _IDENTITY[key]
+
+
+def require(value: str, arch: str, weights_dir: Path | None = None, what: str = "", fix: str = "") -> Path | None:
     """The resolved weight file, checked: missing or corrupt is one ``WeightsError`` line naming the
-    file and the fetch command."""
+    file and the command that fixes it (``fix``, else the fetch command for the file's folder)."""
     path = resolve(value, arch, weights_dir)
     if path is None:
         return None
     state = status(path)
     where = f"{what}: " if what else ""
+    fetchable = spec_for(value, arch) is not None
+    fix = fix or (f"{FETCH} --out {path.parent}" if fetchable else "")
     if state == "missing":
-        raise WeightsError(f"{where}pretrained weights {path} not found; run `{FETCH} --out {path.parent}` once on a "
-                           "machine with internet (or pass --allow-scratch to train from random weights)")
+        how = (f"run `{fix}` once on a machine with internet" if fix
+               else f"put that file there yourself (kzlib can fetch only {', '.join(BY_FILE)})")
+        raise WeightsError(f"{where}pretrained weights {path} not found; {how} (or pass --allow-scratch to train "
+                           "from random weights)")
     if state == "corrupt":
-        raise WeightsError(f"{where}pretrained weights {path} do not match their SHA-256 in {path.parent / MANIFEST}; "
-                           f"delete the file and run `{FETCH} --out {path.parent}` again")
+        entry = read_manifest(path.parent).get(path.name)
+        why = f"do not match their SHA-256 in {path.parent / MANIFEST}" if entry else _state_or_error(path)[1]
+        again = f"; delete the file and run `{fix}` again" if fix else "; replace the file"
+        raise WeightsError(f"{where}pretrained weights {path} {why}{again}")
     return path
 
 
 def load_state(path: Path) -> dict:
     """A plain state dict from a weight file (a checkpoint holding one under ``state_dict`` or
     ``model`` works too); ``module.`` prefixes are removed."""
-    import torch
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many kinds for damaged files
-        raise WeightsError(f"{path}: not a readable weight file ({str(e).splitlines()[0][:200]}); delete it and "
-                           f"run `{FETCH}` again") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise WeightsError(f"{path}: holds no state dict")
+    state, why = _state_or_error(Path(path))
+    if state is None:
+        raise WeightsError(f"{path}: {why}; delete it and run `{FETCH}` again")
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
@@ -145,8 +192,6 @@ def fetch(out: Path, archs: Iterable[str], force: bool = False, log=print) -> li
     """Download each architecture's weights through its library's loader into ``out``, as plain
     state-dict files, and record them in ``out/manifest.json``; files already verified are kept."""
     import torch
-
-    from kzlib.io import atomic_path, write_json_atomic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -168,9 +213,8 @@ def fetch(out: Path, archs: Iterable[str], force: bool = False, log=print) -> li
             raise WeightsError(f"{spec.library} could not provide {spec.source} for {arch} "
                                f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}); "
                                "check the internet connection and retry") from None
-        state = {k: v for k, v in state.items()}
         with atomic_path(path) as tmp:
-            torch.save(state, tmp)
+            torch.save(dict(state), tmp)
         entry = {"file": spec.file, "arch": arch, "library": spec.library, "source": spec.source,
                  "sha256": file_sha256(path), "bytes": path.stat().st_size, "tensors": len(state)}
         manifest[spec.file] = entry
@@ -178,70 +222,3 @@ def fetch(out: Path, archs: Iterable[str], force: bool = False, log=print) -> li
         log(f"{path}: {entry['bytes'] / 2**20:.1f} MiB, sha256 {entry['sha256'][:16]}...")
         rows.append(entry)
     return rows
-
-
-def preset_needs(cfg) -> list[tuple[str, str, str]]:
-    """(stage, backbone, pretrained value) of every network a preset (``PipelineConfig``) trains
-    from pretrained weights."""
-    det = cfg.detect_config()
-    out = [("detect", det.backbone, det.pretrained)]
-    for kind in cfg.kinds:
-        c = cfg.classify_config(kind)
-        out.append((f"classify {kind}", c.backbone, c.pretrained))
-    return [row for row in out if row[2]]
-
-
-def check_preset(cfg, weights_dir: Path | None = None) -> list[Path]:
-    """Every weight file the preset needs, checked (the first problem raises)."""
-    return [require(value, arch, weights_dir, f"preset stage {stage} ({arch})")
-            for stage, arch, value in preset_needs(cfg)]
-
-
-def _presets(names: Sequence[str]):
-    from kzlib.preset import load_preset, preset_path
-
-    return [(n, load_preset(preset_path(n))) for n in names]
-
-
-@one_line_errors()
-def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("python -m kzlib.weights", __doc__)
-    sub = p.add_subparsers(dest="cmd", required=True)
-    f = sub.add_parser("fetch", help="download the pretrained backbones the presets need (needs internet)")
-    f.add_argument("--out", type=Path, help="weights folder (default $KZLIB_PRETRAINED or pretrained/)")
-    f.add_argument("--preset", nargs="*", default=["full"], help="presets whose weights to fetch (default full)")
-    f.add_argument("--arch", nargs="*", default=[], help=f"architectures to fetch as well ({', '.join(SPECS)})")
-    f.add_argument("--all", action="store_true", help="every registered architecture")
-    f.add_argument("--force", action="store_true", help="download again even when verified")
-    ls = sub.add_parser("list", help="what each preset needs, and what is present and verified")
-    ls.add_argument("--dir", type=Path, help="weights folder (default $KZLIB_PRETRAINED or pretrained/)")
-    ls.add_argument("--preset", nargs="*", default=["full", "demo"])
-    a = p.parse_args(argv)
-    if a.cmd == "fetch":
-        out = a.out or default_dir()
-        archs = list(SPECS) if a.all else list(dict.fromkeys(
-            [arch for _, cfg in _presets(a.preset) for _, arch, value in preset_needs(cfg) if value == "auto"]
-            + a.arch))
-        rows = fetch(out, archs, a.force)
-        print(f"{len(rows)} weight file(s) in {out}, listed in {out / MANIFEST}")
-        return 0
-    folder = a.dir or default_dir()
-    print(f"weights folder: {folder}")
-    print(f"{'preset':<10} {'stage':<28} {'backbone':<18} {'file':<44} status")
-    bad = 0
-    for name, cfg in _presets(a.preset):
-        needs = preset_needs(cfg)
-        if not needs:
-            print(f"{name:<10} (trains from scratch: no pretrained weights)")
-        for stage, arch, value in needs:
-            path = resolve(value, arch, folder)
-            st = status(path)
-            bad += st in ("missing", "corrupt")
-            print(f"{name:<10} {stage:<28} {arch:<18} {str(path):<44} {st}")
-    if bad:
-        print(f"{bad} file(s) missing or corrupt: run `{FETCH}" + (f" --out {folder}`" if a.dir else "`"))
-    return 1 if bad else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

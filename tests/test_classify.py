@@ -81,7 +81,7 @@ def test_pretrained_weights_load_from_a_local_file(tmp_path):
     torch.save(full.state_dict(), tmp_path / "r18.pth")
     model = Classifier(replace(TINY, pretrained=str(tmp_path / "r18.pth")), 3)
     assert torch.equal(model.trunk.layer3[0].conv1.weight, full.layer3[0].conv1.weight)
-    with pytest.raises(WeightsError, match="nope.pth not found; run `python -m kzlib.weights fetch"):
+    with pytest.raises(WeightsError, match="nope.pth not found; put that file there yourself"):
         Classifier(replace(TINY, pretrained=str(tmp_path / "nope.pth")), 3)
     with pytest.raises(ValueError, match="unknown backbone"):
         Classifier(replace(TINY, backbone="resnet_9000"), 3)

@@ -111,18 +111,18 @@ def test_bad_data_stops_before_training(tiny, tmp_path):
 
 def test_full_preset_needs_weights_then_a_gpu(tiny, tmp_path):
     """Without weights: one line naming the fetch command, even for a dry run, before anything runs.
-    With them (fake files here: the check is by presence and manifest) the plan shows; training
+    With them (files of one's own here: no manifest, but they load) the plan shows; training
     still needs a GPU unless --device cpu is given; planning never does."""
     work = tmp_path / "w"
     base = RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", "full"]
     env = {**os.environ, "KZLIB_PRETRAINED": str(tmp_path / "weights")}
     out = subprocess.run(base + ["--dry-run"], capture_output=True, text=True, env=env)
-    assert out.returncode == 3 and "python -m kzlib.weights fetch" in out.stderr
+    assert out.returncode == 3 and f"python -m kzlib weights fetch --preset full --out {tmp_path / 'weights'}" in out.stderr
     assert "resnet152_imagenet1k_v1.pth not found" in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert not work.exists()
     (tmp_path / "weights").mkdir()
     for name in ("resnet152_imagenet1k_v1.pth", "resnext101_32x8d_wsl.pth"):
-        (tmp_path / "weights" / name).write_bytes(b"fake")
+        __import__("torch").save({"conv1.weight": __import__("torch").zeros(1)}, tmp_path / "weights" / name)
     plan = subprocess.run(base + ["--dry-run"], capture_output=True, text=True, env=env)
     assert plan.returncode == 0 and "classify-resnext101-f4" in plan.stdout, plan.stderr
     if not __import__("torch").cuda.is_available():
@@ -163,3 +163,29 @@ def test_a_full_disk_is_one_line_naming_the_stage_and_file(tiny, tmp_path, monke
     assert str(e.value).startswith("stage detect-f0: ") and "checkpoint.pth: No space left on device" in str(e.value)
     assert f"error: {e.value}" in (tmp_path / "work" / "logs" / "detect-f0.log").read_text()
     assert not (tmp_path / "work" / "state" / "detect-f0.json").exists()
+
+
+def test_a_stage_trained_from_scratch_is_changed_once_weights_are_present(tiny, tmp_path, monkeypatch, capsys):
+    """The weights' identity is part of a training stage's fingerprint: a detector trained with
+    --allow-scratch does not count as done for a run with real weights."""
+    import torch
+    import torchvision
+
+    from kzlib import weights
+    from kzlib.run import main as run_main
+
+    preset = json.loads(PRESET.read_text())
+    preset["detect"]["pretrained"] = "resnet18_imagenet1k_v1.pth"
+    (tmp_path / "p.json").write_text(json.dumps(preset))
+    folder, work = tmp_path / "pretrained", tmp_path / "w"
+    base = ["--data", str(tiny), "--work", str(work), "--preset", str(tmp_path / "p.json"),
+            "--pretrained-dir", str(folder), "--only", "detect-f0"]
+    assert run_main(base + ["--allow-scratch"]) == 0
+    assert run_main(base + ["--allow-scratch", "--dry-run"]) == 0
+    assert "detect-f0  done" in capsys.readouterr().out
+    torch.manual_seed(0)
+    monkeypatch.setattr(weights, "LOADERS", {"torchvision": lambda spec: torchvision.models.resnet18().state_dict()})
+    weights.fetch(folder, ["resnet18"], log=lambda *_: None)
+    assert run_main(base + ["--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "detect-f0  changed" in out and "changed or stale: a run refuses them unless --rerun-changed" in out

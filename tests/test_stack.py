@@ -9,7 +9,7 @@ import pytest
 from kzlib.detailed import read_detailed, write_detailed
 from kzlib.detailed import blend
 from kzlib.metric import read_submission
-from kzlib.stack.features import build, encode_class
+from kzlib.stack.features import build, encode_class, max_overlap
 from kzlib.stack.models import StackConfig, TooFewRows, train_folds
 from kzlib.stack.run import build_features, predict, train
 
@@ -29,8 +29,22 @@ def test_candidate_rows_hand_worked():
     box1 = rows[rows["row"] == 1].set_index("cls")
     # the true class U+9999 is no candidate: the target moves to seg_fp
     assert box1["target"].to_dict() == {A: 0, B: 0, C: 0, "seg_fp": 1}
-    assert rows.loc[rows["row"] == 0, "max_iou"].iloc[0] == pytest.approx(10 * 20 / (30 * 20))
     assert encode_class(["seg_fp", "U+0041"]).tolist() == [-1, 65]
+
+
+def test_overlap_features_upstream_and_iou():
+    """Upstream's box_overlap is the intersection over the *other* box's area with +1 px ends: the
+    box that contains another scores 1, the contained one its share; the IoU gives both the ratio."""
+    big, small, apart = (0, 0, 30, 20), (5, 0, 10, 20), (100, 0, 10, 20)
+    df = pd.DataFrame([("p", *big), ("p", *small), ("p", *apart), ("q", *big)], columns=["image_id", "x", "y", "w", "h"])
+    up = max_overlap(df, "upstream")
+    assert up[0] == pytest.approx(1.0) and up[1] == pytest.approx(11 / 31) and up[2] == 0 and up[3] == 0
+    iou = max_overlap(df, "iou")
+    assert iou[0] == pytest.approx(1 / 3) and iou[1] == pytest.approx(1 / 3) and iou[2] == 0 and iou[3] == 0
+    g = detailed([("p_1", 0, [(A, 9), (B, 5)]), ("p_1", 10, [(B, 7), (A, 2)])], true=[A, B])
+    assert "box_overlap" in build([g, g]).columns and "max_iou" in build([g, g], "iou").columns
+    # two boxes 10 px apart, each 20 px wide: upstream counts (20 - 10 + 1) / 21 of the other's width
+    assert build([g, g]).loc[0, "box_overlap"] == pytest.approx(11 * 21 / (21 * 21))
 
 
 def synthetic_level2(tmp_path, folds=3, boxes_per_fold=240, seed=0):
@@ -118,7 +132,8 @@ def test_upstream_level2_uses_the_original_features_and_libraries(tmp_path):
     result = train(feats, data, tmp_path / "models", tmp_path / "stack.json")
     meta = json.loads((tmp_path / "models" / "stack.json").read_text())
     assert meta["config"]["libraries"] == ["lightgbm", "xgboost"] and meta["config"]["lightgbm"]["num_leaves"] == 41
-    assert set(meta["features"]) == {"max_iou", "cand"} | {f"g{g}_{n}{r}" for g in (0, 1) for n in ("cls", "score", "is_top")
+    assert meta["config"]["xgboost"]["eval_metric"] == "error" and meta["config"]["xgboost"]["tree_method"] == "exact"
+    assert set(meta["features"]) == {"box_overlap", "cand"} | {f"g{g}_{n}{r}" for g in (0, 1) for n in ("cls", "score", "is_top")
                                                          for r in range(3)}
     assert not (tmp_path / "models" / "fold0_catboost.model").exists()
     assert {r["method"]: r for r in result["report"]}["level 2"]["all"] > 0.95

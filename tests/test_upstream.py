@@ -45,6 +45,8 @@ def test_the_table_covers_every_stage():
     assert {r[0] for r in table} >= {"folds", "detector", "classifier", "pseudolabels", "level 2", "test boxes"}
     assert all(r[5] in ("same", "different") for r in table)
     assert all(r[6] for r in table if r[5] == "different")  # every difference says why
+    keys = {r[3].strip("`") for r in table}
+    assert {"stack.xgboost.eval_metric", "stack.xgboost.tree_method", "stack.overlap"} <= keys
 
 
 @pytest.mark.parametrize("row", rows(), ids=lambda r: r[3].strip("`"))

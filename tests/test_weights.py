@@ -13,6 +13,7 @@ import torch
 from kzlib import weights
 from kzlib.io import file_sha256
 from kzlib.preset import load_preset, preset_path
+from kzlib.weights_cli import main as weights_main
 
 ROOT = weights.Path(__file__).resolve().parents[1]
 
@@ -53,15 +54,22 @@ def test_corrupt_missing_and_unknown_files_are_one_line(tmp_path, fake_loaders):
     data = path.read_bytes()
     path.write_bytes(data[:-10] + b"0123456789")
     assert weights.status(path) == "corrupt"
-    with pytest.raises(weights.WeightsError, match="do not match their SHA-256.*kzlib.weights fetch"):
+    with pytest.raises(weights.WeightsError, match="do not match their SHA-256.*kzlib weights fetch"):
         weights.require("auto", "resnet152", tmp_path)
-    with pytest.raises(weights.WeightsError, match="resnext101_32x8d_wsl.pth not found; run `python -m kzlib.weights fetch"):
+    with pytest.raises(weights.WeightsError, match="resnext101_32x8d_wsl.pth not found; run `python -m kzlib weights fetch"):
         weights.require("auto", "resnext101_32x8d", tmp_path)
     with pytest.raises(weights.WeightsError, match="no registered pretrained weights"):
         weights.require("auto", "efficientnet_b0", tmp_path)
+    # a file without a manifest entry: "unverified" when it loads as a state dict, else "corrupt"
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(weights.WeightsError, match="garbage.pth: not a readable weight file"):
         weights.load_state(tmp_path / "garbage.pth")
+    assert weights.status(tmp_path / "garbage.pth") == "corrupt"
+    with pytest.raises(weights.WeightsError, match="garbage.pth not a readable weight file.*replace the file"):
+        weights.require("garbage.pth", "resnet152", tmp_path)
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "mine.pth")
+    assert weights.status(tmp_path / "mine.pth") == "unverified"
+    assert weights.require("mine.pth", "resnet152", tmp_path) == tmp_path / "mine.pth"
 
 
 def test_a_loader_that_fails_is_one_line(tmp_path, monkeypatch):
@@ -82,19 +90,64 @@ def test_resolve_names_paths_and_scratch(tmp_path):
 
 
 def test_list_cli_shows_each_preset_stage_and_status(tmp_path, fake_loaders, capsys):
-    assert weights.main(["list", "--dir", str(tmp_path), "--preset", "full", "demo"]) == 1
+    assert weights_main(["list", "--dir", str(tmp_path), "--preset", "full", "demo"]) == 1
     out = capsys.readouterr().out
     assert "classify resnext101" in out and "missing" in out and "trains from scratch" in out
+    assert "--preset full" in out  # the command that fixes it
     weights.fetch(tmp_path, ["resnet152", "resnext101_32x8d"], log=lambda *_: None)
-    assert weights.main(["list", "--dir", str(tmp_path), "--preset", "full"]) == 0
+    assert weights_main(["list", "--dir", str(tmp_path), "--preset", "full"]) == 0
     out = capsys.readouterr().out
     assert out.count("verified") == 3  # detector, resnet152, resnext101
-    assert weights.main(["fetch", "--out", str(tmp_path), "--preset", "full"]) == 0  # all verified: no loader call
+    assert weights_main(["fetch", "--out", str(tmp_path), "--preset", "full"]) == 0  # all verified: no loader call
     assert fake_loaders == ["resnet152", "resnext101_32x8d"]
 
 
+def test_fetch_gets_every_file_the_presets_name(tmp_path, fake_loaders, capsys):
+    """preset_full names its files ("resnet152_imagenet1k_v1.pth", not "auto"): fetch resolves
+    registered names to their architecture and gets exactly the files the preset needs."""
+    cfg = load_preset(preset_path("full"))
+    needed = {weights.resolve(n.value, n.arch, tmp_path).name for n in cfg.weight_needs()}
+    assert weights_main(["fetch", "--out", str(tmp_path), "--preset", "full"]) == 0
+    assert sorted(fake_loaders) == ["resnet152", "resnext101_32x8d"]
+    assert set(json.loads((tmp_path / "manifest.json").read_text())) == needed == {
+        "resnet152_imagenet1k_v1.pth", "resnext101_32x8d_wsl.pth"}
+    assert "2 weight file(s)" in capsys.readouterr().out
+    # a preset that needs nothing says so; a file of the user's own is named, not fetched
+    assert weights_main(["fetch", "--out", str(tmp_path / "d"), "--preset", "demo"]) == 0
+    assert "preset demo: trains every network from random weights; nothing to fetch" in capsys.readouterr().out
+    own = tmp_path / "own.json"
+    own.write_text(json.dumps({**json.loads(preset_path("full").read_text()),
+                               "detect": {"backbone": "resnet50", "pretrained": "my_resnet50.pth"}}))
+    assert weights_main(["fetch", "--out", str(tmp_path / "o"), "--preset", str(own)]) == 0
+    assert "names 'my_resnet50.pth', which is not a file kzlib can fetch" in capsys.readouterr().out
+    # a registered file of another architecture is refused
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**json.loads(preset_path("full").read_text()),
+                               "detect": {"backbone": "resnet50", "pretrained": "resnet152_imagenet1k_v1.pth"}}))
+    assert weights_main(["fetch", "--out", str(tmp_path / "b"), "--preset", str(bad)]) == 3
+    assert "holds resnet152 weights, but the network is a resnet50" in capsys.readouterr().err
+
+
+def test_fetched_weights_let_the_full_preset_plan(tmp_path, fake_loaders, tiny, capsys):
+    """From a clean folder, loaders faked: fetch, then the full preset's dry run plans without a
+    weights error and `list` shows every file verified."""
+    from kzlib.run import main as run_main
+
+    folder = tmp_path / "pretrained"
+    args = ["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", "full", "--dry-run",
+            "--pretrained-dir", str(folder)]
+    assert run_main(args) == 3
+    assert f"run `python -m kzlib weights fetch --preset full --out {folder}`" in capsys.readouterr().err
+    assert weights_main(["fetch", "--out", str(folder), "--preset", "full"]) == 0
+    assert weights_main(["list", "--dir", str(folder), "--preset", "full"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("verified") == 3 and "missing" not in out
+    assert run_main(args) == 0
+    assert "classify-resnext101-f4" in capsys.readouterr().out
+
+
 def test_fetch_cli_without_network_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "kzlib.weights", "fetch", "--out", str(tmp_path), "--arch", "resnet18",
+    r = subprocess.run([sys.executable, "-m", "kzlib", "weights", "fetch", "--out", str(tmp_path), "--arch", "resnet18",
                         "--preset"], capture_output=True, text=True, cwd=ROOT,
                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TORCH_HOME": str(tmp_path / "torch"),
                             "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
@@ -176,6 +229,6 @@ def test_kaggle_dataset_carries_the_presets_weights(tmp_path, fake_loaders):
             "pretrained/manifest.json"} <= set(names)
     # the kernels check the dataset's copies the way the runner checks the local folder
     cfg = load_preset(preset_path("full"))
-    assert [p.name for p in weights.check_preset(cfg, tmp_path / "ds" / "pretrained")] == \
+    assert [p.name for p in cfg.check_weights(tmp_path / "ds" / "pretrained")] == \
         ["resnet152_imagenet1k_v1.pth", "resnet152_imagenet1k_v1.pth", "resnext101_32x8d_wsl.pth"]
     assert weights.status(tmp_path / "ds" / "pretrained" / "resnext101_32x8d_wsl.pth") == "verified"

@@ -1,5 +1,7 @@
 """Typed configuration of a classifier run. Defaults are the original solution's ResNet-152 run
-(lopuhin/kaggle-kuzushiji-2019, ``kuzushiji/classify/main.py``); UPSTREAM.md lists every setting."""
+(lopuhin/kaggle-kuzushiji-2019, ``kuzushiji/classify/main.py``) except ``amp``: upstream trained that
+run in fp32 on a 16 GB P100, the kit's default is fp16 on CUDA so that it fits an 11 GB card.
+UPSTREAM.md lists every setting."""
 
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ class ClassifyConfig:
     lr_gamma: float = 0.1
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0          # cross-entropy label smoothing (0: none, as upstream)
-    amp: bool = True                     # fp16 autocast + GradScaler on CUDA; ignored on CPU
+    amp: bool = True                     # fp16 autocast + GradScaler on CUDA (upstream's ResNet-152: fp32)
     amp_cpu: bool = False  # bf16 autocast on the CPU (about 2x faster convolutions with AVX512-BF16/AMX)
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent CPUs and GPUs)
     validate_every: int = 1

@@ -155,13 +155,14 @@ def render_metadata(user: str, slug: str = DATASET_SLUG, template: Path = TEMPLA
 def preset_weights(presets: Sequence[str], weights_dir: Path | None = None) -> list[str]:
     """The weight files the named presets train from, checked (missing or corrupt: one line)."""
     from kzlib.preset import load_preset, preset_path
-    from kzlib.weights import require, preset_needs
+    from kzlib.weights import FETCH, require
 
     files = []
     for name in presets:
         cfg = load_preset(preset_path(name))
-        for stage, arch, value in preset_needs(cfg):
-            path = require(value, arch, weights_dir, f"--preset {name}: stage {stage}")
+        for n in cfg.weight_needs():
+            path = require(n.value, n.arch, weights_dir, f"--preset {name}: stage {n.stage}",
+                           f"{FETCH} --preset {name}" + (f" --out {weights_dir}" if weights_dir else ""))
             files.append(str(path))
     return list(dict.fromkeys(files))
 

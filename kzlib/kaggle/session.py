@@ -190,7 +190,6 @@ class Session:
         from kzlib.config import config_from_dict
         from kzlib.pipeline import Pipeline
         from kzlib.preset import PipelineConfig
-        from kzlib.weights import check_preset
 
         self.working.mkdir(parents=True, exist_ok=True)
         if self.previous is not None:
@@ -204,7 +203,7 @@ class Session:
                 self.dirs += more[1]
             cfg = config_from_dict(PipelineConfig, self.preset, "preset")
             if self.gpu:  # the training kernels: the preset's pretrained backbones, from the kit's dataset
-                check_preset(cfg, self.kit / "pretrained")
+                cfg.check_weights(self.kit / "pretrained", fix="python -m kzlib dataset --preset PRESET --push")
                 cfg = cfg.with_weights_dir(self.kit / "pretrained")
                 if cfg.device.startswith("cuda"):
                     import torch

@@ -17,8 +17,10 @@ from torchvision.ops import box_iou
 from kzlib.data import SEG_FP, DataError
 from kzlib.pages import xyxy_tensor
 from kzlib.detailed import KEY, blend_files, check_same_boxes, top_k_long
+from kzlib.stack.config import OVERLAPS
 
 TOP = 3
+OVERLAP_COLUMN = {"upstream": "box_overlap", "iou": "max_iou"}
 
 
 def encode_class(codes) -> np.ndarray:
@@ -30,16 +32,29 @@ def encode_class(codes) -> np.ndarray:
     return out
 
 
-def max_overlap(df: pd.DataFrame) -> np.ndarray:
-    """Each box's highest IoU with another box of its page."""
+def max_overlap(df: pd.DataFrame, kind: str = "upstream") -> np.ndarray:
+    """Each box's highest overlap with another box of its page: ``upstream`` (the original
+    solution's ``box_overlap``) is the intersection over the *other* box's area, in whole pixels
+    with both ends counted (+1), so a box that contains another scores 1 and the contained one the
+    ratio of the areas; ``iou`` is the intersection over union, small for both when one box nests
+    in a much larger one."""
+    if kind not in OVERLAPS:
+        raise ValueError(f"overlap {kind!r} is not one of {', '.join(OVERLAPS)}")
     out = np.zeros(len(df))
-    xyxy = xyxy_tensor(df[["x", "y", "w", "h"]].to_numpy(np.float64))
+    b = df[["x", "y", "w", "h"]].to_numpy(np.float64)
+    xyxy = xyxy_tensor(b)
     for rows in df.groupby("image_id", sort=False).indices.values():
         if len(rows) < 2:
             continue
-        iou = box_iou(xyxy[rows], xyxy[rows])
-        iou.fill_diagonal_(0)
-        out[rows] = iou.max(dim=1).values.numpy()
+        if kind == "iou":
+            m = box_iou(xyxy[rows], xyxy[rows]).numpy()
+        else:
+            x0, y0, x1, y1 = b[rows, 0], b[rows, 1], b[rows, 0] + b[rows, 2], b[rows, 1] + b[rows, 3]
+            iw = np.maximum(0, np.minimum(x1[:, None], x1[None]) - np.maximum(x0[:, None], x0[None]) + 1)
+            ih = np.maximum(0, np.minimum(y1[:, None], y1[None]) - np.maximum(y0[:, None], y0[None]) + 1)
+            m = iw * ih / ((b[rows, 2] + 1) * (b[rows, 3] + 1))[None]  # [i, j]: over box j's area
+        np.fill_diagonal(m, 0)
+        out[rows] = m.max(axis=1)
     return out
 
 
@@ -55,14 +70,15 @@ def group_table(df: pd.DataFrame, g: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     return box, long.rename(columns={"logit": f"g{g}_cand_score"})[["row", "cls", f"g{g}_cand_score"]]
 
 
-def build(groups: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    """Candidate rows for blended detailed frames of the same boxes (one per group)."""
+def build(groups: Sequence[pd.DataFrame], overlap: str = "upstream") -> pd.DataFrame:
+    """Candidate rows for blended detailed frames of the same boxes (one per group); ``overlap``
+    chooses the box-overlap feature (``max_overlap``), named after it."""
     if not groups:
         raise DataError("no groups of detailed files given")
     check_same_boxes(groups, [f"group {g}" for g in range(len(groups))])
     base = groups[0][KEY + ["true"]].reset_index(drop=True)
     boxes = base.copy()
-    boxes["max_iou"] = max_overlap(base)
+    boxes[OVERLAP_COLUMN[overlap]] = max_overlap(base, overlap)
     boxes["page_boxes"] = base.groupby("image_id")["x"].transform("size").to_numpy()
     cands, longs = [], []
     for g, df in enumerate(groups):
@@ -97,7 +113,7 @@ def build(groups: Sequence[pd.DataFrame]) -> pd.DataFrame:
     return rows
 
 
-UPSTREAM_FEATURE = re.compile(r"^(g\d+_(cls|score|is_top)\d+|max_iou|cand)$")
+UPSTREAM_FEATURE = re.compile(r"^(g\d+_(cls|score|is_top)\d+|box_overlap|max_iou|cand)$")
 
 
 def feature_columns(rows: pd.DataFrame, features: str = "extended") -> list[str]:
@@ -110,9 +126,9 @@ def feature_columns(rows: pd.DataFrame, features: str = "extended") -> list[str]
     return [c for c in cols if UPSTREAM_FEATURE.match(c)] if features == "upstream" else cols
 
 
-def build_from_files(groups: Mapping[str, Sequence[Path]]) -> pd.DataFrame:
+def build_from_files(groups: Mapping[str, Sequence[Path]], overlap: str = "upstream") -> pd.DataFrame:
     """Blend each group's files, then build the candidate rows."""
     blended = [blend_files([Path(p) for p in paths]) for paths in groups.values()]
-    rows = build(blended)
+    rows = build(blended, overlap)
     rows.attrs["groups"] = list(groups)
     return rows

@@ -34,9 +34,9 @@ def _fit(lib: str, cfg: StackConfig, X, y, Xv, yv):
     if lib == "xgboost":
         import xgboost as xgb
 
-        model = xgb.XGBClassifier(n_estimators=cfg.rounds, tree_method="hist", random_state=cfg.seed,
-                                  n_jobs=cfg.threads or None, early_stopping_rounds=cfg.early_stopping,
-                                  eval_metric="logloss", **cfg.xgboost)
+        params = {"tree_method": "hist", "eval_metric": "logloss", **cfg.xgboost}  # today's defaults unless named
+        model = xgb.XGBClassifier(n_estimators=cfg.rounds, random_state=cfg.seed, n_jobs=cfg.threads or None,
+                                  early_stopping_rounds=cfg.early_stopping, **params)
         model.fit(X, y, eval_set=[(Xv, yv)], verbose=False)
         return model
     if lib == "catboost":
@@ -134,14 +134,20 @@ def train_folds(folds: Sequence[pd.DataFrame], out: Path, cfg: StackConfig) -> p
     return data
 
 
-def predict_rows(model_dir: Path, rows: pd.DataFrame) -> np.ndarray:
-    """Blended probability of each candidate row from every fold's models."""
-    model_dir = Path(model_dir)
-    meta_path = model_dir / "stack.json"
+def read_models(model_dir: Path) -> tuple[dict, StackConfig]:
+    """A level-2 model folder's ``stack.json`` and the config its models were trained with."""
+    meta_path = Path(model_dir) / "stack.json"
     if not meta_path.exists():
         raise DataError(f"{model_dir}: not a level-2 model folder (no stack.json)")
     meta = json.loads(meta_path.read_text())
-    cfg = config_from_dict(StackConfig, meta["config"], str(meta_path))
+    config = {"overlap": "iou", **meta["config"]}  # models made before the option existed used the IoU
+    return meta, config_from_dict(StackConfig, config, str(meta_path))
+
+
+def predict_rows(model_dir: Path, rows: pd.DataFrame) -> np.ndarray:
+    """Blended probability of each candidate row from every fold's models."""
+    model_dir = Path(model_dir)
+    meta, cfg = read_models(model_dir)
     missing = [c for c in meta["features"] if c not in rows.columns]
     if missing:
         raise DataError(f"features lack column(s) {', '.join(missing[:5])}: build them with the same groups as training")

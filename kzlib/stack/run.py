@@ -18,11 +18,11 @@ from kzlib.stack.models import pick_best, predict_rows, train_folds
 from kzlib.config import load_config
 
 
-def build_features(groups: Mapping[str, Sequence[str]], out: Path) -> dict:
+def build_features(groups: Mapping[str, Sequence[str]], out: Path, overlap: str = "upstream") -> dict:
     if not isinstance(groups, dict) or not groups or not all(isinstance(v, list) and v for v in groups.values()):
         raise DataError('groups: expected {"kind": ["detailed file", ...], ...} with at least one file per kind')
     t0 = time.time()
-    rows = build_from_files({k: [Path(p) for p in v] for k, v in groups.items()})
+    rows = build_from_files({k: [Path(p) for p in v] for k, v in groups.items()}, overlap)
     seconds = time.time() - t0
     with atomic_path(out) as tmp:
         rows.to_csv(tmp, index=False, compression="gzip")
