@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kzlib.data import image_size, read_image  # noqa: E402
+from kzlib.images import image_size, read_image  # noqa: E402
 
 
 def best_of(fn, n=7):

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from kzlib.detect.config import DetectConfig  # noqa: E402
 from kzlib.detect.model import build_model  # noqa: E402
 from kzlib.detect.predict import detect_page, load_run  # noqa: E402
-from kzlib.training import pick_device  # noqa: E402
+from kzlib.devices import pick_device  # noqa: E402
 
 DEFAULT_PAGE = Path("../shared/data/kuzushiji-sample/train_images/100241706_00004_2.jpg")
 
@@ -36,7 +36,8 @@ def main():
     a = p.parse_args()
     setups = []
     for run in a.runs:
-        cfg, model, dev = load_run(run, a.device)
+        det = load_run(run, a.device)
+        cfg, model, dev = det.cfg, det.model, det.device
         setups.append((str(run), cfg, model, dev))
     if not a.runs:
         cfg = DetectConfig(backbone=a.backbone, fpn_channels=a.fpn_channels, page_size=a.page_size, pretrained="",

@@ -21,7 +21,8 @@ def main():
     a = p.parse_args()
     split = json.loads((a.run / "split.json").read_text())
     _, val = split_pages(a.data, split["fold"], split["n_folds"], split["val_ids"])
-    cfg, model, dev = load_run(a.run, score_threshold=min(a.thresholds))
+    det = load_run(a.run, score_threshold=min(a.thresholds))
+    cfg, model, dev = det.cfg, det.model, det.device
     detections = detect_pages(model, val, cfg, dev)
     for t in a.thresholds:
         kept = [(b[s >= t], s[s >= t]) for b, s in detections]

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kzlib import weights  # noqa: E402
 from kzlib.preset import load_preset, preset_path  # noqa: E402
-from kzlib.training import autocast  # noqa: E402
+from kzlib.devices import autocast  # noqa: E402
 
 NETWORKS = ("detector", "resnet152", "resnext101")
 

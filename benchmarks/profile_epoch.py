@@ -25,12 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kzlib.classify.dataset import collate as cls_collate, crop_spec as cls_spec  # noqa: E402
 from kzlib.classify.model import Classifier  # noqa: E402
-from kzlib.data import image_size, read_image  # noqa: E402
+from kzlib.images import image_size, read_image  # noqa: E402
 from kzlib.detect.dataset import collate as det_collate, crop_spec as det_spec  # noqa: E402
 from kzlib.detect.model import build_model  # noqa: E402
 from kzlib.pages import page_scale, split_pages, to_tensor  # noqa: E402
 from kzlib.preset import load_preset, preset_path  # noqa: E402
-from kzlib.training import autocast, cpu_has_bf16, memory_format  # noqa: E402
+from kzlib.devices import autocast, cpu_has_bf16, memory_format  # noqa: E402
 
 
 @contextmanager

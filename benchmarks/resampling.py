@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kzlib.data import read_image  # noqa: E402
+from kzlib.images import read_image  # noqa: E402
 from kzlib.pages import scaled_height  # noqa: E402
 
 

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from kzlib.data import DataDir, image_size, labels_table, read_labels_csv  # noqa: E402
+from kzlib.data import DataDir, labels_table, read_labels_csv  # noqa: E402
+from kzlib.images import image_size  # noqa: E402
 
 
 def stats(table, heights, pages):

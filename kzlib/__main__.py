@@ -8,6 +8,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from kzlib import __version__
+
 # command -> (module whose main() it runs, what it does)
 COMMANDS = {
     "data": ("kzlib.data", "check a dataset folder, write its folds"),
@@ -41,8 +43,6 @@ def main(argv: list[str] | None = None) -> int:
         print(usage())
         return 0
     if argv[0] in ("-V", "--version"):
-        from kzlib import __version__
-
         print(f"kzlib {__version__}")
         return 0
     if argv[0] not in COMMANDS:

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import functools
-import os
 import sys
 from pathlib import Path
 from typing import Callable
 
-from kzlib.errors import DataError, EnvironmentProblem, KzError, UsageError
-
-__all__ = ["parser", "one_line_errors", "DataError", "EnvironmentProblem", "UsageError", "io_message"]
+from kzlib.errors import EnvironmentProblem, KzError
+from kzlib.io import io_message
 
 
 def parser(prog: str, doc: str, epilog: bool = True) -> argparse.ArgumentParser:
@@ -20,20 +17,6 @@ def parser(prog: str, doc: str, epilog: bool = True) -> argparse.ArgumentParser:
     whole docstring after the options as it is written."""
     return argparse.ArgumentParser(prog=prog, description=doc.split("\n")[0], epilog=doc if epilog else None,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-
-
-def io_message(e: OSError, what: str = "") -> str:
-    """One line for an I/O failure: the path, what errno means, and what to do about it."""
-    head = f"{what}: " if what else ""
-    if not e.filename:
-        return head + (str(e) or type(e).__name__)
-    path = e.filename
-    meaning = os.strerror(e.errno) if e.errno else str(e)
-    hint = {errno.ENOSPC: "free some disk space, then rerun (finished work is kept)",
-            errno.EROFS: "the folder is on a read-only file system; choose another output folder",
-            errno.EACCES: "no permission to write there; choose another output folder",
-            errno.EDQUOT: "disk quota exceeded; free some space, then rerun"}.get(e.errno, "")
-    return f"{head}{path}: {meaning}" + (f" ({hint})" if hint else "")
 
 
 def one_line_errors(*errors: type[BaseException], code: int = 1) -> Callable:
@@ -70,17 +53,3 @@ def add_training_flags(t) -> None:
     t.add_argument("--auto", action="store_true", help=argparse.SUPPRESS)  # the runner's: resume when there is a run
     t.add_argument("--deadline", type=float, help=argparse.SUPPRESS)  # the runner's time budget (time.time() value)
     t.add_argument("--result", type=Path, help=argparse.SUPPRESS)  # the runner reads the result here
-
-
-def finish_training(result: dict, out, result_file=None) -> None:
-    """The end of a training CLI: process 0 reports (and writes ``result_file`` for the runner); a
-    distributed run leaves its process group."""
-    from kzlib import distributed
-    from kzlib.io import write_json_atomic
-
-    if distributed.is_main():
-        if result_file is not None:
-            write_json_atomic(result, result_file)
-        print(f"best validation F1 {result['best_f1']:.4f}; run folder {out}"
-              + ("; stopped for the time budget (rerun to resume)" if result.get("stopped_early") else ""))
-    distributed.close()

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
 from kzlib.errors import UsageError
+from kzlib.io import write_json_atomic
 
 C = TypeVar("C")
 
@@ -146,8 +147,6 @@ def config_dict(cfg: Any) -> dict:
 
 
 def save_config(cfg: Any, path: str | Path) -> None:
-    from kzlib.io import write_json_atomic
-
     write_json_atomic(dataclasses.asdict(cfg), path)
 
 

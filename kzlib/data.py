@@ -1,4 +1,5 @@
-"""The competition's files, read right: labels, classes, book folds, images, and a dataset checker.
+"""The competition's files, read right: the dataset folder, labels and classes, and a checker of
+the whole folder (images are read by ``kzlib.images``).
 
 A dataset folder has the Kaggle layout (``train.csv``, ``unicode_translation.csv``,
 ``sample_submission.csv``, ``train_images/``, ``test_images/``); the read-only Kaggle mount
@@ -6,42 +7,36 @@ A dataset folder has the Kaggle layout (``train.csv``, ``unicode_translation.csv
 
 CLI::
 
-    python -m kzlib.data check DATA_DIR [--n-folds 5]
-    python -m kzlib.data folds DATA_DIR [--n-folds 5] [--out folds.csv]
-    python -m kzlib.data download DATA_DIR [--keep-archive]   (the competition, via the Kaggle API)
+    python -m kzlib data check DATA_DIR [--n-folds 5]
+    python -m kzlib data folds DATA_DIR [--n-folds 5] [--out folds.csv]
+
+(``python -m kzlib kaggle download DATA_DIR`` gets the competition through the Kaggle API.)
 """
 
 from __future__ import annotations
 
-import argparse
-import os
 import re
 import sys
-import tempfile
-import threading
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
-import cv2
 import numpy as np
 import pandas as pd
-from PIL import Image
+from tqdm import tqdm
 
-from kzlib.cli import one_line_errors
+from kzlib.cli import one_line_errors, parser
 from kzlib.errors import DataError
 from kzlib.folds import make_folds
+from kzlib.images import image_size, read_image
+from kzlib.io import write_csv_atomic
 
-
-KAGGLE_DATA_DIR = Path("/kaggle/input/kuzushiji-recognition")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_FIELDS = 5  # U+XXXX x y w h
 _CODE_RE = re.compile(r"^U\+[0-9A-F]{4,6}$")
 
 
 SEG_FP = "seg_fp"  # the class of a detected box that matches no true character
-
 
 
 @dataclass(frozen=True)
@@ -225,167 +220,6 @@ def char_to_code(char: str) -> str:
 
 
 # ----------------------------------------------------------------------------------------------
-# books and folds
-
-
-# ----------------------------------------------------------------------------------------------
-# images
-
-
-class ImageError(DataError):
-    """A missing, corrupt or truncated image; the message names the file."""
-
-
-def image_size(path: str | Path) -> tuple[int, int]:
-    """(width, height) from the file header, without decoding the pixels."""
-    with _open_header(Path(path)) as im:
-        return im.size
-
-
-def read_image(path: str | Path, height: int | None = None, min_height: int | None = None) -> np.ndarray:
-    """Read a page as RGB uint8 [H, W, 3]; grayscale, RGBA (composited on white), 16-bit and PNG
-    handled. With ``height``, the result is resized to exactly that height (aspect kept); when
-    that is at most half the original, JPEGs use OpenCV's reduced decode (1/2, 1/4, 1/8) first.
-    With ``min_height`` instead, the page is only decoded at the strongest JPEG reduction that
-    keeps at least that many rows, and not resized (callers that crop before resizing).
-    """
-    path = Path(path)
-    if _prefetched is not None:
-        img = _prefetched.pop((str(path), height, min_height), None)
-        if img is not None:
-            return img
-    with _open_header(path) as im:
-        (w0, h0), fmt, mode = im.size, im.format, im.mode
-    factor = 1
-    target = height if height is not None else min_height
-    if target is not None:
-        if target <= 0:
-            raise ValueError(f"height must be positive, got {target}")
-        factor = next((f for f in (8, 4, 2) if h0 >= f * target), 1)
-    simple = fmt == "JPEG" and mode in ("RGB", "L", "CMYK")
-    if simple:
-        flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,
-                 8: cv2.IMREAD_REDUCED_COLOR_8}[factor]
-    else:
-        flags = cv2.IMREAD_UNCHANGED
-    img, messages = _imread_checked(path, flags | cv2.IMREAD_IGNORE_ORIENTATION)
-    damaged = [m for m in messages if any(w in m for w in _DAMAGE_WORDS)]
-    if damaged:
-        raise ImageError(f"{path}: damaged image ({damaged[0].strip()})")
-    if img is None:
-        raise ImageError(f"{path}: cannot decode image")
-    img = _to_rgb8(img)
-    if height is not None and img.shape[0] != height:
-        width = max(1, round(w0 * height / h0))
-        interp = cv2.INTER_AREA if height < img.shape[0] else cv2.INTER_LINEAR
-        img = cv2.resize(img, (width, height), interpolation=interp)
-    return img
-
-
-def max_pixels() -> int:
-    """Pages larger than this many pixels are refused (``$KZLIB_MAX_PIXELS``; real scans are ~10 M)."""
-    return int(os.environ.get("KZLIB_MAX_PIXELS", 200_000_000))
-
-
-_PILLOW_LIMIT = threading.Lock()  # Image.MAX_IMAGE_PIXELS is process-wide; read's decoder thread opens pages too
-
-
-def _open_header(path: Path) -> Image.Image:
-    if not path.is_file():
-        raise ImageError(f"{path}: no such image file")
-    with _PILLOW_LIMIT:  # Pillow's own bomb check off while the header is read: the kit's limit follows
-        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
-        try:
-            im = Image.open(path)
-        except (OSError, SyntaxError, ValueError) as e:
-            raise ImageError(f"{path}: not a readable image ({e})") from None
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    w, h = im.size
-    if w * h > max_pixels():
-        im.close()
-        raise ImageError(f"{path}: {w}x{h} = {w * h:,} pixels, more than the limit of {max_pixels():,} "
-                         "($KZLIB_MAX_PIXELS); is this a page scan?")
-    return im
-
-
-# libjpeg's warnings for data it could not decode (it decodes on, filling the rest with grey)
-_DAMAGE_WORDS = ("Corrupt JPEG data", "Premature end of JPEG", "JPEG datastream contains no image",
-                 "Invalid JPEG file structure", "Bogus", "Unsupported marker")
-_capture = None
-_capture_lock = threading.Lock()  # the C-level stderr is one per process
-_prefetched: dict | None = None   # (path, height, min_height) -> image, filled by ``prefetch``
-
-
-@contextmanager
-def prefetch_images():
-    """Inside this block, ``prefetch(path, heights)`` decodes pages in a background thread (OpenCV
-    releases the GIL) and ``read_image`` takes them from there: decoding overlaps inference, and
-    the images are exactly those ``read_image`` would have made. At most the pages asked for ahead
-    are held."""
-    global _prefetched
-    from concurrent.futures import ThreadPoolExecutor
-
-    _prefetched = {}
-    pool = ThreadPoolExecutor(1, thread_name_prefix="kzlib-decode")
-
-    def work(path: Path, heights):
-        for h in heights:
-            try:
-                img = read_image(path, height=h)
-            except Exception:  # the reader will meet the error itself, on its own thread
-                return
-            if _prefetched is not None:
-                _prefetched[(str(path), h, None)] = img
-
-    def ask(path: Path, heights) -> None:
-        pool.submit(work, Path(path), list(heights))
-
-    try:
-        yield ask
-    finally:
-        pool.shutdown(wait=True)
-        _prefetched = None
-
-
-def _imread_checked(path: Path, flags: int) -> tuple[np.ndarray | None, list[str]]:
-    """``cv2.imread`` with what libjpeg writes to the C-level stderr captured: a JPEG with damaged
-    data (a zeroed block, a truncated file) decodes without an error, and only these warnings
-    tell. Valid files with bytes after the end marker decode without warnings."""
-    global _capture
-    with _capture_lock:
-        if _capture is None:
-            _capture = tempfile.TemporaryFile()
-        sys.stderr.flush()
-        saved = os.dup(2)
-        _capture.seek(0)
-        _capture.truncate()
-        try:
-            os.dup2(_capture.fileno(), 2)
-            img = cv2.imread(str(path), flags)
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-        _capture.seek(0)
-        text = _capture.read().decode("utf-8", "replace")
-    return img, text.splitlines()
-
-
-def _to_rgb8(img: np.ndarray) -> np.ndarray:
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
-    if img.shape[2] == 4:
-        alpha = img[:, :, 3:4].astype(np.float32) / 255.0
-        bgr = img[:, :, :3].astype(np.float32) * alpha + 255.0 * (1.0 - alpha)
-        return cv2.cvtColor(np.clip(bgr + 0.5, 0, 255).astype(np.uint8), cv2.COLOR_BGR2RGB)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-# ----------------------------------------------------------------------------------------------
 # whole-folder check
 
 
@@ -402,8 +236,6 @@ class CheckReport:
 def check_dataset(root: str | Path, n_folds: int = 5, progress: bool = False) -> CheckReport:
     """Validate a dataset folder: every label parses, every class is known, every image is present
     and decodable, every box lies inside its image. Collects every problem (one line each)."""
-    from tqdm import tqdm
-
     d = DataDir(Path(root))
     problems: list[str] = []
     summary: dict = {}
@@ -487,44 +319,45 @@ def _try(fn, problems: list[str]):
 # CLI
 
 
+def require_valid(data: Path, n_folds: int) -> None:
+    """Stop with one ``DataError`` listing the problems (20 at most) unless the folder passes ``check``."""
+    report = check_dataset(data, n_folds)
+    if not report.ok:
+        lines = "\n".join(f"  - {p}" for p in report.problems[:20])
+        more = f"\n  ... and {len(report.problems) - 20} more" if len(report.problems) > 20 else ""
+        raise DataError(f"{data}: the data folder fails `python -m kzlib data check`:\n{lines}{more}")
+
+
+def print_report(report: CheckReport) -> int:
+    """A check's summary on stdout and its problems on stderr; the exit code (1 with problems)."""
+    for key, value in report.summary.items():
+        print(f"{key}: {value}")
+    if report.problems:
+        print(f"{len(report.problems)} problem(s):", file=sys.stderr)
+        for line in report.problems:
+            print(line, file=sys.stderr)
+        return 1
+    print("ok")
+    return 0
+
+
 @one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kzlib.data", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("check", help="validate a dataset folder and print a summary")
-    p.add_argument("data_dir", type=Path)
-    p.add_argument("--n-folds", type=int, default=5)
-    p = sub.add_parser("download", help="the competition data through the Kaggle API, unpacked and checked")
-    p.add_argument("data_dir", type=Path)
-    p.add_argument("--keep-archive", action="store_true", help="keep the downloaded zip")
-    p = sub.add_parser("folds", help="write/print image_id,book_id,fold")
-    p.add_argument("data_dir", type=Path)
-    p.add_argument("--n-folds", type=int, default=5)
-    p.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
-    args = parser.parse_args(argv)
-
-    if args.cmd in ("check", "download"):
-        if args.cmd == "download":
-            from kzlib.kaggle.download import download
-
-            report = download(args.data_dir, keep_archive=args.keep_archive)
-        else:
-            report = check_dataset(args.data_dir, args.n_folds, progress=sys.stderr.isatty())
-        for key, value in report.summary.items():
-            print(f"{key}: {value}")
-        if report.problems:
-            print(f"{len(report.problems)} problem(s):", file=sys.stderr)
-            for line in report.problems:
-                print(line, file=sys.stderr)
-            return 1
-        print("ok")
-        return 0
-
+    p = parser("python -m kzlib data", __doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("check", help="validate a dataset folder and print a summary")
+    c.add_argument("data_dir", type=Path)
+    c.add_argument("--n-folds", type=int, default=5)
+    f = sub.add_parser("folds", help="write/print image_id,book_id,fold")
+    f.add_argument("data_dir", type=Path)
+    f.add_argument("--n-folds", type=int, default=5)
+    f.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
+    args = p.parse_args(argv)
+    if args.cmd == "check":
+        return print_report(check_dataset(args.data_dir, args.n_folds, progress=sys.stderr.isatty()))
     train = read_labels_csv(DataDir(args.data_dir).train_csv)
     folds = make_folds(train["image_id"], args.n_folds)
     if args.out:
-        from kzlib.io import write_csv_atomic
-
         write_csv_atomic(folds, args.out)
         print(f"wrote {len(folds)} pages, {folds['book_id'].nunique()} books to {args.out}")
     else:

@@ -57,13 +57,10 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def init(device_name: str) -> torch.device:
+def init(device: torch.device) -> torch.device:
     """Join the process group when started by torchrun (no-op otherwise); returns this process's
     device (its own GPU on CUDA)."""
-    from kzlib.training import pick_device
-
     r, n, local = world()
-    device = pick_device(device_name)
     if n > 1 and not active():
         if device.type == "cuda":
             torch.cuda.set_device(local)
@@ -196,36 +193,3 @@ def close() -> None:
     if active():
         dist.barrier()
         dist.destroy_process_group()
-
-
-def launch(module: str, run, cfg, args: list[str], nproc: int, deadline: float | None, what: str, log_path) -> dict:
-    """Train with ``torchrun --standalone --nproc-per-node nproc -m module train ...``: the config
-    as ``stage_config.json`` in the run folder, the processes' output echoed here (into the caller's
-    log), the result read back from ``stage_result.json``. A failure is one EnvironmentProblem."""
-    import json
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from kzlib.config import config_dict
-    from kzlib.io import write_json_atomic
-
-    if cfg.device.startswith("cuda") and torch.cuda.device_count() < nproc:
-        raise EnvironmentProblem(f"the preset trains on {nproc} GPUs and this machine has "
-                                 f"{torch.cuda.device_count()}; set gpus in the preset")
-    run = Path(run)
-    run.mkdir(parents=True, exist_ok=True)
-    config, result = run / "stage_config.json", run / "stage_result.json"
-    write_json_atomic(config_dict(cfg), config)
-    result.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", module, "train", *args, "--out", str(run), "--config", str(config), "--auto",
-           "--result", str(result)] + (["--deadline", str(deadline)] if deadline else [])
-    print("running: " + " ".join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        print(line, end="", flush=True)
-    if proc.wait() or not result.is_file():
-        raise EnvironmentProblem(f"{what}: torchrun exited with {proc.returncode}; its processes' output is in "
-                                 f"{log_path}")
-    return json.loads(result.read_text())

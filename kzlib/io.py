@@ -8,6 +8,8 @@ file is written.
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
+
+from kzlib.errors import EnvironmentProblem
 
 
 def file_sha256(path: str | Path) -> str:
@@ -89,12 +93,22 @@ def write_json_atomic(obj, path: str | Path) -> None:
         tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
+def io_message(e: OSError, what: str = "") -> str:
+    """One line for an I/O failure: the path, what errno means, and what to do about it."""
+    head = f"{what}: " if what else ""
+    if not e.filename:
+        return head + (str(e) or type(e).__name__)
+    meaning = os.strerror(e.errno) if e.errno else str(e)
+    hint = {errno.ENOSPC: "free some disk space, then rerun (finished work is kept)",
+            errno.EROFS: "the folder is on a read-only file system; choose another output folder",
+            errno.EACCES: "no permission to write there; choose another output folder",
+            errno.EDQUOT: "disk quota exceeded; free some space, then rerun"}.get(e.errno, "")
+    return f"{head}{e.filename}: {meaning}" + (f" ({hint})" if hint else "")
+
+
 def ensure_writable(folder: str | Path, what: str = "output folder") -> Path:
     """Create ``folder`` if needed and check that files can be written in it, before any compute
     starts; a failure is one ``EnvironmentProblem`` line naming the folder and the errno."""
-    from kzlib.cli import io_message
-    from kzlib.errors import EnvironmentProblem
-
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -123,8 +137,6 @@ def exclusive_lock(path: str | Path) -> Iterator[Held]:
     """An exclusive, non-blocking ``flock`` on ``path`` for the ``with`` block: yields a truthy
     ``Held`` when this process got it (the file then names this process), a falsy one naming the
     holder when another process has it. The kernel releases it if the process dies."""
-    import fcntl
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fh = open(path, "a+")

@@ -18,7 +18,6 @@ CLI::
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import re
@@ -30,8 +29,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from kzlib.cli import one_line_errors
-from kzlib.data import DataError, is_empty
+from kzlib.cli import one_line_errors, parser
+from kzlib.data import DataError, is_empty, read_labels_csv
+from kzlib.io import write_csv_atomic
 
 MAX_PREDICTIONS_PER_PAGE = 1200
 _CODE_RE = re.compile(r"^U\+[0-9A-F]{4,6}$")
@@ -181,17 +181,6 @@ def score(submission: pd.DataFrame, solution: pd.DataFrame) -> dict:
     return f1_from_counts(tp.sum(), fp.sum(), fn.sum())
 
 
-def score_per_page(submission: pd.DataFrame, solution: pd.DataFrame) -> pd.DataFrame:
-    """``image_id, tp, fp, fn`` for each solution page."""
-    sub = dict(zip(submission["image_id"], submission["labels"]))
-    ids = solution["image_id"].tolist()
-    tp, fp, fn = match_counts(
-        flatten(solution["labels"].tolist(), 5, "solution"),
-        flatten([sub.get(i) for i in ids], 3, "submission"),
-    )
-    return pd.DataFrame({"image_id": ids, "tp": tp, "fp": fp, "fn": fn})
-
-
 # ----------------------------------------------------------------------------------------------
 # submissions
 
@@ -297,8 +286,6 @@ def score_on_pages(submission: pd.DataFrame, solution: pd.DataFrame, image_ids: 
 
 def write_submission(df: pd.DataFrame, path: str | Path, expected_ids: Iterable[str]) -> None:
     """Validate, then write atomically. Expected pages absent from ``df`` are written empty."""
-    from kzlib.io import write_csv_atomic
-
     expected = list(expected_ids)
     labels = dict(zip(df["image_id"], df["labels"]))
     out = pd.DataFrame({"image_id": expected, "labels": [labels.get(i) for i in expected]})
@@ -312,13 +299,10 @@ def write_submission(df: pd.DataFrame, path: str | Path, expected_ids: Iterable[
 
 @one_line_errors(DataError)
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m kzlib.metric", description="Score a submission with the competition F1.")
-    parser.add_argument("submission", type=Path, help="image_id,labels with U+XXXX cx cy triples")
-    parser.add_argument("solution", type=Path, help="image_id,labels with U+XXXX x y w h (train.csv format)")
-    args = parser.parse_args(argv)
-    from kzlib.data import read_labels_csv
-
+    p = parser("python -m kzlib metric", "Score a submission with the competition F1.")
+    p.add_argument("submission", type=Path, help="image_id,labels with U+XXXX cx cy triples")
+    p.add_argument("solution", type=Path, help="image_id,labels with U+XXXX x y w h (train.csv format)")
+    args = p.parse_args(argv)
     solution = read_labels_csv(args.solution)
     sub = read_submission(args.submission, solution["image_id"].tolist())
     result = score(sub, solution)

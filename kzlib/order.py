@@ -33,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from kzlib.cli import one_line_errors, parser
+from kzlib.data import parse_labels, read_labels_csv
+from kzlib.io import write_csv_atomic
 
 LINK_GAP = 1.5      # character heights between two boxes of one column
 JOIN_GAP = 4.0      # character heights a column may skip (a picture, a wide gap)
@@ -195,8 +197,6 @@ def edit_distance(a: Sequence, b: Sequence) -> int:
 
 def order_table(df: pd.DataFrame, source: str = "labels") -> pd.DataFrame:
     """``image_id,order,column,unicode,x,y,w,h`` (order 1..n per page) from a labels frame."""
-    from kzlib.data import parse_labels
-
     rows = []
     for image_id, labels in zip(df["image_id"], df["labels"]):
         codes, boxes = parse_labels(labels, image_id=image_id, source=source)
@@ -213,9 +213,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("labels", type=Path, help="boxes in the train.csv format (image_id,labels)")
     p.add_argument("--out", type=Path, required=True, help="CSV: image_id,order,column,unicode,x,y,w,h")
     a = p.parse_args(argv)
-    from kzlib.data import read_labels_csv
-    from kzlib.io import write_csv_atomic
-
     table = order_table(read_labels_csv(a.labels), str(a.labels))
     write_csv_atomic(table, a.out)
     print(f"wrote {a.out}: {len(table)} characters of {table['image_id'].nunique() if len(table) else 0} pages")

@@ -14,7 +14,8 @@ import torch
 from torch.utils.data import Dataset
 from torchvision.ops import box_convert, box_iou
 
-from kzlib.data import DataDir, DataError, image_size, parse_labels, read_image, read_labels_csv
+from kzlib.data import DataDir, DataError, parse_labels, read_labels_csv
+from kzlib.images import image_size, read_image
 from kzlib.folds import held_out
 from kzlib.training import sample_seed
 

@@ -4,12 +4,13 @@ the stage configs they resolve to. Torch-free."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import ClassVar
 from pathlib import Path
 
 from kzlib import weights
 from kzlib.classify.config import ClassifyConfig
 from kzlib.config import ConfigError, check_positive, config_from_dict, load_config
-from kzlib.detect.config import DetectConfig
+from kzlib.detect.config import DetectConfig, TestBoxRule
 from kzlib.stack.config import StackConfig
 
 
@@ -25,13 +26,14 @@ class WeightNeed:
 class PipelineConfig:
     """A preset: the whole chain's settings. Defaults are the original solution's
     (``configs/preset_full.json`` spells them out; UPSTREAM.md lists every one)."""
+    ALIASES: ClassVar[dict] = {"test_boxes": "test_box_rule"}  # old names, read for one release
     n_folds: int = 5
     device: str = "cuda"
     gpus: int = 1                                       # processes per training (torchrun, one GPU each)
     detect: dict = field(default_factory=dict)          # DetectConfig fields
     kinds: dict = field(default_factory=dict)           # model kind -> ClassifyConfig fields
     n_tta: int = 4
-    test_boxes: str = "fold0"                           # test boxes of every classifier: "fold0" (the fold-0
+    test_box_rule: str = "fold0"                        # test boxes of every classifier: "fold0" (the fold-0
     #                                                     detector's, as upstream) or "vote" (folds voting)
     test_votes: int = 0                                 # with "vote": folds agreeing on a box (0: majority)
     pseudo_kind: str = ""                               # kind refitted with pseudolabels ("" = none)
@@ -54,13 +56,13 @@ class PipelineConfig:
             config_from_dict(ClassifyConfig, values, None, f"kinds.{name}.")
         if self.pseudo_kind and self.pseudo_kind not in self.kinds:
             raise ConfigError(f"pseudo_kind: {self.pseudo_kind!r} is not one of the kinds ({', '.join(self.kinds)})")
-        if self.test_boxes not in ("fold0", "vote"):
-            raise ConfigError(f"test_boxes: {self.test_boxes!r} is not fold0 or vote")
         check_positive(self, "n_folds", "n_tta", "gpus", "pseudo_oversample", "finetune_epochs", "finetune_lr_factor",
                        "finetune_crops_per_page", "refit_crops_per_page")
-        if not 0 <= self.test_votes <= self.n_folds:
-            raise ConfigError(f"test_votes: must be within 0..{self.n_folds}, got {self.test_votes}")
+        self.test_rule()  # the rule and its votes are valid
         config_from_dict(StackConfig, self.stack, None, "stack.")
+
+    def test_rule(self) -> TestBoxRule:
+        return TestBoxRule(self.test_box_rule, self.test_votes, self.n_folds)
 
     def detect_config(self) -> DetectConfig:
         return config_from_dict(DetectConfig, {**self.detect, "device": self.device, "n_folds": self.n_folds})

@@ -1,7 +1,7 @@
 """Read books with a trained chain: scans in; characters, text in reading order, pictures and a
 submission out.
 
-    kzlib read INPUT... --model MODEL_DIR --out OUT_DIR [--png] [--batch-name NAME]
+    kzlib read INPUT... --model MODEL_DIR --out OUT_DIR [--png] [--device auto|cpu|cuda] [--trust]
 
 INPUT: image files, folders (their images, sorted) or globs; JPEG, PNG, TIFF, BMP, WebP; grayscale,
 RGBA, 16-bit and CMYK pages of any size; the EXIF orientation is honoured. MODEL_DIR: a bundle
@@ -23,8 +23,11 @@ The characters come from the runner's own functions, page by page: each detector
 logits (``page_logits``), the detailed rows, the blend of each kind's folds, level 2's candidate
 rows and models, the best candidate per box — so on the competition's test pages the submission is
 the runner's. Pages already read (their JSON exists) are skipped on a rerun; a page that cannot be
-read is reported in ``pages.csv`` and on one line, and the others are still read; the exit code is
-1 when any page failed. Decoding runs in a background thread while the models work.
+read (damaged, too small, a link that loops) is reported in ``pages.csv`` and on one line, and the
+others are still read; the exit code is 1 when any page failed. Decoding runs in a background
+thread while the models work. Page ids are the file names' stems, the whole name when two stems
+are the same (``p.jpg``, ``p.png``), the folder's name before it when two names are; a name that is
+not UTF-8 is kept with its odd bytes escaped. Files in OUT_DIR are never read as pages.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import glob
 import html
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -39,55 +43,108 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from PIL import Image, ImageOps
+from tqdm import tqdm
 
+from kzlib.classify.predict import TrainedClassifier, detailed_frame, load_run as load_classifier, page_logits, tta_sizes
 from kzlib.cli import one_line_errors, parser
+from kzlib.data import SEG_FP, code_to_char
+from kzlib.detailed import blend
+from kzlib.detect.predict import TrainedDetector, combine_test_boxes, detect_page, load_run as load_detector, round_boxes
+from kzlib.devices import describe_choice
 from kzlib.errors import DataError, KzError
+from kzlib.export import load
+from kzlib.images import ImageError, console, image_size, open_header, prefetch_images, read_image, write_png
+from kzlib.io import atomic_path, ensure_writable, write_csv_atomic, write_json_atomic
+from kzlib.metric import submission_from_points, write_submission
+from kzlib.order import reading_order
+from kzlib.pages import Page, scaled_height
+from kzlib.stack.features import build
+from kzlib.stack.models import pick_best, predict_rows, read_models
+from kzlib.viz import draw_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
-def expand_inputs(inputs: Sequence[str]) -> list[Path]:
-    """Files, folders (their images, sorted) and globs -> image paths, in order, without repeats."""
+MIN_SIDE = 32  # pixels: a smaller image is not a page scan
+
+
+def expand_inputs(inputs: Sequence[str], exclude: Path | None = None) -> list[Path]:
+    """Files, folders (their images, sorted) and globs -> image paths, in order, without repeats,
+    none inside ``exclude`` (the output folder). An entry that cannot be resolved (a link that loops)
+    is kept: reading it then fails as one page."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
             out += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
-        elif p.exists():
+        elif p.exists() or p.is_symlink():
             out.append(p)
         else:
             matches = sorted(Path(m) for m in glob.glob(item))
             if not matches:
                 raise DataError(f"{item}: no such file, folder or glob match")
-            out += [m for m in matches if m.is_file()]
+            out += [m for m in matches if m.is_file() or m.is_symlink()]
+    skip = _resolved(exclude) if exclude is not None else None
     seen, pages = set(), []
     for p in out:
-        if p.resolve() not in seen:
-            seen.add(p.resolve())
+        key = _resolved(p)
+        if skip is not None and (key == skip or skip in key.parents):
+            continue
+        if key not in seen:
+            seen.add(key)
             pages.append(p)
     return pages
 
 
+def _resolved(p: Path) -> Path:
+    try:
+        return p.resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop
+        return p.absolute()
+
+
+def _printable(name: str) -> str:
+    """A file name as text: bytes that are not UTF-8 escaped (``\\xe9``), so outputs can carry it."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def page_ids(paths: Sequence[Path]) -> list[str]:
-    """A unique id per page: the file's stem (the folder's name before it when stems repeat)."""
-    stems = [p.stem for p in paths]
-    return [f"{p.parent.name}_{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+    """A unique id per page: the file's stem; the whole name when stems repeat (p.jpg, p.png); the
+    folder's name before it when names repeat too."""
+    stems = [_printable(p.stem) for p in paths]
+    names = [_printable(p.name) for p in paths]
+    out = []
+    for p, stem, name in zip(paths, stems, names):
+        if stems.count(stem) == 1:
+            out.append(stem)
+        elif names.count(name) == 1:
+            out.append(name)
+        else:
+            out.append(f"{_printable(p.parent.name)}_{name}")
+    if len(set(out)) < len(out):  # the same name in two folders of the same name: number them
+        seen: dict[str, int] = {}
+        for k, i in enumerate(out):
+            seen[i] = seen.get(i, 0) + 1
+            if out.count(i) > 1:
+                out[k] = f"{i}_{seen[i]}"
+    return out
 
 
-def upright(path: Path, cache: Path) -> Path:
+def upright(path: Path, cache: Path, image_id: str) -> Path:
     """The page as OpenCV reads it right: files whose EXIF orientation turns them, or whose mode
     OpenCV reads differently (palette, 16-bit grey, TIFF variants), are written once to ``cache``
-    as an upright RGB PNG; other files are used as they are."""
-    from PIL import Image, ImageOps
-
-    from kzlib.data import _open_header
-
-    with _open_header(path) as im:
+    as an upright RGB PNG; other files are used as they are. A page under ``MIN_SIDE`` pixels is an
+    ``ImageError``."""
+    with open_header(path) as im:
+        if min(im.size) < MIN_SIDE:
+            raise ImageError(f"{path}: {im.size[0]}x{im.size[1]} px is too small to be a page (at least "
+                             f"{MIN_SIDE}x{MIN_SIDE})")
         turned = im.getexif().get(0x0112, 1) not in (1, None)
         plain = im.format in ("JPEG", "PNG") and im.mode in ("RGB", "L", "RGBA", "CMYK", "I;16", "I;16B")
         if plain and not turned:
             return path
-        out = cache / f"{path.stem}.png"
+        out = cache / f"{image_id}.png"
         if out.is_file() and out.stat().st_mtime >= path.stat().st_mtime:
             return out
         im = ImageOps.exif_transpose(im)
@@ -100,81 +157,61 @@ def upright(path: Path, cache: Path) -> Path:
             im = Image.alpha_composite(background, im)
         im = im.convert("RGB")
         cache.mkdir(parents=True, exist_ok=True)
-        from kzlib.io import atomic_path
-
         with atomic_path(out) as tmp:
             im.save(tmp, format="PNG")
         return out
 
 
 class Reader:
-    """The models of a bundle, and the runner's way of combining them, one page at a time."""
+    """The models of a bundle, and the runner's way of combining them, one page at a time: the
+    detectors the test-box rule reads (``combine_test_boxes``), each classifier's TTA logits, the
+    blend of each kind's folds, level 2's candidate rows and models (or the plain blend)."""
 
-    def __init__(self, model_dir: Path, device: str | None = "auto"):
-        from kzlib.classify.predict import load_run as load_classifier, tta_sizes
-        from kzlib.detect.predict import load_run as load_detector
-        from kzlib.export import load
-
-        self.bundle = b = load(model_dir)
-        self.detectors = [load_detector(d, device) for d in b.detectors]
-        self.classifiers = {kind: [load_classifier(r, device) for r in runs] for kind, runs in b.classifiers.items()}
-        self.sizes = {kind: [tta_sizes(cfg.test_size, cfg.scale_aug, b.n_tta) for cfg, _, _, _ in runs]
+    def __init__(self, model_dir: Path, device: str | None = "auto", trust: bool = False):
+        self.bundle = b = load(model_dir, trust)
+        self.detectors: list[TrainedDetector] = [load_detector(d, device) for d in b.detectors]
+        self.classifiers: dict[str, list[TrainedClassifier]] = {
+            kind: [load_classifier(r, device) for r in runs] for kind, runs in b.classifiers.items()}
+        self.sizes = {kind: [tta_sizes(c.cfg.test_size, c.cfg.scale_aug, b.n_tta) for c in runs]
                       for kind, runs in self.classifiers.items()}
+        self.overlap = read_models(b.level2)[1].overlap if b.level2 is not None else None
         self.chars = {}
         if b.unicode_csv is not None:
             t = pd.read_csv(b.unicode_csv, dtype=str, keep_default_na=False)
             self.chars = dict(zip(t["Unicode"], t["char"]))
 
+    @property
+    def device(self):
+        return self.detectors[0].device
+
     def heights(self, path: Path) -> list[int]:
         """Every height the models read this page at (what the decoding thread prepares)."""
-        from kzlib.pages import scaled_height
-
-        out = [scaled_height(path, cfg.page_size, cfg.page_side) for cfg, _, _ in self.detectors]
+        out = [scaled_height(path, d.cfg.page_size, d.cfg.page_side) for d in self.detectors]
         for kind, runs in self.classifiers.items():
-            for (cfg, _, _, _), sizes in zip(runs, self.sizes[kind]):
-                out += [scaled_height(path, s, cfg.page_side) for s in sizes]
+            for c, sizes in zip(runs, self.sizes[kind]):
+                out += [scaled_height(path, s, c.cfg.page_side) for s in sizes]
         return list(dict.fromkeys(out))
 
     def boxes(self, path: Path) -> np.ndarray:
-        """The page's test boxes, rounded as the runner's files hold them."""
-        from kzlib.detect.predict import detect_page, vote_boxes
-
-        found = []
-        for cfg, model, dev in self.detectors:
-            xywh, scores = detect_page(model, path, cfg, dev)
-            found.append((np.round(xywh, 1), np.round(scores, 4)))
-        if self.bundle.test_boxes == "vote":
-            n = len(found)
-            xywh, _ = vote_boxes([f[0] for f in found], [f[1] for f in found], self.bundle.test_votes or n // 2 + 1)
-            return np.round(xywh, 1)
-        return found[0][0]
+        """The page's test boxes by the bundle's test-box rule, as the runner's files hold them."""
+        found = [round_boxes(*detect_page(d.model, path, d.cfg, d.device)) for d in self.detectors]
+        return combine_test_boxes(found, self.bundle.rule)[0]
 
     def read(self, image_id: str, path: Path) -> pd.DataFrame:
         """One row per kept character: image_id, x, y, w, h, cls, score (seg_fp boxes dropped)."""
-        from kzlib.classify.predict import detailed_frame, page_logits
-        from kzlib.data import SEG_FP
-        from kzlib.detailed import blend
-        from kzlib.pages import Page
-
         page = Page(image_id, path, self.boxes(path))
-        empty = pd.DataFrame(columns=["image_id", "x", "y", "w", "h", "cls", "score"])
         if len(page.boxes) == 0:
-            return empty
+            return pd.DataFrame(columns=["image_id", "x", "y", "w", "h", "cls", "score"])
         groups = []
         for kind, runs in self.classifiers.items():
-            frames = []
-            for (cfg, classes, model, dev), sizes in zip(runs, self.sizes[kind]):
-                logits = page_logits(model, page, sizes, dev, cfg)
-                frames.append(detailed_frame([page], [logits], classes, cfg.top_k, with_true=False))
+            frames = [detailed_frame([page], [page_logits(c.model, page, sizes, c.device, c.cfg)], c.classes,
+                                     c.cfg.top_k, with_true=False) for c, sizes in zip(runs, self.sizes[kind])]
             groups.append(blend(frames))
         if self.bundle.level2 is not None:
-            from kzlib.stack.features import build
-            from kzlib.stack.models import pick_best, predict_rows, read_models
-
-            rows = build(groups, read_models(self.bundle.level2)[1].overlap)
+            rows = build(groups, self.overlap)
             best = pick_best(rows, predict_rows(self.bundle.level2, rows)).rename(columns={"prob": "score"})
         else:  # the plain blend of every kind, as the runner's submission without level 2
-            every = blend([g for g in groups])
+            every = blend(groups)
             best = every.rename(columns={"pred": "cls"}).assign(
                 score=every["top_k_logits"].str.split(" ").str[0].astype(float))
         best = best[best["cls"] != SEG_FP]
@@ -183,9 +220,6 @@ class Reader:
 
 def page_outputs(image_id: str, file: Path, chars: pd.DataFrame, names: dict, size: tuple[int, int]) -> tuple[dict, str]:
     """The page's JSON and text, in reading order."""
-    from kzlib.data import code_to_char
-    from kzlib.order import reading_order
-
     o = reading_order(chars[["x", "y", "w", "h"]].to_numpy())
     items = []
     for k, i in enumerate(o.order, 1):
@@ -204,25 +238,14 @@ def page_outputs(image_id: str, file: Path, chars: pd.DataFrame, names: dict, si
 
 
 def write_picture(path: Path, file: Path, chars: pd.DataFrame, height: int = 1400) -> None:
-    import cv2
-
-    from kzlib.data import image_size, read_image
-    from kzlib.io import atomic_path
-    from kzlib.viz import draw_labels
-
     h0 = image_size(file)[1]
     small = read_image(file, height=min(height, h0))
-    picture = draw_labels(small, chars["cls"].tolist(), chars[["x", "y", "w", "h"]].to_numpy(float), small.shape[0] / h0)
-    with atomic_path(path) as tmp:
-        png = tmp.with_suffix(".png")
-        cv2.imwrite(str(png), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        png.replace(tmp)
+    write_png(path, draw_labels(small, chars["cls"].tolist(), chars[["x", "y", "w", "h"]].to_numpy(float),
+                                small.shape[0] / h0))
 
 
 def write_index(out: Path, pages: pd.DataFrame) -> None:
     """A static page: each page's picture (or scan) beside its text."""
-    from kzlib.io import atomic_path
-
     parts = ["<!doctype html><meta charset='utf-8'><title>kzlib read</title>",
              "<style>body{font-family:sans-serif;margin:1em}section{display:flex;gap:1em;margin:1em 0;"
              "border-top:1px solid #ccc;padding-top:1em}img{max-height:80vh;max-width:50vw}"
@@ -242,83 +265,98 @@ def write_index(out: Path, pages: pd.DataFrame) -> None:
         tmp.write_text("\n".join(parts), encoding="utf-8")
 
 
+CHAR_COLUMNS = ["cls", "x", "y", "w", "h", "score"]
+PAGE_COLUMNS = ["page", "file", "characters", "mean_score", "seconds", "error"]
+PAGE_ERRORS = (KzError, OSError, RuntimeError)  # RuntimeError: pathlib's "Symlink loop"
+
+
+def read_earlier(json_path: Path) -> pd.DataFrame:
+    """The characters of a page an earlier run read (its JSON)."""
+    doc = json.loads(json_path.read_text(encoding="utf-8"))
+    return pd.DataFrame([{k: c[k] for k in ("x", "y", "w", "h", "score")} | {"cls": c["unicode"]}
+                         for c in doc["characters"] + doc["annotations"]], columns=CHAR_COLUMNS)
+
+
+def read_one(reader: Reader, image_id: str, path: Path, src: Path, out: Path, png: bool) -> pd.DataFrame:
+    """Read one page and write its text, picture and JSON (the JSON last: it marks the page done)."""
+    chars = reader.read(image_id, src)
+    doc, text = page_outputs(image_id, path, chars, reader.chars, image_size(src))
+    with atomic_path(out / f"{image_id}.txt") as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    if png:
+        write_picture(out / f"{image_id}.png", src, chars)
+    write_json_atomic(doc, out / f"{image_id}.json")
+    return chars
+
+
 def read_pages(inputs: Sequence[str], model_dir: Path, out: Path, png: bool = False, device: str = "auto",
-               log=print) -> pd.DataFrame:
+               trust: bool = False, log=print) -> pd.DataFrame:
     """Read every page; returns the pages table (also written as ``pages.csv``)."""
-    from tqdm import tqdm
-
-    from kzlib.data import image_size, prefetch_images
-    from kzlib.io import ensure_writable, write_csv_atomic, write_json_atomic
-    from kzlib.metric import submission_from_points, write_submission
-
-    paths = expand_inputs(inputs)
+    out = Path(out)
+    paths = expand_inputs(inputs, exclude=out)
     if not paths:
         raise DataError(f"no images in {', '.join(inputs)}")
     ids = page_ids(paths)
-    out = ensure_writable(out)
-    reader = Reader(model_dir, device)
-    done_before = pd.read_csv(out / "pages.csv", dtype={"page": str}) if (out / "pages.csv").is_file() else None
-    rows, subs = [], {}
+    ensure_writable(out)
+    reader = Reader(model_dir, device, trust)
+    log(describe_choice(device, reader.device))
+    seconds_before = {}
+    if (out / "pages.csv").is_file():
+        before = pd.read_csv(out / "pages.csv", dtype={"page": str}, keep_default_na=False)
+        seconds_before = dict(zip(before["page"], before["seconds"]))
+    rows, subs, upcoming = [], {}, {}
     cache = out / ".pages"
-    todo = [(i, p) for i, p in zip(ids, paths)]
-    with prefetch_images() as prefetch:
-        bar = tqdm(todo, unit="page", desc="read", disable=None, file=sys.stderr)
-        upcoming = {}
+    todo = list(zip(ids, paths))
 
-        def ask(k):
-            if k < len(todo) and k not in upcoming:
-                image_id, path = todo[k]
-                try:
-                    src = upright(path, cache)
-                    upcoming[k] = src
-                    if not (out / f"{image_id}.json").is_file():
-                        prefetch(src, reader.heights(src))
-                except KzError:
-                    upcoming[k] = None
-        ask(0)
-        for k, (image_id, path) in enumerate(bar):
-            ask(k + 1)
+    def prepare(k: int, prefetch) -> None:
+        """Page k made upright and, unless read before, decoded ahead at every size the models read."""
+        if k < len(todo) and k not in upcoming:
+            image_id, path = todo[k]
+            try:
+                upcoming[k] = upright(path, cache, image_id)
+                if not (out / f"{image_id}.json").is_file():
+                    prefetch(upcoming[k], reader.heights(upcoming[k]))
+            except PAGE_ERRORS:
+                upcoming[k] = None  # the page's own turn reports it
+
+    with prefetch_images() as prefetch:
+        prepare(0, prefetch)
+        for k, (image_id, path) in enumerate(tqdm(todo, unit="page", desc="read", disable=None, file=console())):
+            prepare(k + 1, prefetch)
             t0 = time.time()
             json_path = out / f"{image_id}.json"
             try:
-                if json_path.is_file():  # read by an earlier run
-                    doc = json.loads(json_path.read_text(encoding="utf-8"))
-                    chars = pd.DataFrame([{"cls": c["unicode"], "x": c["x"], "y": c["y"], "w": c["w"], "h": c["h"],
-                                           "score": c["score"]} for c in doc["characters"] + doc["annotations"]],
-                                         columns=["cls", "x", "y", "w", "h", "score"])
-                    seconds = float(done_before.set_index("page")["seconds"].get(image_id, 0.0)) \
-                        if done_before is not None and image_id in set(done_before["page"]) else 0.0
+                if json_path.is_file():
+                    chars, seconds = read_earlier(json_path), float(seconds_before.get(image_id, 0.0))
                 else:
-                    src = upcoming.get(k) or upright(path, cache)
-                    chars = reader.read(image_id, src)
-                    doc, text = page_outputs(image_id, path, chars, reader.chars, image_size(src))
-                    (out / f"{image_id}.txt").write_text(text, encoding="utf-8")
-                    if png:
-                        write_picture(out / f"{image_id}.png", src, chars)
-                    write_json_atomic(doc, json_path)
+                    chars = read_one(reader, image_id, path, upcoming.get(k) or upright(path, cache, image_id), out, png)
                     seconds = time.time() - t0
                 rows.append({"page": image_id, "file": str(path), "characters": len(chars),
                              "mean_score": round(float(chars["score"].mean()), 4) if len(chars) else 0.0,
                              "seconds": round(seconds, 3), "error": ""})
                 subs[image_id] = chars
-            except (KzError, OSError) as e:
-                message = str(e).splitlines()[0]
-                tqdm.write(f"error: {path}: {message}" if str(path) not in message else f"error: {message}",
-                           file=sys.stderr)
-                rows.append({"page": image_id, "file": str(path), "characters": 0, "mean_score": 0.0,
+            except PAGE_ERRORS as e:
+                message = _printable(str(e).splitlines()[0] if str(e) else type(e).__name__)
+                where = _printable(str(path))
+                tqdm.write(f"error: {message}" if where in message else f"error: {where}: {message}", file=console())
+                rows.append({"page": image_id, "file": where, "characters": 0, "mean_score": 0.0,
                              "seconds": round(time.time() - t0, 3), "error": message})
             upcoming.pop(k, None)
-        bar.close()
-    pages = pd.DataFrame(rows, columns=["page", "file", "characters", "mean_score", "seconds", "error"])
+    for row in rows:
+        row["file"] = _printable(row["file"])
+    pages = pd.DataFrame(rows, columns=PAGE_COLUMNS)
     write_csv_atomic(pages, out / "pages.csv")
-    good = [i for i in ids if i in subs]
-    frames = [subs[i].assign(image_id=i) for i in good if len(subs[i])]
-    every = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", "cls", "x", "y", "w", "h"])
-    centres = every[["x", "y"]].to_numpy(float) + every[["w", "h"]].to_numpy(float) / 2
-    write_submission(submission_from_points(every["cls"].to_numpy(), centres, every["image_id"].to_numpy()),
-                     out / "submission.csv", good)
+    write_submission_of(subs, [i for i in ids if i in subs], out / "submission.csv")
     write_index(out, pages)
     return pages
+
+
+def write_submission_of(subs: dict[str, pd.DataFrame], ids: list[str], path: Path) -> None:
+    """The pages' characters in the competition's format."""
+    frames = [subs[i].assign(image_id=i) for i in ids if len(subs[i])]
+    every = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["image_id", *CHAR_COLUMNS])
+    centres = every[["x", "y"]].to_numpy(float) + every[["w", "h"]].to_numpy(float) / 2
+    write_submission(submission_from_points(every["cls"].to_numpy(), centres, every["image_id"].to_numpy()), path, ids)
 
 
 @one_line_errors()
@@ -329,9 +367,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--png", action="store_true", help="also draw every page with its characters")
     p.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when there is one)")
+    p.add_argument("--trust", action="store_true",
+                   help="read a bundle without checking its manifest and SHA-256s (or a work folder whose stages "
+                        "are not current)")
     a = p.parse_args(argv)
     t0 = time.time()
-    pages = read_pages(a.inputs, a.model, a.out, a.png, a.device)
+    pages = read_pages(a.inputs, a.model, a.out, a.png, a.device, a.trust)
     failed = pages["error"].astype(bool)
     ran = pages.loc[~failed & (pages["seconds"] > 0), "seconds"]
     print(f"{len(pages)} pages in {time.time() - t0:.1f} s ({(~failed).sum()} read, {int(failed.sum())} failed; "

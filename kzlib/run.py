@@ -17,29 +17,15 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from kzlib import weights
 from kzlib.cli import one_line_errors, parser
+from kzlib.data import require_valid
 from kzlib.errors import EnvironmentProblem
-
-
-def save_picture(data: Path, submission: Path, out: Path) -> str | None:
-    """Draw the test page with the most recognised characters (boxes and characters)."""
-    import cv2
-    import pandas as pd
-
-    from kzlib.io import atomic_path
-    from kzlib.viz import render
-
-    sub = pd.read_csv(submission, dtype=str, keep_default_na=False)
-    counts = sub["labels"].str.split().str.len().fillna(0)
-    if not len(sub):
-        return None
-    image_id = sub["image_id"].iloc[int(counts.to_numpy().argmax())]
-    picture = render(data, image_id, "test", submission, 1400)
-    with atomic_path(out) as tmp:
-        png = tmp.with_suffix(".png")
-        cv2.imwrite(str(png), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
-        png.replace(tmp)
-    return image_id
+from kzlib.pipeline import Pipeline
+from kzlib.preset import load_preset, preset_path
+from kzlib.summary import report
 
 
 @one_line_errors()
@@ -60,11 +46,6 @@ def main(argv=None) -> int:
     p.add_argument("--allow-scratch", action="store_true",
                    help="train every network from random weights instead of the preset's pretrained ones")
     a = p.parse_args(argv)
-
-    from kzlib import weights
-    from kzlib.pipeline import Pipeline, check_data, summary
-    from kzlib.preset import load_preset, preset_path
-
     cfg = load_preset(preset_path(a.preset))
     if a.device:
         cfg.device = a.device
@@ -77,15 +58,13 @@ def main(argv=None) -> int:
     cfg.check_weights(folder, fix=f"{weights.FETCH} --preset {a.preset} --out {folder}")
     cfg = cfg.with_weights_dir(folder)
     if not a.dry_run:
-        import torch
-
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
             raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU and none is available; "
                                      "pass --device cpu to run it on the CPU anyway (slow)")
     folds = [int(f) for f in a.folds.split(",") if f] if a.folds else None
     if not a.dry_run:
         print(f"checking {a.data} ...", flush=True)
-        check_data(a.data, cfg.n_folds)
+        require_valid(a.data, cfg.n_folds)
     pipe = Pipeline(a.data, a.work, cfg, folds)
     if pipe.fold_mode == "page":
         print(f"note: fewer books than the {cfg.n_folds} folds: folds are made by page, not by book")
@@ -93,24 +72,12 @@ def main(argv=None) -> int:
     result = pipe.run(a.only, a.dry_run, a.rerun_changed)
     if a.dry_run:
         return 0
-    table, times = summary(pipe)
     print(f"\nfinished in {time.time() - t0:.0f} s; work folder {a.work}")
     if result["blocked"]:
         print(f"{len(result['blocked'])} stage(s) wait for other stages; rerun when they are done")
     if result.get("skipped"):
         print(f"{len(result['skipped'])} stage(s) run in another process; rerun when it is done")
-    if len(table):
-        print("\nF1 (valid: the folds' held-out pages; test: test_labels.csv when the data has it)")
-        print(table.round(4).to_string(index=False))
-        table.to_csv(a.work / "summary.csv", index=False)
-    if len(times):
-        times.to_csv(a.work / "stage_times.csv", index=False)
-        print(f"\nwall time per stage: {a.work / 'stage_times.csv'} (total {times['seconds'].sum():.0f} s)")
-    if pipe.submission.exists():
-        print(f"submission: {pipe.submission}")
-        picture = save_picture(a.data, pipe.submission, a.work / "page.png")
-        if picture:
-            print(f"picture of test page {picture} with the recognised characters: {a.work / 'page.png'}")
+    report(pipe)
     return 0
 
 

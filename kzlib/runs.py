@@ -19,15 +19,67 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
+import pandas as pd
+import torch
+
+from kzlib import distributed
 from kzlib.config import config_dict, config_from_dict, read_json, save_config
 from kzlib.errors import DataError, UsageError
-from kzlib.io import file_sha256, write_json_atomic
+from kzlib.io import atomic_path, file_sha256, write_csv_atomic, write_json_atomic
 
 C = TypeVar("C")
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """torch.save through a temporary file: a kill never leaves a half-written checkpoint."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: a full disk is an OSError
+        torch.save(state, fh)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+    return torch.load(path, map_location=device, weights_only=False)
+
+
+class EpochLog:
+    """``log.csv`` of a run folder: one row per epoch, rewritten atomically; on resume the rows
+    after the checkpoint's epoch are dropped."""
+
+    def __init__(self, path: str | Path, keep_until_epoch: int | None = None):
+        self.path = Path(path)
+        self.rows: list[dict] = []
+        if keep_until_epoch is not None and self.path.exists():
+            df = pd.read_csv(self.path)
+            self.rows = df[df["epoch"] <= keep_until_epoch].to_dict("records")
+
+    def append(self, row: dict) -> None:
+        self.rows.append(row)
+        write_csv_atomic(pd.DataFrame(self.rows), self.path)
+
+    def plot(self, png: str | Path, metrics: tuple[str, ...]) -> None:
+        """Loss curves on the left, validation metrics on the right."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        df = pd.DataFrame(self.rows)
+        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+        for col in [c for c in df.columns if c.startswith("loss")]:
+            a.plot(df["epoch"], df[col], marker=".", label=col)
+        a.set_xlabel("epoch"), a.set_ylabel("training loss"), a.set_yscale("log"), a.legend(fontsize=8)
+        for col in metrics:
+            if col in df:
+                b.plot(df["epoch"], df[col], marker="o", label=col)
+        b.set_xlabel("epoch"), b.set_ylabel("validation"), b.set_ylim(0, 1), b.grid(alpha=0.3), b.legend(fontsize=8)
+        fig.tight_layout()
+        with atomic_path(png) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+        plt.close(fig)
 
 
 class RunStateError(UsageError):
@@ -72,8 +124,6 @@ def check_inputs(run: "RunDir", saved: dict, current: dict) -> None:
 
 def note_world_size(saved: Split) -> None:
     """Say what a resume with another number of processes changes."""
-    from kzlib import distributed
-
     n = distributed.size()
     if n != saved.world_size and distributed.is_main():
         print(f"note: the run was started with {saved.world_size} process(es) and resumes with {n}: the global "
@@ -142,8 +192,6 @@ class RunDir:
         """``resume_or_start`` for a training call, with a resumed run's checks: it must read the same
         files (``inputs``: role -> SHA-256) and keeps its fold and held-out pages. Returns (config,
         saved split or None, checkpoint or None, fold, held-out image ids given or None)."""
-        from kzlib import distributed
-
         cfg, saved, checkpoint = self.resume_or_start(cls, cfg, given, mode)
         distributed.barrier()  # every process has read the folder before process 0 writes to it
         if saved is not None:
@@ -186,8 +234,6 @@ class RunDir:
     def load_checkpoint(self) -> dict:
         """The last checkpoint; a damaged ``checkpoint.pth`` falls back to the previous epoch's,
         with a warning. Neither loading is one ``RunStateError`` line saying how to recover."""
-        from kzlib.training import load_checkpoint
-
         errors = []
         for path in (self.checkpoint, self.previous):
             if not path.exists():
@@ -208,21 +254,15 @@ class RunDir:
 
     def save_epoch(self, state: dict) -> None:
         """The epoch's checkpoint; the one before it is kept as ``checkpoint.prev.pth``."""
-        from kzlib.training import save_checkpoint
-
         if self.checkpoint.exists():
             self.checkpoint.replace(self.previous)
         save_checkpoint(state, self.checkpoint)
 
     def save_best(self, state: dict) -> None:
-        from kzlib.training import save_checkpoint
-
         save_checkpoint(state, self.best)
 
     def trained_state(self) -> tuple[dict, Path]:
         """The weights inference uses: ``best.pth``, else the last checkpoint."""
-        from kzlib.training import load_checkpoint
-
         for path in (self.best, self.checkpoint):
             if path.exists():
                 try:
@@ -238,8 +278,6 @@ PATH_KEYS = ("pretrained", "init_from")
 
 def load_other_checkpoint(path: str | Path, what: str) -> dict:
     """A checkpoint of another run to start from (``init_from``): missing or damaged is one line."""
-    from kzlib.training import load_checkpoint
-
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: {what} not found")
@@ -276,21 +314,16 @@ class EpochEnd:
 
     def __init__(self, run: RunDir, cfg: Any, metrics: tuple[str, ...], extra: dict | None = None,
                  keep_last_as_best: bool = False):
-        from kzlib.training import EpochLog
-
         self.run, self.cfg, self.metrics, self.extra = run, cfg, metrics, extra or {}
         self.keep_last_as_best = keep_last_as_best  # no validation pages: the last epoch is "best"
         self.log: EpochLog | None = None
-        self.log_cls = EpochLog
 
     def open(self, start: int) -> None:
-        self.log = self.log_cls(self.run.log, keep_until_epoch=start - 1)
+        self.log = EpochLog(self.run.log, keep_until_epoch=start - 1)
 
     @staticmethod
     def row(epoch: int, opt, stats: dict, scores: dict, images: int, train_seconds: float, seconds: float) -> dict:
         """The log row of an epoch: learning rate, training stats, validation scores, speed."""
-        from kzlib import distributed
-
         return {"epoch": epoch, "lr": opt.lr, **stats,
                 **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
                 "train_images_per_s": images / train_seconds, "seconds": seconds, "world_size": distributed.size()}
@@ -331,12 +364,6 @@ class PagesInParts:
 
     def run(self, fn, deadline: float | None = None, log=print):
         """``fn(ids)`` -> a DataFrame of those pages' rows; returns all rows concatenated."""
-        import time
-
-        import pandas as pd
-
-        from kzlib.io import atomic_path
-
         frames, slowest = [], 0.0
         for path, ids in self.parts():
             if path.exists():

@@ -25,7 +25,6 @@ fonts, split).
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import shutil
@@ -42,11 +41,12 @@ import cv2
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
-from kzlib.cli import one_line_errors
-from kzlib.data import char_to_code, format_labels, labels_table, parse_labels
+from kzlib.cli import one_line_errors, parser
+from kzlib.data import char_to_code, format_labels, labels_table, parse_labels, read_labels_csv
 from kzlib.fonts import Font, FontError, coverage, find_fonts, pil_font
-from kzlib.io import write_json_atomic
+from kzlib.io import write_csv_atomic, write_json_atomic
 
 # Real statistics (train_labels_777.csv, scans ~3000-3900 px high): box height median 91 px,
 # i.e. ~2.6% of a ~3500 px page; 10th-90th percentile 57-136 px.
@@ -143,8 +143,6 @@ def choose_classes(
 
 @lru_cache(maxsize=4)
 def _real_class_counts(path: Path) -> pd.Series:
-    from kzlib.data import labels_table, read_labels_csv
-
     table = labels_table(read_labels_csv(path), source=path)
     return table["code"].value_counts()
 
@@ -152,8 +150,6 @@ def _real_class_counts(path: Path) -> pd.Series:
 @lru_cache(maxsize=4)
 def real_column_layouts(path: Path) -> list[list[int]]:
     """Characters per column (right to left) of each real page with characters."""
-    from kzlib.data import read_labels_csv
-
     layouts = []
     for image_id, labels in zip(*read_labels_csv(path)[["image_id", "labels"]].T.values):
         _, boxes = parse_labels(labels, image_id=image_id, source=path)
@@ -482,10 +478,7 @@ def _render_job(args) -> tuple[str, str, int]:
     return job.image_id, format_labels(codes, boxes), len(codes)
 
 
-def generate(cfg: SynthConfig, progress: bool = True) -> dict:
-    """Write a complete dataset folder; returns a summary. The folder appears whole or not at all."""
-    from tqdm import tqdm
-
+def check(cfg: SynthConfig) -> None:
     out = Path(cfg.out_dir)
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise FileExistsError(f"{out}: exists and is not empty (use --overwrite)")
@@ -496,23 +489,26 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
         raise ValueError("--height must be at least 200")
     if not 0.2 <= cfg.glyph_scale <= 10:
         raise ValueError("--glyph-scale must be between 0.2 and 10")
-    t0 = time.time()
-    rng = np.random.default_rng([cfg.seed, 0])
-    fonts = find_fonts(cfg.fonts)
-    train_fonts, test_fonts = fonts, fonts
-    if cfg.holdout_font:
-        key = cfg.holdout_font.lower()
-        held = [f for f in fonts if key in f.typeface.lower() or key in f.family.lower() or key in str(f.path).lower()]
-        if not held:
-            raise FontError(f"--holdout-font {cfg.holdout_font!r} matches none of: "
-                            + ", ".join(sorted({f.typeface for f in fonts})))
-        train_fonts = [f for f in fonts if f not in held]
-        if not train_fonts:
-            raise FontError(f"--holdout-font {cfg.holdout_font!r} holds out every font; nothing left to train on")
-        test_fonts = held
-    chars, weights = choose_classes(cfg.classes, fonts, rng, cfg.labels_source)
-    layouts = real_column_layouts(Path(cfg.labels_source)) if cfg.labels_source else None
 
+
+def split_fonts(cfg: SynthConfig, fonts: list[Font]) -> tuple[list[Font], list[Font]]:
+    """(fonts of the training books, fonts of the test books): all of them, or with
+    ``--holdout-font`` the typeface held out for the test books alone."""
+    if not cfg.holdout_font:
+        return fonts, fonts
+    key = cfg.holdout_font.lower()
+    held = [f for f in fonts if key in f.typeface.lower() or key in f.family.lower() or key in str(f.path).lower()]
+    if not held:
+        raise FontError(f"--holdout-font {cfg.holdout_font!r} matches none of: "
+                        + ", ".join(sorted({f.typeface for f in fonts})))
+    train_fonts = [f for f in fonts if f not in held]
+    if not train_fonts:
+        raise FontError(f"--holdout-font {cfg.holdout_font!r} holds out every font; nothing left to train on")
+    return train_fonts, held
+
+
+def plan_books(cfg: SynthConfig, train_fonts: list[Font], test_fonts: list[Font]) -> tuple[list[dict], list[_PageJob]]:
+    """The books (id, split, style; test books after the training ones) and every page to render."""
     n_test_books = max(1, math.ceil(cfg.test_pages / 5)) if cfg.test_pages else 0
     books = []
     for b in range(cfg.books + n_test_books):
@@ -529,16 +525,18 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
         p = k // n_test_books
         jobs.append(_PageJob(_page_id(books[b]["book_id"], p), "test_images", b, p,
                              np.random.default_rng([cfg.seed, b, p, 0]).random() < EMPTY_PAGE_RATE))
+    return books, jobs
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        (tmp / "train_images").mkdir()
-        (tmp / "test_images").mkdir()
-        args = [(j, books[j.book]["style"], chars, weights, cfg, layouts, str(tmp)) for j in jobs]
-        workers = cfg.workers or os.cpu_count() or 1
-        results = {}
-        bar = tqdm(total=len(jobs), desc="pages", unit="page", disable=not progress)
+
+def render_pages(jobs: list[_PageJob], books: list[dict], chars, weights, cfg: SynthConfig, layouts, folder: Path,
+                 progress: bool) -> dict[str, tuple[str, int]]:
+    """Every page's image written into ``folder``; image id -> (labels, characters)."""
+    (folder / "train_images").mkdir()
+    (folder / "test_images").mkdir()
+    args = [(j, books[j.book]["style"], chars, weights, cfg, layouts, str(folder)) for j in jobs]
+    workers = cfg.workers or os.cpu_count() or 1
+    results = {}
+    with tqdm(total=len(jobs), desc="pages", unit="page", disable=not progress) as bar:
         if workers > 1 and len(jobs) > 1:
             with get_context("spawn").Pool(min(workers, len(jobs))) as pool:
                 for image_id, labels, n in pool.imap_unordered(_render_job, args):
@@ -549,21 +547,45 @@ def generate(cfg: SynthConfig, progress: bool = True) -> dict:
                 image_id, labels, n = _render_job(a)
                 results[image_id] = (labels, n)
                 bar.update()
-        bar.close()
+    return results
+
+
+def write_tables(folder: Path, train_ids: list[str], test_ids: list[str], results: dict, chars: list[str]) -> None:
+    """train.csv, test_labels.csv (the test pages' truth), sample_submission.csv,
+    unicode_translation.csv and reading_order.csv."""
+    frame = lambda ids: pd.DataFrame({"image_id": ids, "labels": [results[i][0] or None for i in ids]})
+    write_csv_atomic(frame(train_ids), folder / "train.csv")
+    write_csv_atomic(frame(test_ids), folder / "test_labels.csv")
+    dummy = f"{char_to_code(chars[0])} 1 1"
+    write_csv_atomic(pd.DataFrame({"image_id": test_ids, "labels": dummy}), folder / "sample_submission.csv")
+    write_csv_atomic(pd.DataFrame({"Unicode": [char_to_code(c) for c in chars], "char": chars}),
+                     folder / "unicode_translation.csv")
+    # the pages are written column by column, right to left, top to bottom: their true reading order
+    order = labels_table(frame(train_ids + test_ids)).rename(columns={"code": "unicode"})
+    order.insert(1, "char_id", order.groupby("image_id").cumcount() + 1)
+    order.insert(1, "block_id", 1)
+    write_csv_atomic(order, folder / "reading_order.csv")
+
+
+def generate(cfg: SynthConfig, progress: bool = True) -> dict:
+    """Write a complete dataset folder; returns a summary. The folder appears whole or not at all:
+    it is made under a temporary name beside ``cfg.out_dir`` and renamed."""
+    check(cfg)
+    t0 = time.time()
+    rng = np.random.default_rng([cfg.seed, 0])
+    fonts = find_fonts(cfg.fonts)
+    train_fonts, test_fonts = split_fonts(cfg, fonts)
+    chars, weights = choose_classes(cfg.classes, fonts, rng, cfg.labels_source)
+    layouts = real_column_layouts(Path(cfg.labels_source)) if cfg.labels_source else None
+    books, jobs = plan_books(cfg, train_fonts, test_fonts)
+    out = Path(cfg.out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        results = render_pages(jobs, books, chars, weights, cfg, layouts, tmp, progress)
         train_ids = [j.image_id for j in jobs if j.folder == "train_images"]
         test_ids = [j.image_id for j in jobs if j.folder == "test_images"]
-        frame = lambda ids: pd.DataFrame({"image_id": ids, "labels": [results[i][0] or None for i in ids]})
-        frame(train_ids).to_csv(tmp / "train.csv", index=False)
-        frame(test_ids).to_csv(tmp / "test_labels.csv", index=False)
-        dummy = f"{char_to_code(chars[0])} 1 1"
-        pd.DataFrame({"image_id": test_ids, "labels": dummy}).to_csv(tmp / "sample_submission.csv", index=False)
-        pd.DataFrame({"Unicode": [char_to_code(c) for c in chars], "char": chars}).to_csv(
-            tmp / "unicode_translation.csv", index=False)
-        # the pages are written column by column, right to left, top to bottom: their true reading order
-        order = labels_table(frame(train_ids + test_ids)).rename(columns={"code": "unicode"})
-        order.insert(1, "char_id", order.groupby("image_id").cumcount() + 1)
-        order.insert(1, "block_id", 1)
-        order.to_csv(tmp / "reading_order.csv", index=False)
+        write_tables(tmp, train_ids, test_ids, results, chars)
         counts = np.array([results[i][1] for i in train_ids + test_ids])
         summary = {
             "train pages": len(train_ids),
@@ -597,7 +619,7 @@ def _page_id(book: str, page: int) -> str:
 
 @one_line_errors(FontError, FileExistsError, ValueError)
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kzlib.synth", description="Write a synthetic dataset in the Kaggle layout.")
+    p = parser("python -m kzlib synth", __doc__)
     p.add_argument("out_dir", type=Path)
     p.add_argument("--books", type=int, default=6)
     p.add_argument("--pages-per-book", type=int, default=10)

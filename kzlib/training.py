@@ -1,55 +1,23 @@
-"""Plumbing shared by the training stages: devices, seeds, atomic checkpoints, the per-epoch CSV
-log, training curves, typed JSON configs, and the learning-rate schedule."""
+"""The parts of a training loop that the detector and the classifier share: seeds, the learning-rate
+schedule, the optimisation (optimizer, schedule, GradScaler), the epochs with their seeded loaders
+and time budget, and ``Training`` — what a loop works with once its model is built."""
 
 from __future__ import annotations
 
 import math
 import random
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from functools import partial
-
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
-from kzlib.distributed import all_sum
-from kzlib.errors import EnvironmentProblem
-from kzlib.io import atomic_path, write_csv_atomic
-
-# ---------------------------------------------------------------------------------- runtime
-
-def pick_device(name: str = "auto") -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EnvironmentProblem(f"--device {name} asked for, but no CUDA GPU is available (use --device cpu)")
-    return device
-
-
-def autocast(device: torch.device, amp: bool, amp_cpu: bool = False):
-    """Mixed precision: fp16 autocast on CUDA when ``amp``, bf16 autocast on the CPU when ``amp_cpu``
-    (CPUs with AVX512-BF16 or AMX run convolutions about twice as fast in bf16); else a no-op."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.float16, enabled=amp)
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp_cpu and cpu_has_bf16())
-
-
-def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): elsewhere bf16 is emulated and
-    slower than fp32, so ``amp_cpu`` is ignored."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def memory_format(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
-    """NHWC weights (``channels_last``): faster convolutions on recent CPUs and GPUs."""
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+from kzlib import distributed
+from kzlib.io import write_json_atomic
+from kzlib.runs import EpochEnd, RunDir
 
 
 def seed_everything(seed: int) -> None:
@@ -62,16 +30,6 @@ def sample_seed(*parts: int) -> int:
     """A 31-bit seed from integers (seed, epoch, index): the same sample gets the same randomness
     whether a run goes straight through or is resumed."""
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0] & 0x7FFFFFFF)
-
-
-def save_checkpoint(state: dict, path: str | Path) -> None:
-    """torch.save through a temporary file: a kill never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: a full disk is an OSError
-        torch.save(state, fh)
-
-
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=False)
 
 
 # ---------------------------------------------------------------------------------- schedule
@@ -139,33 +97,46 @@ def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> 
     """The epoch's shuffled loader; its order is seeded by (seed, epoch), so a resumed run sees the
     same batches as an uninterrupted one. In a distributed run each process loads its slice of
     every global batch (``kzlib.distributed.EpochShard``)."""
-    from kzlib.distributed import EpochShard, per_process_batch
-
     generator = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, 1))
-    return DataLoader(dataset, batch_size=per_process_batch(cfg.batch_size), collate_fn=collate_fn,
-                      sampler=EpochShard(len(dataset), cfg.batch_size, generator),
+    return DataLoader(dataset, batch_size=distributed.per_process_batch(cfg.batch_size), collate_fn=collate_fn,
+                      sampler=distributed.EpochShard(len(dataset), cfg.batch_size, generator),
                       num_workers=cfg.workers, pin_memory=device.type == "cuda")
 
 
-def begin(model: torch.nn.Module, cfg, device: torch.device, run, checkpoint: dict | None, steps: int,
-          metrics: tuple[str, ...], extra: dict | None = None, keep_last_as_best: bool = False):
-    """What every training does once its model is built: BatchNorm synced across processes, the
-    optimiser and schedule (restored from ``checkpoint``), the data-parallel wrapper and the
-    end-of-epoch bookkeeping (``kzlib.runs.EpochEnd``, its log opened on process 0).
-    Returns (model, wrapped model, Optimisation, first epoch, best F1, EpochEnd)."""
-    from kzlib import distributed
-    from kzlib.runs import EpochEnd
+@dataclass
+class Training:
+    """What a training loop works with once its model is built (``Training.begin``): the model
+    (saved and validated), the model it trains (data-parallel in a distributed run), the
+    optimisation, the first epoch to run, the best validation F1 so far and the end-of-epoch
+    bookkeeping (``kzlib.runs.EpochEnd``)."""
+    model: torch.nn.Module
+    ddp: torch.nn.Module
+    opt: Optimisation
+    start: int
+    best: float
+    end: EpochEnd
 
-    model = distributed.sync_batchnorm(model, device)
-    opt = Optimisation(model, cfg, device, steps)
-    start, best = opt.resume(model, checkpoint, run.root)
-    ddp = distributed.wrap(model, device)
-    end = EpochEnd(run, cfg, metrics, extra, keep_last_as_best=keep_last_as_best)
-    if distributed.is_main():
-        end.open(start)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    return model, ddp, opt, start, best, end
+    @classmethod
+    def begin(cls, model: torch.nn.Module, cfg, device: torch.device, run: RunDir, checkpoint: dict | None,
+              steps: int, metrics: tuple[str, ...], extra: dict | None = None,
+              keep_last_as_best: bool = False) -> "Training":
+        """1. BatchNorm synced across processes; 2. the optimiser and schedule, restored with the model
+        from ``checkpoint`` (a resume); 3. the data-parallel wrapper; 4. the end-of-epoch bookkeeping,
+        its log opened on process 0; 5. cuDNN's autotuner on for the training's fixed crop sizes."""
+        model = distributed.sync_batchnorm(model, device)
+        opt = Optimisation(model, cfg, device, steps)
+        start, best = opt.resume(model, checkpoint, run.root)
+        ddp = distributed.wrap(model, device)
+        end = EpochEnd(run, cfg, metrics, extra, keep_last_as_best=keep_last_as_best)
+        if distributed.is_main():
+            end.open(start)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        return cls(model, ddp, opt, start, best, end)
+
+    def end_epoch(self, epoch: int, scores: dict, row: dict, last: bool) -> None:
+        """Keep the best model, write the checkpoint, the log row and the curves (process 0)."""
+        self.best = self.end(self.model, self.opt, epoch, self.best, scores, row, last)
 
 
 def epoch_line(fold, epoch: int, epochs: int, train: str, scores: dict, best: float, seconds: float) -> str:
@@ -179,9 +150,7 @@ def epoch_line(fold, epoch: int, epochs: int, train: str, scores: dict, best: fl
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
     """Global steps in an epoch of ``n`` crops (a distributed run drops the last partial batch)."""
-    from kzlib.distributed import size
-
-    return math.ceil(n / batch_size) if size() == 1 else n // batch_size
+    return math.ceil(n / batch_size) if distributed.size() == 1 else n // batch_size
 
 
 class Epochs:
@@ -199,7 +168,7 @@ class Epochs:
         longest = 0.0
         for epoch in range(self.start, self.stop):
             late = self.deadline is not None and time.time() + longest > self.deadline
-            if all_sum(float(late)) > 0:  # every process stops together
+            if distributed.all_sum(float(late)) > 0:  # every process stops together
                 print(f"time budget: stopping before epoch {epoch + 1} (an epoch takes up to {longest:.0f} s); "
                       "rerun to resume from the checkpoint", flush=True)
                 self.stopped_early = True
@@ -219,40 +188,12 @@ class Epochs:
             yield epoch, epoch_loader(dataset, cfg, epoch, collate_fn, device)
 
 
-# ---------------------------------------------------------------------------------- logs
-
-class EpochLog:
-    """``log.csv`` of a run folder: one row per epoch, rewritten atomically; on resume the rows
-    after the checkpoint's epoch are dropped."""
-
-    def __init__(self, path: str | Path, keep_until_epoch: int | None = None):
-        self.path = Path(path)
-        self.rows: list[dict] = []
-        if keep_until_epoch is not None and self.path.exists():
-            df = pd.read_csv(self.path)
-            self.rows = df[df["epoch"] <= keep_until_epoch].to_dict("records")
-
-    def append(self, row: dict) -> None:
-        self.rows.append(row)
-        write_csv_atomic(pd.DataFrame(self.rows), self.path)
-
-    def plot(self, png: str | Path, metrics: tuple[str, ...]) -> None:
-        """Loss curves on the left, validation metrics on the right."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        df = pd.DataFrame(self.rows)
-        fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-        for col in [c for c in df.columns if c.startswith("loss")]:
-            a.plot(df["epoch"], df[col], marker=".", label=col)
-        a.set_xlabel("epoch"), a.set_ylabel("training loss"), a.set_yscale("log"), a.legend(fontsize=8)
-        for col in metrics:
-            if col in df:
-                b.plot(df["epoch"], df[col], marker="o", label=col)
-        b.set_xlabel("epoch"), b.set_ylabel("validation"), b.set_ylim(0, 1), b.grid(alpha=0.3), b.legend(fontsize=8)
-        fig.tight_layout()
-        with atomic_path(png) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-        plt.close(fig)
+def finish_training(result: dict, out, result_file=None) -> None:
+    """The end of a training CLI: process 0 reports (and writes ``result_file`` for the runner); a
+    distributed run leaves its process group."""
+    if distributed.is_main():
+        if result_file is not None:
+            write_json_atomic(result, result_file)
+        print(f"best validation F1 {result['best_f1']:.4f}; run folder {out}"
+              + ("; stopped for the time budget (rerun to resume)" if result.get("stopped_early") else ""))
+    distributed.close()

@@ -9,17 +9,17 @@ page, from DATA_DIR/test_labels.csv when the folder has one (synthetic data).
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-import cv2
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageDraw
 
-from kzlib.cli import one_line_errors
-from kzlib.data import DataDir, DataError, code_to_char, image_size, is_empty, read_image, read_labels_csv
+from kzlib.cli import one_line_errors, parser
+from kzlib.data import DataDir, DataError, code_to_char, is_empty, read_labels_csv
+from kzlib.images import image_size, read_image, write_png
 from kzlib.fonts import FontError, label_font
 
 BOX_COLOUR = (220, 30, 30)
@@ -84,8 +84,6 @@ def render(data_dir: Path, image_id: str, split: str, labels_file: Path | None, 
         codes, coords = parse_any(row.iloc[0])
     picture = draw_labels(small, codes, coords, scale)
     if boxes_file is not None:  # a detector's boxes (image_id,x,y,w,h,...) drawn over the truth
-        import pandas as pd
-
         det = pd.read_csv(boxes_file, dtype={"image_id": str})
         det = det[det["image_id"] == image_id]
         picture = draw_labels(picture, [""] * len(det), det[["x", "y", "w", "h"]].to_numpy(), scale, DETECTION_COLOUR)
@@ -94,7 +92,7 @@ def render(data_dir: Path, image_id: str, split: str, labels_file: Path | None, 
 
 @one_line_errors()
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m kzlib.viz", description="Draw a page with its characters.")
+    p = parser("python -m kzlib viz", __doc__)
     p.add_argument("data_dir", type=Path)
     p.add_argument("image_id")
     p.add_argument("--out", type=Path, required=True, help="PNG to write")
@@ -104,14 +102,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=1400, help="height of the picture")
     a = p.parse_args(argv)
     split = a.split or ("test" if DataDir(a.data_dir).image_path(a.image_id, "test").exists() else "train")
-    picture = render(a.data_dir, a.image_id, split, a.labels, a.height, a.boxes)
-    from kzlib.io import atomic_path
-
-    with atomic_path(a.out) as tmp:
-        if not cv2.imwrite(str(tmp.with_suffix(".png")), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
-            print(f"error: {a.out}: could not write", file=sys.stderr)
-            return 1
-        tmp.with_suffix(".png").replace(tmp)
+    write_png(a.out, render(a.data_dir, a.image_id, split, a.labels, a.height, a.boxes))
     print(f"wrote {a.out}")
     return 0
 

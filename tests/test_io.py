@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from kzlib.cli import io_message
+from kzlib.io import io_message
 from kzlib.errors import EnvironmentProblem
 from kzlib.io import atomic_path, ensure_writable, write_json_atomic
 

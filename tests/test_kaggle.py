@@ -13,9 +13,9 @@ from slugify import slugify
 from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user, push
 from kzlib.kaggle.emulate import EmulationError, emulate
 from kzlib.errors import EnvironmentProblem
-from kzlib.kaggle.plan import BEGIN, END, PlanError, kernel_plan, render
+from kzlib.kaggle.plan import BEGIN, BOOTSTRAP, END, PlanError, kernel_plan, render
 from kzlib.metric import read_submission
-from kzlib.pipeline import Pipeline
+from kzlib.stages import plan_stages
 from kzlib.preset import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ def _preset(tmp_path, **changes):
 def test_kernels_cover_every_stage_in_push_order(tiny, tmp_path):
     cfg = _preset(tmp_path)
     kernels = kernel_plan(cfg)
-    stages = {s.name: s for s in Pipeline(tiny, tmp_path / "w", cfg).stages}
+    stages = {s.name: s for s in plan_stages(cfg)}
     ran = [s for k in kernels for s in k.stages]
     assert set(ran) == set(stages)
     assert [s for s in ran if ran.count(s) > 1] and all(s == "detect-merge" for s in ran if ran.count(s) > 1)
@@ -88,15 +88,19 @@ def test_rendered_metadata_is_valid_for_the_kaggle_cli(tmp_path):
 
 
 def test_rendered_kernels_are_the_templates_with_their_values(tmp_path):
-    """kernels/*.py are what runs on Kaggle: rendering only fills in the values block."""
+    """kernels/*.py are what runs on Kaggle: rendering only fills in the values block and pastes
+    the shared opening (kernels/bootstrap.py) at the template's bootstrap line."""
     cfg = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
     kernels = render(cfg, "test", tmp_path / "k")
+    boot = (ROOT / "kernels" / "bootstrap.py").read_text()
+    boot = boot[boot.index("\n" + BOOTSTRAP) + 1:]
     used = set()
     for k in kernels:
         script = (tmp_path / "k" / k.slug / "kernel.py").read_text()
         template = (ROOT / "kernels" / f"{k.template}.py").read_text()
         assert script.split(BEGIN)[0] == template.split(BEGIN)[0]
-        assert script.split(END)[1] == template.split(END)[1]
+        head, tail = template.split(END)[1].split("\n" + BOOTSTRAP)
+        assert script.split(END)[1] == head + "\n" + boot + tail.split("\n", 1)[1]
         assert set(rendered_values(script)) == set(rendered_values(template))
         used.add(k.template)
     assert used == {"detect", "classify", "pseudolabel", "stack"}
@@ -150,7 +154,7 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_CONFIG_DIR", str(tmp_path / "nowhere"))
     with pytest.raises(BuildError, match="--user"):
         kaggle_user(None)
-    monkeypatch.setattr("kzlib.kaggle.push.real_api", lambda: (_ for _ in ()).throw(
+    monkeypatch.setattr("kzlib.kaggle.build.real_api", lambda: (_ for _ in ()).throw(
         EnvironmentProblem("the Kaggle API is not usable here")))
     with pytest.raises(EnvironmentProblem, match="not usable"):
         push(tmp_path / "a", "test")
@@ -237,7 +241,7 @@ def test_a_kernel_says_what_is_mounted_when_an_input_is_missing(tiny, tmp_path):
 
 
 def test_download_unpacks_the_nested_archives_and_checks(tiny, tmp_path):
-    """`kzlib data download` on a fake Kaggle API that serves an archive of the competition's shape."""
+    """`kzlib kaggle download` on a fake Kaggle API that serves an archive of the competition's shape."""
     import zipfile
 
     from kzlib.kaggle.download import download

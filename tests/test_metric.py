@@ -72,10 +72,10 @@ def test_missing_submission_page_counts_as_empty():
     assert r["f1"] == pytest.approx(2 / 3)
 
 
-def test_per_page():
-    sub, sol = frames(["U+3042 5 5", "U+3042 50 50"], ["U+3042 0 0 10 10", "U+3042 0 0 10 10"])
-    pp = metric.score_per_page(sub, sol)
-    assert pp[["tp", "fp", "fn"]].to_numpy().tolist() == [[1, 0, 0], [0, 1, 1]]
+def test_counts_per_page():
+    tp, fp, fn = metric.match_counts(metric.flatten(["U+3042 0 0 10 10", "U+3042 0 0 10 10"], 5),
+                                     metric.flatten(["U+3042 5 5", "U+3042 50 50"], 3))
+    assert [tp.tolist(), fp.tolist(), fn.tolist()] == [[1, 0], [0, 1], [0, 1]]
 
 
 # ---------------------------------------------------------------- against the official loop

@@ -105,7 +105,7 @@ def test_bad_data_stops_before_training(tiny, tmp_path):
     work = tmp_path / "work"
     out = subprocess.run(RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(PRESET)],
                          capture_output=True, text=True)
-    assert out.returncode == 1 and "fails `python -m kzlib.data check`" in out.stderr and "  - " in out.stderr
+    assert out.returncode == 1 and "fails `python -m kzlib data check`" in out.stderr and "  - " in out.stderr
     assert not (work / "state").exists()
 
 
@@ -134,11 +134,11 @@ def test_full_preset_needs_weights_then_a_gpu(tiny, tmp_path):
 
 
 def test_a_stage_another_runner_holds_is_skipped(tiny, tmp_path):
-    from kzlib.pipeline import Pipeline
+    from kzlib.io import exclusive_lock
+    from kzlib.work import WorkDir
 
     work = tmp_path / "work"
-    pipe = Pipeline(tiny, work, load_preset(PRESET))
-    with pipe.lock(pipe.by_name["detect-f0"]) as held:
+    with exclusive_lock(WorkDir(work).lock("detect-f0")) as held:
         assert held
         out = subprocess.run(RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(PRESET),
                                        "--only", "detect-f0"], capture_output=True, text=True)
@@ -151,12 +151,12 @@ def test_a_full_disk_is_one_line_naming_the_stage_and_file(tiny, tmp_path, monke
 
     from kzlib.errors import EnvironmentProblem
     from kzlib.pipeline import Pipeline
-    from kzlib.steps import STEPS
+    from kzlib.steps import RUN
 
-    def full(p, s):
-        raise OSError(errno.ENOSPC, "No space left on device", str(p.det_run(s.fold) / "checkpoint.pth"))
+    def full(c, s):
+        raise OSError(errno.ENOSPC, "No space left on device", str(c.work.detector(s.fold).checkpoint))
 
-    monkeypatch.setitem(STEPS, "detect-train", full)
+    monkeypatch.setitem(RUN, "detect-train", full)
     pipe = Pipeline(tiny, tmp_path / "work", load_preset(PRESET))
     with pytest.raises(EnvironmentProblem) as e:
         pipe.run("detect-f0", log=lambda *_: None)

@@ -41,7 +41,7 @@ def test_bundle_has_every_part_with_hashes(finished_run, tmp_path):
     data, work = finished_run
     b = export(work, tmp_path / "bundle", log=lambda *_: None)
     m = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
-    assert m["detectors"] == ["detect/fold0", "detect/fold1"] and m["test_boxes"] == "vote"
+    assert m["detectors"] == ["detect/fold0", "detect/fold1"] and m["test_box_rule"] == "vote" and m["format"] == 2
     assert m["classifiers"] == {"a": ["classify/a/fold0", "classify/a/fold1"]}
     assert all(len(sha) == 64 for sha in m["files"].values()) and "unicode_translation.csv" in m["files"]
     assert b.level2 == (tmp_path / "bundle" / "level2" if (work / "stack" / "models" / "stack.json").exists() else None)

@@ -3,10 +3,13 @@ import json
 import sys
 from pathlib import Path
 
-from kzlib.cli import add_training_flags, finish_training, one_line_errors, parser
+from kzlib.cli import add_training_flags, one_line_errors, parser
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
+from kzlib.classify.predict import predict
+from kzlib.classify.train import train
+from kzlib.training import finish_training
 
 
 @one_line_errors(ValueError)
@@ -33,8 +36,6 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     if a.cmd == "train":
-        from kzlib.classify.train import train
-
         cfg = config_from_args(ClassifyConfig, a, a.config)
         val = [v for v in a.val_images.split(",") if v] if a.val_images else None
         mode = "auto" if a.auto else "resume" if a.resume else "start"
@@ -42,8 +43,6 @@ def main(argv=None) -> int:
                        given_flags(ClassifyConfig, a), deadline=a.deadline)
         finish_training(result, a.out, a.result)
     else:
-        from kzlib.classify.predict import predict
-
         result = predict(a.run_dir, a.data_dir, a.boxes, a.split, a.n_tta, a.out, a.device)
         print(json.dumps(result))
     return 0

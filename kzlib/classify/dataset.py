@@ -15,7 +15,8 @@ import pandas as pd
 import torch
 
 from kzlib.classify.config import ClassifyConfig
-from kzlib.data import DataError, image_size, parse_labels, read_image, read_labels_csv
+from kzlib.data import DataError, parse_labels, read_labels_csv
+from kzlib.images import image_size, read_image
 from kzlib.pages import CropSpec, Page, PageCrops, colour_transforms, scaled_height, to_tensor, xyxy_tensor
 
 BOX_COLUMNS = ["image_id", "x", "y", "w", "h"]

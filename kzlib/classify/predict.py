@@ -3,6 +3,7 @@ with each box's top-k classes and logits, and the submission made from it."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -14,14 +15,15 @@ from tqdm import tqdm
 from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import check_inside, page_input, pages_from_boxes, read_boxes
 from kzlib.classify.model import Classifier
-from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
+from kzlib.devices import autocast, memory_format, pick_device
+from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
+from kzlib.images import image_size
 from kzlib.io import ensure_writable, write_json_atomic
 from kzlib.detailed import DETAILED_COLUMNS, submission_from_detailed, write_detailed
 from kzlib.metric import score_arrays, write_submission
 from kzlib.pages import Page, glyph_zoom, page_scale, split_pages
 from kzlib.config import config_from_dict
 from kzlib.runs import PagesInParts, RunDir
-from kzlib.training import autocast, memory_format, pick_device
 
 def tta_sizes(test_size: int, scale_aug: float, n: int) -> list[int]:
     """Page sizes test_size * (1 + s), s evenly spaced from 0 to the training scale range."""
@@ -108,10 +110,20 @@ def detailed_scores(df: pd.DataFrame, truth_pages: Sequence[Page]) -> dict:
     return scores
 
 
-def load_run(run_dir: Path, device: str | None = None):
-    """(config, classes, model in eval mode, device) of a trained classifier run folder."""
+@dataclass
+class TrainedClassifier:
+    """A trained classifier, ready for pages."""
+    cfg: ClassifyConfig
+    classes: list[str]
+    model: Classifier
+    device: torch.device
+
+
+def load_run(run_dir: Path, device: str | None = None) -> TrainedClassifier:
+    """A trained classifier run folder, in eval mode, from its checkpoint (``best.pth``, which holds
+    its config and class list); ``device`` overrides the run's."""
     state, path = RunDir(run_dir).trained_state()
-    if "classes" not in state:
+    if "classes" not in state or "config" not in state:
         raise DataError(f"{path}: not a classifier checkpoint (no class list)")
     cfg = config_from_dict(ClassifyConfig, state["config"], str(path))
     if device:
@@ -119,7 +131,7 @@ def load_run(run_dir: Path, device: str | None = None):
     dev = pick_device(cfg.device)
     model = Classifier(cfg, len(state["classes"]), load_pretrained=False)
     model.load_state_dict(state["model"])
-    return cfg, list(state["classes"]), memory_format(model.to(dev), cfg.channels_last).eval(), dev
+    return TrainedClassifier(cfg, list(state["classes"]), memory_format(model.to(dev), cfg.channels_last).eval(), dev)
 
 
 def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int = 4, out_dir: Path | None = None,
@@ -132,7 +144,8 @@ def predict(run_dir: Path, data_dir: Path, boxes: Path, split: str, n_tta: int =
         raise ValueError(f"split must be valid or test, not {split!r}")
     run_dir, d = Path(run_dir), DataDir(Path(data_dir))
     out_dir = ensure_writable(Path(out_dir) if out_dir else run_dir)
-    cfg, classes, model, dev = load_run(run_dir, device)
+    c = load_run(run_dir, device)
+    cfg, classes, model, dev = c.cfg, c.classes, c.model, c.device
     if split == "valid":
         split_info = RunDir(run_dir).read_split()
         ids = split_info.val_ids

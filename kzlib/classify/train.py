@@ -14,18 +14,19 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from kzlib import distributed
 from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import (CropDataset, cap_targets, check_inside, class_index, collate,
                                     pages_from_boxes, pseudo_pages, read_boxes)
 from kzlib.classify.model import Classifier
 from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_sizes
-from kzlib.data import SEG_FP, DataDir, DataError, image_size, read_labels_csv
+from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
+from kzlib.images import image_size
+from kzlib.devices import autocast, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
-from kzlib import distributed
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import (Epochs, autocast, begin, epoch_line, memory_format, sample_seed, seed_everything,
-                            steps_per_epoch)
+from kzlib.training import Epochs, Training, epoch_line, sample_seed, seed_everything, steps_per_epoch
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler,
@@ -146,7 +147,7 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
     validation F1. ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a
     ``time.time()`` value) before an epoch that would end after it; the run stays resumable. Under
     ``torchrun`` it trains data-parallel (``kzlib.distributed``); process 0 writes and validates."""
-    device = distributed.init(cfg.device)
+    device = distributed.init(pick_device(cfg.device))
     run = RunDir(out)
     inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv, "boxes": boxes,
                            "pseudolabels": list(pseudolabels)})
@@ -180,24 +181,22 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
                              "the same backbone is needed") from None
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
-    model, ddp, opt, start, best, end = begin(model, cfg, device, run, checkpoint, steps,
-                                              ("f1", "accuracy", "train_accuracy"), {"classes": classes},
-                                              keep_last_as_best=not val_pages)
+    t = Training.begin(model, cfg, device, run, checkpoint, steps, ("f1", "accuracy", "train_accuracy"),
+                       {"classes": classes}, keep_last_as_best=not val_pages)
 
-    epochs = Epochs(start, cfg.epochs, deadline, max_epochs)
+    epochs = Epochs(t.start, cfg.epochs, deadline, max_epochs)
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
-        stats = train_one_epoch(ddp, opt.optimizer, opt.scheduler, opt.scaler, loader, cfg, device, opt.use_amp,
-                                epoch, f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
+        stats = train_one_epoch(t.ddp, t.opt.optimizer, t.opt.scheduler, t.opt.scaler, loader, cfg, device,
+                                t.opt.use_amp, epoch, f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
         last = epoch + 1 == cfg.epochs
         if distributed.is_main():
             scores = validate(model, val_pages, val_truth, classes, cfg, device) \
                 if (epoch + 1) % cfg.validate_every == 0 or last else {}
-            row = end.row(epoch, opt, stats, scores, len(dataset), t_train, time.time() - t0)
-            best = end(model, opt, epoch, best, scores, row, last)
+            row = t.end.row(epoch, t.opt, stats, scores, len(dataset), t_train, time.time() - t0)
+            t.end_epoch(epoch, scores, row, last)
             print(epoch_line(fold, epoch, cfg.epochs, f"loss {stats['loss']:.4f} train acc {stats['train_accuracy']:.3f}",
-                             scores, best, time.time() - t0), flush=True)
+                             scores, t.best, time.time() - t0), flush=True)
         distributed.barrier()
-    return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early, "classes": len(classes)}
-
+    return {"best_f1": t.best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early, "classes": len(classes)}

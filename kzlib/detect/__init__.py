@@ -1,7 +1,7 @@
 """Stage 1: a class-agnostic character detector per fold (torchvision Faster R-CNN, ResNet FPN).
 
     python -m kzlib.detect train DATA_DIR --fold K --out RUN_DIR [--config FILE | flags] [--resume]
-    python -m kzlib.detect predict RUN_DIR DATA_DIR --split oof|test [--out FILE]
+    python -m kzlib.detect predict RUN_DIR DATA_DIR --split valid|test [--out FILE]
     python -m kzlib.detect merge-oof RUN_DIR... --out FILE
     python -m kzlib.detect merge-test TEST_BOXES... --out FILE [--test-votes N]
 

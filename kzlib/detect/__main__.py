@@ -2,10 +2,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from kzlib.cli import add_training_flags, finish_training, one_line_errors, parser
+from kzlib.cli import add_training_flags, one_line_errors, parser
 from kzlib.detect import __doc__ as DOC
-from kzlib.detect.config import DetectConfig
+from kzlib.detect.config import DetectConfig, TestBoxRule
 from kzlib.config import add_config_flags, config_from_args, given_flags
+from kzlib.detect.predict import merge_oof, merge_test, predict
+from kzlib.detect.train import train
+from kzlib.training import finish_training
 
 
 @one_line_errors(ValueError)
@@ -19,8 +22,9 @@ def main(argv=None) -> int:
     pr = sub.add_parser("predict", help="boxes for the run's held-out pages (oof) or the test pages")
     pr.add_argument("run_dir", type=Path)
     pr.add_argument("data_dir", type=Path)
-    pr.add_argument("--split", choices=("oof", "test"), required=True)
-    pr.add_argument("--out", type=Path, help="default: RUN_DIR/oof_boxes.csv or RUN_DIR/test_boxes.csv")
+    pr.add_argument("--split", choices=("valid", "test", "oof"), required=True,
+                    help="valid: the run's held-out train pages (-> oof_boxes.csv; oof is an old name of it), or test")
+    pr.add_argument("--out", type=Path, help="default: RUN_DIR/oof_boxes.csv (valid) or RUN_DIR/test_boxes.csv")
     pr.add_argument("--device", help="override the run's device (cpu, cuda)")
     pr.add_argument("--score-threshold", type=float, help="override the run's inference score threshold")
     m = sub.add_parser("merge-oof", help="concatenate the folds' OOF boxes")
@@ -36,26 +40,19 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
 
     if a.cmd == "train":
-        from kzlib.detect.train import train
-
         cfg = config_from_args(DetectConfig, a, a.config)
         val = [v for v in a.val_images.split(",") if v] if a.val_images else None
         mode = "auto" if a.auto else "resume" if a.resume else "start"
         result = train(a.data_dir, a.out, cfg, a.fold, val, mode, given_flags(DetectConfig, a), deadline=a.deadline)
         finish_training(result, a.out, a.result)
     elif a.cmd == "predict":
-        from kzlib.detect.predict import predict
-
         out = predict(a.run_dir, a.data_dir, a.split, a.out, a.device, a.score_threshold)
         print(f"wrote {out}")
     elif a.cmd == "merge-test":
-        from kzlib.detect.predict import merge_test
-
-        df = merge_test(a.files, a.out, a.min_votes)
+        rule = TestBoxRule("vote" if len(a.files) > 1 else "fold0", a.min_votes or 0, len(a.files))
+        df = merge_test(a.files, a.out, rule)
         print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
     else:
-        from kzlib.detect.predict import merge_oof
-
         df = merge_oof(a.run_dirs, a.out, a.data)
         print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
     return 0

@@ -7,6 +7,7 @@ UPSTREAM.md lists every setting with its upstream file.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from kzlib.config import ConfigError, check_choices, check_positive, check_zoom_range
 
@@ -80,3 +81,34 @@ class DetectConfig:
             raise ConfigError("min_visibility, score_threshold and nms_iou must lie in [0, 1]")
         if not 0 <= self.trainable_layers <= 5:
             raise ConfigError(f"trainable_layers: must be within 0..5, got {self.trainable_layers}")
+
+
+TEST_BOX_RULES = ("fold0", "vote")
+
+
+@dataclass(frozen=True)
+class TestBoxRule:
+    """Which detectors' boxes every classifier reads on the test pages: ``fold0``, the fold-0
+    detector's (the original solution), or ``vote``, the folds' boxes voted (a box is kept when
+    ``votes`` folds agree on it, a majority when 0; ``kzlib.detect.predict.vote_boxes``). One rule
+    for the runner, its bundles and ``kzlib read``."""
+    __test__: ClassVar[bool] = False  # not a test class, whatever its name
+    rule: str = "fold0"
+    votes: int = 0
+    n_folds: int = 1
+
+    def __post_init__(self) -> None:
+        if self.rule not in TEST_BOX_RULES:
+            raise ConfigError(f"test_box_rule: {self.rule!r} is not fold0 or vote")
+        if not 0 <= self.votes <= len(self.folds):
+            raise ConfigError(f"test_votes: must be within 0..{len(self.folds)}, got {self.votes}")
+
+    @property
+    def folds(self) -> list[int]:
+        """The folds whose detectors find the test boxes."""
+        return list(range(self.n_folds)) if self.rule == "vote" else [0]
+
+    @property
+    def min_votes(self) -> int:
+        """Detectors that must find a box for it to be kept."""
+        return self.votes or len(self.folds) // 2 + 1

@@ -1,8 +1,11 @@
-"""Detector inference on full pages, the OOF matching rule, and merging the folds' OOF files."""
+"""Detector inference on full pages; the matching rule of the held-out ("valid") pages' boxes
+(``oof_boxes.csv``: out-of-fold boxes with the class they matched); merging the folds' held-out
+boxes; and the test-box rule (fold 0's boxes, or the folds' vote) applied to a page's boxes."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -12,14 +15,16 @@ import torch
 from torchvision.ops import box_convert, box_iou, nms
 from tqdm import tqdm
 
-from kzlib.data import SEG_FP, DataDir, DataError, image_size, parse_labels, read_image, read_labels_csv
-from kzlib.detect.config import DetectConfig
+from kzlib.data import SEG_FP, DataDir, DataError, parse_labels, read_labels_csv
+from kzlib.images import image_size, read_image
+from kzlib.config import config_from_dict
+from kzlib.detect.config import DetectConfig, TestBoxRule
 from kzlib.detect.model import build_model
+from kzlib.devices import autocast, memory_format, pick_device
 from kzlib.io import ensure_writable, write_csv_atomic
 from kzlib.pages import Page, best_iou, scaled_height, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
 from kzlib.runs import PagesInParts, RunDir
-from kzlib.training import autocast, memory_format, pick_device
 
 OOF_COLUMNS = ["image_id", "x", "y", "w", "h", "score", "true"]
 TEST_COLUMNS = OOF_COLUMNS[:-1]
@@ -58,35 +63,59 @@ def match_true(pred_xywh: np.ndarray, gt_xywh: np.ndarray, gt_codes: Sequence[st
     return [codes[j] if v >= iou else SEG_FP for v, j in zip(best.tolist(), idx.tolist())]
 
 
-def load_run(run_dir: Path, device: str | None = None, score_threshold: float | None = None):
-    """(config, model in eval mode, device) of a trained detector run folder."""
-    run = RunDir(run_dir)
-    if not run.started():
-        raise DataError(f"{run_dir}: not a detector run folder (no config.json)")
-    cfg = run.read_config(DetectConfig)
+@dataclass
+class TrainedDetector:
+    """A trained detector, ready for pages."""
+    cfg: DetectConfig
+    model: torch.nn.Module
+    device: torch.device
+
+
+def load_run(run_dir: Path, device: str | None = None, score_threshold: float | None = None) -> TrainedDetector:
+    """A trained detector run folder, in eval mode, from its checkpoint (``best.pth``, which holds its
+    config too); ``device`` and ``score_threshold`` override the run's."""
+    state, path = RunDir(run_dir).trained_state()
+    if "config" not in state or "classes" in state:
+        raise DataError(f"{path}: not a detector checkpoint")
+    cfg = config_from_dict(DetectConfig, state["config"], str(path))
     if device:
         cfg.device = device
     if score_threshold is not None:
         cfg.score_threshold = score_threshold
-    state, _ = run.trained_state()
     dev = pick_device(cfg.device)
     model = build_model(cfg, load_pretrained=False)
     model.load_state_dict(state["model"])
-    return cfg, memory_format(model.to(dev), cfg.channels_last).eval(), dev
+    return TrainedDetector(cfg, memory_format(model.to(dev), cfg.channels_last).eval(), dev)
+
+
+def round_boxes(xywh: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes and scores as the boxes files hold them (0.1 px, 4 decimals)."""
+    return np.round(xywh, 1), np.round(scores, 4)
+
+
+def combine_test_boxes(found: Sequence[tuple[np.ndarray, np.ndarray]], rule: TestBoxRule) -> tuple[np.ndarray, np.ndarray]:
+    """One page's test boxes from the boxes (rounded) of the rule's detectors, in ``rule.folds``
+    order: fold 0's as they are, or the folds' vote (``vote_boxes``), rounded as written."""
+    if len(found) != len(rule.folds):
+        raise ValueError(f"the test-box rule reads {len(rule.folds)} detector(s), {len(found)} given")
+    xywh, scores = vote_boxes([b for b, _ in found], [s for _, s in found], rule.min_votes)
+    return round_boxes(xywh, scores)
 
 
 def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, device: str | None = None,
             score_threshold: float | None = None, deadline: float | None = None) -> Path:
-    """Write ``oof_boxes.csv`` (the run's held-out train pages) or ``test_boxes.csv`` (test pages).
-    Pages are done in resumable parts; with ``deadline`` (a ``time.time()`` value) it raises
-    ``kzlib.runs.Stopped`` before a part that would end after it, and a rerun continues."""
-    if split not in ("oof", "test"):
-        raise ValueError(f"split must be oof or test, not {split!r}")
+    """Write ``oof_boxes.csv`` (split ``valid``: the run's held-out train pages, each box with the
+    class it matched) or ``test_boxes.csv`` (``test``). Pages are done in resumable parts; with
+    ``deadline`` (a ``time.time()`` value) it raises ``kzlib.runs.Stopped`` before a part that would
+    end after it, and a rerun continues."""
+    split = "valid" if split == "oof" else split  # the old name of the held-out pages' split
+    if split not in ("valid", "test"):
+        raise ValueError(f"split must be valid or test, not {split!r}")
     run, d = RunDir(run_dir), DataDir(Path(data_dir))
-    out = Path(out) if out else run.oof_boxes if split == "oof" else run.test_boxes
+    out = Path(out) if out else run.oof_boxes if split == "valid" else run.test_boxes
     ensure_writable(out.parent)
-    cfg, model, dev = load_run(run_dir, device, score_threshold=score_threshold)
-    if split == "oof":
+    det = load_run(run_dir, device, score_threshold=score_threshold)
+    if split == "valid":
         ids = run.read_split().val_ids
         if not ids:
             raise DataError(f"{run_dir}: the run's fold has no held-out pages; nothing to predict")
@@ -108,21 +137,19 @@ def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, 
         rows = []
         for i in part:
             page, codes = pages[i]
-            xywh, scores = detect_page(model, page.path, cfg, dev)
-            frame = pd.DataFrame(np.round(xywh, 1), columns=["x", "y", "w", "h"])
-            frame.insert(0, "image_id", page.image_id)
-            frame["score"] = np.round(scores, 4)
-            if split == "oof":
+            xywh, scores = detect_page(det.model, page.path, det.cfg, det.device)
+            frame = boxes_frame(page.image_id, *round_boxes(xywh, scores))
+            if split == "valid":
                 frame["true"] = match_true(xywh, page.boxes, codes)
             rows.append(frame)
             bar.update(1)
-        columns = OOF_COLUMNS if split == "oof" else TEST_COLUMNS
+        columns = OOF_COLUMNS if split == "valid" else TEST_COLUMNS
         return pd.concat(rows, ignore_index=True)[columns] if rows else pd.DataFrame(columns=columns)
 
     parts = PagesInParts(out.parent / "parts", out.stem, ids)
     df = parts.run(boxes_of, deadline)
     bar.close()
-    df = df if df is not None else pd.DataFrame(columns=OOF_COLUMNS if split == "oof" else TEST_COLUMNS)
+    df = df if df is not None else pd.DataFrame(columns=OOF_COLUMNS if split == "valid" else TEST_COLUMNS)
     write_csv_atomic(df, out)
     parts.clean()
     return out
@@ -135,7 +162,7 @@ def merge_oof(run_dirs: Sequence[Path], out: Path, data_dir: Path | None = None)
     for run in map(RunDir, run_dirs):
         split = run.read_split()
         if not run.oof_boxes.exists():
-            raise DataError(f"{run.oof_boxes}: missing; run `python -m kzlib.detect predict {run} DATA_DIR --split oof` first")
+            raise DataError(f"{run.oof_boxes}: missing; run `python -m kzlib.detect predict {run} DATA_DIR --split valid` first")
         seen.update(split.val_ids)
         data_dir = data_dir or Path(split.data_dir)
         frames.append(pd.read_csv(run.oof_boxes, dtype={"image_id": str, "true": str}))
@@ -184,30 +211,29 @@ def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarra
     return mean.numpy(), (score_sum[keep] / n).numpy()
 
 
-def merge_test(files: Sequence[Path], out: Path, min_votes: int | None = None) -> pd.DataFrame:
-    """Combine the folds' ``test_boxes.csv`` by voting (default: a majority of the folds), so the
-    classifiers of every fold see one shared set of test boxes."""
+def boxes_frame(image_id: str, xywh: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    frame = pd.DataFrame(xywh, columns=["x", "y", "w", "h"])
+    frame.insert(0, "image_id", image_id)
+    frame["score"] = scores
+    return frame
+
+
+def merge_test(files: Sequence[Path], out: Path, rule: TestBoxRule) -> pd.DataFrame:
+    """The test boxes every classifier reads: the ``rule``'s folds' ``test_boxes.csv`` (``files``, in
+    ``rule.folds`` order) combined page by page (``combine_test_boxes``)."""
     frames = []
     for f in map(Path, files):
         if not f.exists():
             raise DataError(f"{f}: missing; run `python -m kzlib.detect predict RUN DATA_DIR --split test` first")
         frames.append(pd.read_csv(f, dtype={"image_id": str}))
-    n = len(frames)
-    min_votes = min_votes or n // 2 + 1
-    if not 1 <= min_votes <= n:
-        raise ValueError(f"min_votes must be within 1..{n}, not {min_votes}")
     ids = list(dict.fromkeys(i for f in frames for i in f["image_id"]))
     groups = [dict(tuple(f.groupby("image_id", sort=False))) for f in frames]
     rows = []
     for image_id in ids:
         parts = [g.get(image_id) for g in groups]
-        b = [p[["x", "y", "w", "h"]].to_numpy(np.float64) if p is not None else np.empty((0, 4)) for p in parts]
-        s = [p["score"].to_numpy(np.float64) if p is not None else np.empty(0) for p in parts]
-        xywh, score = vote_boxes(b, s, min_votes)
-        frame = pd.DataFrame(np.round(xywh, 1), columns=["x", "y", "w", "h"])
-        frame.insert(0, "image_id", image_id)
-        frame["score"] = np.round(score, 4)
-        rows.append(frame)
+        found = [(p[["x", "y", "w", "h"]].to_numpy(np.float64), p["score"].to_numpy(np.float64)) if p is not None
+                 else (np.empty((0, 4)), np.empty(0)) for p in parts]
+        rows.append(boxes_frame(image_id, *combine_test_boxes(found, rule)))
     df = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame(columns=TEST_COLUMNS)
     write_csv_atomic(df[TEST_COLUMNS], out)
     return df

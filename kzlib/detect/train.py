@@ -9,17 +9,17 @@ from typing import Sequence
 
 from tqdm import tqdm
 
+from kzlib import distributed
+from kzlib.data import DataDir
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset, collate
 from kzlib.detect.model import build_model, seed_samplers
 from kzlib.detect.predict import agnostic_f1, detect_pages
-from kzlib.pages import split_pages
-from kzlib.data import DataDir
+from kzlib.devices import autocast, memory_format, pick_device
 from kzlib.errors import UsageError
-from kzlib import distributed
-from kzlib.distributed import all_sum, unwrap
+from kzlib.pages import split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import Epochs, autocast, begin, epoch_line, memory_format, seed_everything, steps_per_epoch
+from kzlib.training import Epochs, Training, epoch_line, seed_everything, steps_per_epoch
 
 
 def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str,
@@ -31,7 +31,7 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bo
     for images, targets in bar:
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        seed_samplers(unwrap(model), [int(t["seed"]) for t in targets] if all("seed" in t for t in targets) else None)
+        seed_samplers(distributed.unwrap(model), [int(t["seed"]) for t in targets] if all("seed" in t for t in targets) else None)
         with autocast(device, amp, amp_cpu):
             losses = model(images, targets)
             loss = sum(losses.values())
@@ -47,8 +47,8 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bo
             sums[k] = sums.get(k, 0.0) + v.item()
         sums["loss"] = sums.get("loss", 0.0) + loss.item()
         bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
-    n = all_sum(n)  # the losses of every process (each its own batch's mean), averaged
-    return {("loss" if k == "loss" else f"loss_{k.removeprefix('loss_')}"): all_sum(v) / max(1, n)
+    n = distributed.all_sum(n)  # the losses of every process (each its own batch's mean), averaged
+    return {("loss" if k == "loss" else f"loss_{k.removeprefix('loss_')}"): distributed.all_sum(v) / max(1, n)
             for k, v in sums.items()}
 
 
@@ -60,7 +60,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
     validation scores. ``max_epochs`` stops after that many epochs of this call, ``deadline`` (a
     ``time.time()`` value) before an epoch that would end after it; the run stays resumable. Under
     ``torchrun`` it trains data-parallel (``kzlib.distributed``); process 0 writes and validates."""
-    device = distributed.init(cfg.device)
+    device = distributed.init(pick_device(cfg.device))
     run = RunDir(out)
     inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv})
     cfg, saved, checkpoint, fold, val_images = run.open_training(DetectConfig, cfg, given, mode, inputs, fold,
@@ -82,21 +82,20 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     dataset = CropDataset(train_pages, cfg)
-    model, ddp, opt, start, best, end = begin(model, cfg, device, run, checkpoint,
-                                              steps_per_epoch(len(dataset), cfg.batch_size), ("f1", "precision", "recall"),
-                                              keep_last_as_best=not val_pages)
+    t = Training.begin(model, cfg, device, run, checkpoint, steps_per_epoch(len(dataset), cfg.batch_size),
+                       ("f1", "precision", "recall"), keep_last_as_best=not val_pages)
 
-    epochs = Epochs(start, cfg.epochs, deadline, max_epochs)
+    epochs = Epochs(t.start, cfg.epochs, deadline, max_epochs)
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
-        losses = train_one_epoch(ddp, opt.optimizer, opt.scheduler, opt.scaler, loader, device, opt.use_amp,
+        losses = train_one_epoch(t.ddp, t.opt.optimizer, t.opt.scheduler, t.opt.scaler, loader, device, t.opt.use_amp,
                                  f"fold {fold} epoch {epoch + 1}/{cfg.epochs}", cfg.amp_cpu)
         t_train = time.time() - t0
         if distributed.is_main():
             scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
-            row = end.row(epoch, opt, losses, scores, len(dataset), t_train, time.time() - t0)
-            best = end(model, opt, epoch, best, scores, row, last=epoch + 1 == cfg.epochs)
-            print(epoch_line(fold, epoch, cfg.epochs, f"loss {losses.get('loss', 0):.4f}", scores, best,
+            row = t.end.row(epoch, t.opt, losses, scores, len(dataset), t_train, time.time() - t0)
+            t.end_epoch(epoch, scores, row, last=epoch + 1 == cfg.epochs)
+            print(epoch_line(fold, epoch, cfg.epochs, f"loss {losses.get('loss', 0):.4f}", scores, t.best,
                              time.time() - t0), flush=True)
         distributed.barrier()
-    return {"best_f1": best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early}
+    return {"best_f1": t.best, "epochs_done": epochs.done, "stopped_early": epochs.stopped_early}

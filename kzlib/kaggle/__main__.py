@@ -1,4 +1,4 @@
-"""kzlib kaggle render|push|emulate
+"""kzlib kaggle render|push|emulate|download
 
   render  --user NAME [--preset full|demo|FILE] [--out build/kernels] [--dataset-slug kzlib-kit]
           [--prefix kzlib] [--budget-hours 11] [--continue SLUG ...] [--only SLUG ...] [--gpus 1|2]
@@ -11,6 +11,8 @@
       renders the kernels and builds the dataset under DIR, runs every kernel in push order with
       the Kaggle folder layout rebuilt under DIR, and scores the final submission when the data
       folder has test_labels.csv (synthetic data).
+  download DATA_DIR [--keep-archive]
+      the competition data through the Kaggle API, unpacked into the Kaggle layout and checked.
 """
 
 from __future__ import annotations
@@ -19,22 +21,25 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
+
 from kzlib.cli import one_line_errors, parser
-from kzlib.kaggle.build import BuildError
-from kzlib.kaggle.emulate import LAYOUTS, EmulationError
-from kzlib.kaggle.plan import DATASET_SLUG, PlanError
+from kzlib.data import print_report
+from kzlib.kaggle.api import real_api
+from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user
+from kzlib.kaggle.download import download
+from kzlib.kaggle.emulate import LAYOUTS, EmulationError, emulate
+from kzlib.kaggle.plan import DATASET_SLUG, PlanError, push_commands, render
+from kzlib.kaggle.push import Scheduler
+from kzlib.metric import main as metric_main
+from kzlib.preset import load_preset, preset_path
 
 
 def _preset(name: str):
-    from kzlib.preset import load_preset, preset_path
-
     return load_preset(preset_path(name))
 
 
 def render_cmd(a) -> int:
-    from kzlib.kaggle.build import kaggle_user
-    from kzlib.kaggle.plan import push_commands, render
-
     user = kaggle_user(a.user)
     kernels = render(_preset(a.preset), user, a.out, a.dataset_slug, a.prefix, tuple(a.continue_), a.budget_hours,
                      tuple(a.only), a.gpus)
@@ -47,21 +52,12 @@ def render_cmd(a) -> int:
 
 
 def push_cmd(a) -> int:
-    from kzlib.kaggle.push import Scheduler, real_api
-
     s = Scheduler(a.kernels, real_api(), max_gpu=a.max_gpu, max_cpu=a.max_cpu, poll=a.poll,
                   max_continuations=a.max_continuations, continue_stopped=not a.no_continue)
     return s.run()
 
 
 def emulate_cmd(a) -> int:
-    import pandas as pd
-
-    from kzlib.kaggle.build import build_dataset
-    from kzlib.kaggle.emulate import emulate
-    from kzlib.kaggle.plan import render
-    from kzlib.metric import main as metric_main
-
     root = a.root
     kernels = render(_preset(a.preset), a.user, root / "kernels", a.dataset_slug)
     build_dataset(root / "dataset", a.user, slug=a.dataset_slug)
@@ -75,6 +71,10 @@ def emulate_cmd(a) -> int:
         if (a.data / "test_labels.csv").exists():
             return metric_main([str(sub), str(a.data / "test_labels.csv")])
     return 0
+
+
+def download_cmd(a) -> int:
+    return print_report(download(a.data_dir, keep_archive=a.keep_archive))
 
 
 @one_line_errors(BuildError, PlanError, EmulationError, ValueError, FileNotFoundError, code=2)
@@ -110,8 +110,11 @@ def main(argv=None) -> int:
     e.add_argument("--dataset-slug", default=DATASET_SLUG)
     e.add_argument("--layout", choices=LAYOUTS, default="kind", help="Kaggle's input layout to rebuild")
     e.add_argument("--only", nargs="*", default=[], metavar="SLUG", help="run only these kernels")
+    d = sub.add_parser("download", help="the competition data through the Kaggle API, unpacked and checked")
+    d.add_argument("data_dir", type=Path)
+    d.add_argument("--keep-archive", action="store_true", help="keep the downloaded zip")
     a = p.parse_args(argv)
-    return {"render": render_cmd, "push": push_cmd, "emulate": emulate_cmd}[a.cmd](a)
+    return {"render": render_cmd, "push": push_cmd, "emulate": emulate_cmd, "download": download_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":

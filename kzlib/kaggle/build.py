@@ -24,12 +24,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Sequence
 
 from kzlib.cli import one_line_errors, parser
 from kzlib.io import file_sha256
+from kzlib.kaggle.api import real_api
 from kzlib.kaggle.plan import DATASET_SLUG, check_slug
+from kzlib.preset import load_preset, preset_path
+from kzlib.weights import FETCH, read_manifest, require
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = Path(__file__).resolve().parent / "dataset-metadata.json"
@@ -154,9 +158,6 @@ def render_metadata(user: str, slug: str = DATASET_SLUG, template: Path = TEMPLA
 
 def preset_weights(presets: Sequence[str], weights_dir: Path | None = None) -> list[str]:
     """The weight files the named presets train from, checked (missing or corrupt: one line)."""
-    from kzlib.preset import load_preset, preset_path
-    from kzlib.weights import FETCH, require
-
     files = []
     for name in presets:
         cfg = load_preset(preset_path(name))
@@ -169,8 +170,6 @@ def preset_weights(presets: Sequence[str], weights_dir: Path | None = None) -> l
 
 def _pretrained_manifest(files: Sequence[str]) -> dict:
     """The weights manifests' entries of ``files`` (each file's own folder's manifest.json)."""
-    from kzlib.weights import read_manifest
-
     out = {}
     for f in map(Path, files):
         entry = read_manifest(f.parent).get(f.name)
@@ -230,10 +229,6 @@ def push(out: Path, user: str, slug: str = DATASET_SLUG, api=None, wait: float =
          log=print) -> None:
     """Create the dataset on Kaggle, or add a version when it exists (sub-folders zipped), through the
     Kaggle API, then wait until Kaggle has processed it (``datasets status``: ready)."""
-    import time
-
-    from kzlib.kaggle.push import real_api
-
     api = api or real_api()
     ref = f"{user}/{slug}"
     try:

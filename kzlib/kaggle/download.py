@@ -1,11 +1,11 @@
 """The competition data, downloaded through the Kaggle API and unpacked into the Kaggle layout.
 
-    kzlib data download DATA_DIR [--keep-archive]
+    python -m kzlib kaggle download DATA_DIR [--keep-archive]
 
 The download is one archive holding ``train.csv``, ``unicode_translation.csv``,
 ``sample_submission.csv`` and two more archives, ``train_images.zip`` and ``test_images.zip``;
 they are unpacked into ``train_images/`` and ``test_images/``, then the folder is checked
-(``kzlib data check``). Running it again skips what is already there.
+(``python -m kzlib data check``). Running it again skips what is already there.
 """
 
 from __future__ import annotations
@@ -14,7 +14,10 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from kzlib.data import check_dataset
 from kzlib.errors import DataError, EnvironmentProblem
+from kzlib.io import ensure_writable
+from kzlib.kaggle.api import real_api
 
 COMPETITION = "kuzushiji-recognition"
 RULES = f"https://www.kaggle.com/competitions/{COMPETITION}/rules"
@@ -98,13 +101,8 @@ def unpack(archive: Path, out: Path, log=print) -> dict:
 
 def download(out: Path, api=None, keep_archive: bool = False, log=print):
     """Download, unpack and check; returns the check report."""
-    from kzlib.data import check_dataset
-    from kzlib.io import ensure_writable
-
     out = ensure_writable(out, "data folder")
     if api is None:
-        from kzlib.kaggle.push import real_api
-
         api = real_api()
     archive = fetch(out, api, log=log)
     unpack(archive, out, log=log)

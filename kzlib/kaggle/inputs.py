@@ -38,12 +38,6 @@ def walk(root: Path, max_depth: int = MAX_DEPTH):
             queue += [(Path(e.path), depth + 1) for e in sorted(entries, key=lambda e: e.name) if e.is_dir()]
 
 
-def find_kit(root: Path) -> Path | None:
-    """The folder to put on ``sys.path`` (it holds ``kzlib/__init__.py``)."""
-    for folder, files in walk(root):
-        if folder.name == "kzlib" and "__init__.py" in files and (folder.parent / "kzlib" / "kaggle").is_dir():
-            return folder.parent
-    return None
 
 
 def find_competition(root: Path) -> Path | None:

@@ -1,7 +1,7 @@
 """Kernels of the chain and their rendering: one folder per kernel with its script and
 ``kernel-metadata.json``, plus the push order.
 
-Kernels (made from ``kzlib.pipeline.plan_stages``; the scripts are ``kernels/*.py`` with their
+Kernels (made from ``kzlib.stages.plan_stages``; the scripts are ``kernels/*.py`` with their
 values filled in):
 
 ==========================  =====================================================  ===========================
@@ -22,11 +22,12 @@ from __future__ import annotations
 import pprint
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from kzlib.io import atomic_path, write_json_atomic
 from kzlib.preset import PipelineConfig
+from kzlib.stages import plan_stages
 
 COMPETITION = "kuzushiji-recognition"
 DATASET_SLUG = "kzlib-kit"   # Kaggle wants dataset slugs of 6-50 characters; "kzlib" is too short
@@ -34,6 +35,7 @@ SLUG_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
 
 BEGIN = "# ---- values filled in by kzlib kaggle render ----"
 END = "# ---- end of the rendered values ----"
+BOOTSTRAP = "# ---- bootstrap"  # the line of a template where kernels/bootstrap.py goes
 MACHINE_SHAPE = "NvidiaTeslaT4"  # Kaggle's GPU machine shape (T4s; kaggle-cli docs: "GPU T4 x2", the default GPU)
 KAGGLE_MAX_GPUS = 2              # the most GPUs a Kaggle session has (T4 x2)
 
@@ -80,11 +82,9 @@ def check_slug(slug: str, what: str = "kernel") -> str:
 
 def kernel_plan(cfg: PipelineConfig, prefix: str = "kzlib") -> list[Kernel]:
     """The kernels of ``cfg``'s chain in push order (every kernel after the ones it reads), made
-    from ``kzlib.pipeline.plan_stages``: one kernel per stage group; a classifier kernel also
+    from ``kzlib.stages.plan_stages``: one kernel per stage group; a classifier kernel also
     merges the detectors' boxes itself (its input), and reads the kernels that own its stages'
     dependencies."""
-    from kzlib.pipeline import plan_stages
-
     specs = plan_stages(cfg)
     kind_slug = {kind: slugify(kind) for kind in cfg.kinds}
     if len(set(kind_slug.values())) < len(kind_slug):
@@ -150,16 +150,19 @@ def metadata(kernel: Kernel, user: str, dataset_slug: str, continuation: bool = 
 
 
 def script(kernel: Kernel, cfg: PipelineConfig, continuation: bool, budget_hours: float) -> str:
-    """The kernel's script: its template (``kernels/<template>.py``) with the values filled in."""
-    from dataclasses import asdict
-
+    """The kernel's script: its template (``kernels/<template>.py``) with the values filled in and
+    the shared opening (``kernels/bootstrap.py``) pasted at its bootstrap line."""
     text = (template_dir() / f"{kernel.template}.py").read_text()
     a, b = text.index(BEGIN), text.index(END)
     values = {"KERNEL": kernel.slug, **kernel.values, "STAGES": kernel.stages, "UPSTREAM": kernel.upstream,
               "GPU": kernel.gpu, "CONTINUATION": continuation, "BUDGET_HOURS": float(budget_hours),
               "PRESET": asdict(cfg)}
     lines = [f"{k} = {pprint.pformat(v, width=110, sort_dicts=False)}" for k, v in values.items()]
-    return text[:a] + BEGIN + "\n" + "\n".join(lines) + "\n" + text[b:]
+    text = text[:a] + BEGIN + "\n" + "\n".join(lines) + "\n" + text[b:]
+    boot = (template_dir() / "bootstrap.py").read_text()
+    boot = boot[boot.index("\n" + BOOTSTRAP) + 1:]
+    start = text.index("\n" + BOOTSTRAP) + 1
+    return text[:start] + boot + text[text.index("\n", start) + 1:]
 
 
 def render(cfg: PipelineConfig, user: str, out: Path, dataset_slug: str = DATASET_SLUG, prefix: str = "kzlib",
@@ -171,8 +174,6 @@ def render(cfg: PipelineConfig, user: str, out: Path, dataset_slug: str = DATASE
     rendered as continuations (they read and resume their own previous version's output).
     ``gpus``: processes per training in the GPU kernels (torchrun over a session's T4s), instead
     of the preset's."""
-    from dataclasses import asdict, replace
-
     if not re.match(r"^[A-Za-z0-9_-]+$", user or ""):
         raise PlanError(f"Kaggle user name {user!r} is not valid")
     check_slug(dataset_slug, "dataset")

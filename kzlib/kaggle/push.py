@@ -24,30 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from kzlib.errors import EnvironmentProblem, UsageError
+from kzlib.config import config_from_dict
+from kzlib.errors import UsageError
 from kzlib.io import write_json_atomic
 from kzlib.kaggle.inputs import STATUS_FILE
+from kzlib.kaggle.plan import render
+from kzlib.preset import PipelineConfig
 
 QUOTA_WORDS = ("maximum batch gpu session", "session count", "quota")
-ENDED = ("complete", "failed")
-
-
-def real_api():
-    """The kaggle package's API client, authenticated (credentials: ~/.kaggle, KAGGLE_* variables)."""
-    import contextlib
-    import io
-
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            from kaggle.api.kaggle_api_extended import KaggleApi
-
-            api = KaggleApi()
-            api.authenticate()
-    except (Exception, SystemExit) as e:
-        raise EnvironmentProblem(f"the Kaggle API is not usable here ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                                 "put your API token in ~/.kaggle/kaggle.json (or set KAGGLE_USERNAME and "
-                                 "KAGGLE_KEY, or KAGGLE_API_TOKEN)") from None
-    return api
 
 
 def normal_status(response) -> tuple[str, str]:
@@ -167,10 +151,6 @@ class Scheduler:
             self.log(f"{e.slug}: stopped by the time budget; continuation {e.continuations} rendered")
 
     def render_continuation(self, slug: str) -> None:
-        from kzlib.config import config_from_dict
-        from kzlib.kaggle.plan import render
-        from kzlib.preset import PipelineConfig
-
         opts = json.loads((self.kernels_dir / "render.json").read_text())
         cfg = config_from_dict(PipelineConfig, opts["preset"], str(self.kernels_dir / "render.json"))
         render(cfg, opts["user"], self.kernels_dir, opts["dataset_slug"], opts["prefix"], continue_=(slug,),

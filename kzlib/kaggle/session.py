@@ -25,9 +25,12 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+from kzlib import __version__
+from kzlib.config import config_from_dict
 from kzlib.errors import KzError
 from kzlib.io import write_json_atomic
 from kzlib.kaggle.inputs import STATUS_FILE, describe, find_competition, kernel_outputs
+from kzlib.preset import PipelineConfig
 
 # import name -> distribution names (the first one installed gives the version)
 PACKAGES = {"torch": ["torch"], "torchvision": ["torchvision"], "timm": ["timm"], "albumentations": ["albumentations"],
@@ -110,8 +113,6 @@ class Status:
     the time budget: push its continuation) or ``failed``, with every stage's state and seconds."""
 
     def __init__(self, path: Path, kernel: str, previous: dict | None = None):
-        from kzlib import __version__
-
         self.path = path
         self.data = {"kernel": kernel, "state": "running", "kit_version": __version__,
                      "continuation": (previous or {}).get("continuation", -1) + 1 if previous else 0,
@@ -187,9 +188,9 @@ class Session:
 
     # ------------------------------------------------------------------ the run
     def __enter__(self) -> "Session":
-        from kzlib.config import config_from_dict
+        # the chain's modules import torch, albumentations, timm ...: only now, once the kit's wheels
+        # are installed (``__init__``), may they be imported
         from kzlib.pipeline import Pipeline
-        from kzlib.preset import PipelineConfig
 
         self.working.mkdir(parents=True, exist_ok=True)
         if self.previous is not None:
@@ -206,7 +207,7 @@ class Session:
                 cfg.check_weights(self.kit / "pretrained", fix="python -m kzlib dataset --preset PRESET --push")
                 cfg = cfg.with_weights_dir(self.kit / "pretrained")
                 if cfg.device.startswith("cuda"):
-                    import torch
+                    import torch  # after the wheels, as above
 
                     if not torch.cuda.is_available():
                         raise KernelError("this kernel trains on a GPU and none is available: turn on the GPU "
@@ -268,7 +269,7 @@ class Session:
                 print(f"\n--- {log.relative_to(self.working)} (last lines)\n"
                       + "\n".join(log.read_text().splitlines()[-20:]))
         if "stack" in self.stages:
-            from kzlib.pipeline import summary
+            from kzlib.summary import summary  # after the wheels, as in __enter__
 
             table, _ = summary(self.pipe)
             print("\n" + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

@@ -6,6 +6,7 @@ from kzlib.cli import one_line_errors, parser
 from kzlib.data import DataError
 from kzlib.stack import __doc__ as DOC
 from kzlib.stack.config import OVERLAPS
+from kzlib.stack.run import build_features, predict, train
 
 
 @one_line_errors(DataError, ValueError, FileNotFoundError, json.JSONDecodeError)
@@ -28,7 +29,6 @@ def main(argv=None) -> int:
     pr.add_argument("--data", type=Path, required=True, help="dataset folder (sample_submission.csv: the page list)")
     pr.add_argument("--out", type=Path, required=True, help="submission.csv")
     a = p.parse_args(argv)
-    from kzlib.stack.run import build_features, predict, train
 
     if a.cmd == "features":
         groups = json.loads(a.groups.read_text())

@@ -1,0 +1,36 @@
+"""The package's layers are a contract (pyproject.toml, [tool.importlinter]): no import cycles, no
+import from a lower layer to a higher one, no import between the stage packages."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+LINT = [sys.executable, "-c", "import sys; from importlinter.cli import lint_imports_command as c; sys.exit(c())"]
+
+
+def lint(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(LINT + ["--config", str(root / "pyproject.toml"), "--no-cache"], cwd=root,
+                          capture_output=True, text=True, env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+
+
+def test_the_layers_hold():
+    r = lint(ROOT)
+    assert r.returncode == 0 and "0 broken" in r.stdout, r.stdout + r.stderr
+
+
+def test_an_upward_import_or_a_stage_importing_another_breaks_them(tmp_path):
+    """The contract can fail: the same check on a copy with one import that runs back up, and one
+    from a stage into another."""
+    shutil.copytree(ROOT / "kzlib", tmp_path / "kzlib", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    io = tmp_path / "kzlib" / "io.py"
+    io.write_text(io.read_text() + "\nfrom kzlib import pipeline  # noqa: E402  (an upward import)\n")
+    r = lint(tmp_path)
+    assert r.returncode == 1 and "kzlib.io -> kzlib.pipeline" in r.stdout, r.stdout + r.stderr
+    io.write_text(io.read_text().replace("\nfrom kzlib import pipeline  # noqa: E402  (an upward import)\n", ""))
+    stack = tmp_path / "kzlib" / "stack" / "run.py"
+    stack.write_text(stack.read_text() + "\nfrom kzlib.classify import predict  # noqa: E402\n")
+    r = lint(tmp_path)
+    assert r.returncode == 1 and "kzlib.stack.run -> kzlib.classify.predict" in r.stdout, r.stdout + r.stderr
