@@ -188,6 +188,21 @@ def load_state(path: Path) -> dict:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def load_into(module, path: Path, ignore: tuple[str, ...] = ("fc.",)) -> None:
+    """Load a weight file into ``module`` by name and shape: every tensor of the module (but
+    BatchNorm's batch counters and names starting with ``ignore``, e.g. a classifier head) must come
+    from the file; tensors of the file the module lacks (a ResNet's layer4 and head in a truncated
+    trunk) are left out. Anything missing is one ``WeightsError`` naming an example."""
+    state = load_state(Path(path))
+    own = module.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked") and not k.startswith(ignore)]
+    if missing:
+        raise WeightsError(f"{path}: {len(missing)} of {len(own)} tensors of the network are missing from the file or "
+                           f"of another shape (e.g. {missing[0]}); weights of another architecture?")
+    module.load_state_dict(matched, strict=False)
+
+
 def fetch(out: Path, archs: Iterable[str], force: bool = False, log=print) -> list[dict]:
     """Download each architecture's weights through its library's loader into ``out``, as plain
     state-dict files, and record them in ``out/manifest.json``; files already verified are kept."""

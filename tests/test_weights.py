@@ -232,3 +232,20 @@ def test_kaggle_dataset_carries_the_presets_weights(tmp_path, fake_loaders):
     assert [p.name for p in cfg.check_weights(tmp_path / "ds" / "pretrained")] == \
         ["resnet152_imagenet1k_v1.pth", "resnet152_imagenet1k_v1.pth", "resnext101_32x8d_wsl.pth"]
     assert weights.status(tmp_path / "ds" / "pretrained" / "resnext101_32x8d_wsl.pth") == "verified"
+
+
+def test_one_loader_by_name_and_shape(tmp_path):
+    """Detector backbone and classifier trunk load through one function: every tensor of the
+    network from the file (extra tensors of the file left out), else one line naming one missing."""
+    import torchvision
+
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "r18.pth")
+    net = torchvision.models.resnet18()
+    weights.load_into(net, tmp_path / "r18.pth")
+    assert torch.equal(net.layer1[0].conv1.weight, torch.load(tmp_path / "r18.pth")["layer1.0.conv1.weight"])
+    trunk = torch.nn.Sequential()  # a truncated network: the file's other tensors are not needed
+    trunk.add_module("conv1", torchvision.models.resnet18().conv1)
+    weights.load_into(trunk, tmp_path / "r18.pth")
+    with pytest.raises(weights.WeightsError, match=r"r18.pth: \d+ of \d+ tensors .* missing from the file or of "
+                                                   r"another shape \(e.g. layer"):
+        weights.load_into(torchvision.models.resnet34(), tmp_path / "r18.pth")

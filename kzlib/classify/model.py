@@ -25,19 +25,10 @@ def build_trunk(cfg: ClassifyConfig, load_pretrained: bool = True) -> nn.Module:
         raise UsageError(f"unknown backbone {cfg.backbone!r}: use a timm ResNet/ResNeXt name such as resnet152 "
                          "or resnext101_32x8d")
     kwargs = dict(features_only=True, out_indices=(2, 3))
+    trunk = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
     if cfg.pretrained and load_pretrained:
-        path = weights.require(cfg.pretrained, cfg.backbone, what=f"classifier {cfg.backbone}")
-        trunk = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
-        state = weights.load_state(path)
-        own = trunk.state_dict()
-        matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-        missing = [k for k in own if k not in matched and not k.endswith("num_batches_tracked")]
-        if missing:
-            raise weights.WeightsError(f"{path}: {len(missing)} of {len(own)} trunk tensors missing or of another "
-                                       f"shape (e.g. {missing[0]}); weights of another architecture than {cfg.backbone}?")
-        trunk.load_state_dict(matched, strict=False)
-        return trunk
-    return timm.create_model(cfg.backbone, pretrained=False, **kwargs)
+        weights.load_into(trunk, weights.require(cfg.pretrained, cfg.backbone, what=f"classifier {cfg.backbone}"))
+    return trunk
 
 
 class Classifier(nn.Module):

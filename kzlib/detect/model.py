@@ -52,19 +52,6 @@ class PageTransform(GeneralizedRCNNTransform):
         return image, target
 
 
-def load_backbone_weights(body: nn.Module, path: str | Path) -> None:
-    """Load ImageNet weights of a torchvision-style ResNet from a local file (a state dict, or a
-    checkpoint holding one under 'state_dict' or 'model'); the classifier head is ignored."""
-    path = Path(path)
-    state = {k: v for k, v in weights.load_state(path).items() if not k.startswith("fc.")}
-    own = body.state_dict()
-    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    if len(matched) < 0.9 * len([k for k in own if not k.endswith("num_batches_tracked")]):
-        raise weights.WeightsError(f"{path}: only {len(matched)} of {len(own)} backbone tensors match; "
-                                   "weights of another architecture?")
-    body.load_state_dict(matched, strict=False)
-
-
 def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
     """The detector of ``cfg``. ``load_pretrained=False`` builds the same architecture without
     reading the pretrained file (inference: the weights come from the run's checkpoint). With
@@ -75,7 +62,7 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
     norm = nn.BatchNorm2d if scratch else misc_ops.FrozenBatchNorm2d
     resnet = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm)
     if not scratch and load_pretrained:
-        load_backbone_weights(resnet, weights.require(cfg.pretrained, cfg.backbone, what="detector"))
+        weights.load_into(resnet, weights.require(cfg.pretrained, cfg.backbone, what="detector"))
     trainable = 5 if scratch else cfg.trainable_layers
     train_prefixes = ["layer4", "layer3", "layer2", "layer1", "conv1"][:trainable]
     if trainable == 5:
