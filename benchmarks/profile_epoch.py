@@ -30,7 +30,7 @@ from kzlib.detect.dataset import collate as det_collate, crop_spec as det_spec  
 from kzlib.detect.model import build_model  # noqa: E402
 from kzlib.pages import page_scale, split_pages, to_tensor  # noqa: E402
 from kzlib.preset import load_preset, preset_path  # noqa: E402
-from kzlib.devices import autocast, cpu_has_bf16, memory_format  # noqa: E402
+from kzlib.devices import Precision, cpu_has_bf16, memory_format  # noqa: E402
 
 
 @contextmanager
@@ -93,7 +93,7 @@ def step_parts(model, batches, loss_fn, steps, amp_cpu=False, channels_last=Fals
     for i in range(steps + 1):
         batch = batches[i % len(batches)]
         t = time.perf_counter()
-        with autocast(torch.device("cpu"), False, amp_cpu):
+        with Precision(torch.device("cpu"), torch.bfloat16 if amp_cpu and cpu_has_bf16() else None).autocast():
             loss = loss_fn(model, batch)
         t1 = time.perf_counter()
         opt.zero_grad(set_to_none=True)

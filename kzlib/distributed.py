@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import warnings
 from contextlib import nullcontext
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -57,6 +58,20 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def backend(device: torch.device) -> str:
+    """The process group's backends: on CUDA NCCL for the GPUs' tensors *and* gloo for the CPU's (the
+    kit's own reductions — losses, counts, the time budget — are CPU numbers; NCCL alone has no CPU
+    backend); on the CPU gloo."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
+def timeout() -> timedelta:
+    """How long a collective may wait (``$KZLIB_DIST_TIMEOUT_MIN``, default 120 minutes): the other
+    processes wait in a barrier while process 0 validates a fold's pages, which takes longer than
+    NCCL's default watchdog of 10 minutes on big folds."""
+    return timedelta(minutes=float(os.environ.get("KZLIB_DIST_TIMEOUT_MIN", 120)))
+
+
 def init(device: torch.device) -> torch.device:
     """Join the process group when started by torchrun (no-op otherwise); returns this process's
     device (its own GPU on CUDA)."""
@@ -65,7 +80,7 @@ def init(device: torch.device) -> torch.device:
         if device.type == "cuda":
             torch.cuda.set_device(local)
             device = torch.device("cuda", local)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend(device), timeout=timeout())
     elif device.type == "cuda" and n > 1:
         device = torch.device("cuda", local)
     if os.environ.get("KZLIB_FAIL_RANK") == str(r):  # fault injection: how a failing process ends the job
@@ -84,6 +99,15 @@ def all_sum(value: float) -> float:
         return value
     t = torch.tensor([float(value)], dtype=torch.float64)
     dist.all_reduce(t)
+    return float(t.item())
+
+
+def all_max(value: float) -> float:
+    """The largest ``value`` of the processes."""
+    if not active():
+        return value
+    t = torch.tensor([float(value)], dtype=torch.float64)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
 
 

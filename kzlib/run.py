@@ -22,6 +22,7 @@ import torch
 from kzlib import weights
 from kzlib.cli import one_line_errors, parser
 from kzlib.data import require_valid
+from kzlib.devices import describe_asked, why_no_cuda
 from kzlib.errors import EnvironmentProblem
 from kzlib.pipeline import Pipeline
 from kzlib.preset import load_preset, preset_path
@@ -57,10 +58,11 @@ def main(argv=None) -> int:
     # before anything else: a missing file is one line naming the command that fetches it, not hours later
     cfg.check_weights(folder, fix=f"{weights.FETCH} --preset {a.preset} --out {folder}")
     cfg = cfg.with_weights_dir(folder)
+    print(describe_asked(cfg.device), flush=True)
     if not a.dry_run:
         if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU and none is available; "
-                                     "pass --device cpu to run it on the CPU anyway (slow)")
+            raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU, but {why_no_cuda()}; or pass --device cpu "
+                                     "to run it on the CPU anyway (slow)")
     folds = [int(f) for f in a.folds.split(",") if f] if a.folds else None
     if not a.dry_run:
         print(f"checking {a.data} ...", flush=True)

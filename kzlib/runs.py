@@ -207,7 +207,8 @@ class RunDir:
         ``mode`` ``start``: the folder must hold no run. ``resume``: it must hold one (config.json;
         a checkpoint if an epoch finished), and that run's config is kept; a flag in ``given``
         that differs from it is an error, not ignored. ``auto`` (the runner): resume when there is
-        a run, else start; a config that differs from the run's is an error naming the keys."""
+        a run, else start; a config that differs from the run's is an error naming the keys. What
+        belongs to the machine (``MACHINE_KEYS``: device, precision ...) is taken as asked."""
         if mode not in ("start", "resume", "auto"):
             raise ValueError(f"mode {mode!r}")
         if not self.started():
@@ -226,6 +227,9 @@ class RunDir:
         if conflicts:
             raise RunStateError(f"{self.root}: the run was started with {conflicts}; {'drop those flags' if mode == 'resume' else 'the preset changed since'}"
                                 " to continue it, or train into another folder")
+        # this machine's device, workers, precision and layout, not the ones the run started with
+        here = {k: v for k, v in (asked or {}).items() if k in MACHINE_KEYS and k in config_dict(saved)}
+        saved = dataclasses.replace(saved, **here)
         split = self.read_split()
         checkpoint = self.load_checkpoint() if self.checkpoint.exists() or self.previous.exists() else None
         return saved, split, checkpoint
@@ -274,6 +278,8 @@ class RunDir:
 
 
 PATH_KEYS = ("pretrained", "init_from")
+# a run may resume on another machine: another device, worker count, mixed precision or memory layout
+MACHINE_KEYS = ("device", "workers", "amp", "amp_cpu", "amp_dtype", "amp_cpu_dtype", "channels_last")
 
 
 def load_other_checkpoint(path: str | Path, what: str) -> dict:
@@ -292,11 +298,11 @@ def load_other_checkpoint(path: str | Path, what: str) -> dict:
 
 def config_conflicts(saved: Any, asked: dict) -> str:
     """``key: asked X, the run has Y`` for every asked value that differs from the saved config
-    (device and worker count may change between sessions)."""
+    (what belongs to the machine may change between sessions: ``MACHINE_KEYS``)."""
     have = config_dict(saved)
     out = []
     for k, v in asked.items():
-        if k in ("device", "workers") or k not in have:
+        if k in MACHINE_KEYS or k not in have:
             continue
         v = json.loads(json.dumps(v))
         if k in PATH_KEYS and v and have[k]:  # the same file may be mounted elsewhere in a later session
@@ -326,7 +332,8 @@ class EpochEnd:
         """The log row of an epoch: learning rate, training stats, validation scores, speed."""
         return {"epoch": epoch, "lr": opt.lr, **stats,
                 **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
-                "train_images_per_s": images / train_seconds, "seconds": seconds, "world_size": distributed.size()}
+                "train_images_per_s": images / train_seconds, "seconds": seconds, "world_size": distributed.size(),
+                "micro_split": getattr(opt, "split", 1)}
 
     def __call__(self, model, opt, epoch: int, best: float, scores: dict, row: dict, last: bool) -> float:
         f1 = scores.get("f1", -1.0)

@@ -110,6 +110,9 @@ def _network_settings(c: DetectConfig | ClassifyConfig) -> dict:
     """A network config as a fingerprint sees it: machine-local values out (device, workers, where
     the files lie), what the network starts from in (the weight file's name and SHA-256)."""
     values = config_dict(c)
+    for key, before in type(c).ADDED.items():  # a field added later changes nothing while it does as before
+        if values.get(key) == before:
+            values.pop(key)
     pretrained = values.pop("pretrained", "")
     for key in ("device", "workers", "init_from"):
         values.pop(key, None)

@@ -16,6 +16,8 @@ import torch
 from torch.utils.data import DataLoader
 
 from kzlib import distributed
+from kzlib.devices import Precision, cudnn_benchmark
+from kzlib.errors import EnvironmentProblem
 from kzlib.io import write_json_atomic
 from kzlib.runs import EpochEnd, RunDir
 
@@ -55,9 +57,10 @@ def lr_factor(it: int, *, iters_per_epoch: int, epochs: int, warmup_iters: int, 
 
 class Optimisation:
     """What the training stages share: SGD with momentum (or AdamW) over the trainable parameters, the
-    per-step learning-rate schedule (``lr_factor``) and the GradScaler (fp16 on CUDA only).
-    ``cfg`` needs lr, momentum, weight_decay, epochs, warmup_epochs, schedule, lr_steps, lr_gamma
-    and amp."""
+    per-step learning-rate schedule (``lr_factor``), the mixed precision (``kzlib.devices.Precision``)
+    with its GradScaler, and ``split``: how many chunks each step's per-process batch is cut into so
+    that it fits the GPU (``next_split``). ``cfg`` needs lr, momentum, weight_decay, epochs,
+    warmup_epochs, schedule, lr_steps, lr_gamma and the amp settings."""
 
     def __init__(self, model: torch.nn.Module, cfg, device: torch.device, steps_per_epoch: int):
         params = [p for p in model.parameters() if p.requires_grad]
@@ -69,8 +72,10 @@ class Optimisation:
             lr_factor, iters_per_epoch=steps_per_epoch, epochs=cfg.epochs,
             warmup_iters=int(cfg.warmup_epochs * steps_per_epoch), schedule=cfg.schedule, steps=cfg.lr_steps,
             gamma=cfg.lr_gamma))
-        self.use_amp = bool(cfg.amp) and device.type == "cuda"
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.use_amp)
+        self.precision = Precision.of(cfg, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.scaled)
+        self.split = 1
+        self.skipped = 0  # steps whose loss was not finite (fp16 overflow) in a row
 
     @property
     def lr(self) -> float:
@@ -78,19 +83,93 @@ class Optimisation:
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict()}
+                "scaler": self.scaler.state_dict(), "micro_split": self.split}
 
     def resume(self, model: torch.nn.Module, checkpoint: dict | None, out: Path) -> tuple[int, float]:
-        """Restore model and optimisation from a run's ``checkpoint.pth``; (first epoch, best F1)."""
+        """Restore model and optimisation from a run's ``checkpoint.pth``; (first epoch, best F1).
+        A run may resume on another device or with other mixed precision: the scaler's state is
+        taken only when both the checkpoint's and this run's scaler were in use."""
         if checkpoint is None:
             return 0, -1.0
         model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
-        self.scaler.load_state_dict(checkpoint["scaler"])
+        if self.scaler.is_enabled() and checkpoint.get("scaler"):
+            self.scaler.load_state_dict(checkpoint["scaler"])
+        self.split = max(self.split, int(checkpoint.get("micro_split", 1)))
         start, best = checkpoint["epoch"] + 1, checkpoint["best_f1"]
-        print(f"resuming {out} at epoch {start} (best F1 so far {best:.4f})")
+        print(f"resuming {out} at epoch {start} (best F1 so far {best:.4f})"
+              + (f"; {self.split} micro-batches a step, as fitted earlier" if self.split > 1 else ""))
         return start, best
+
+    def loss_not_finite(self, value: float, where: str) -> None:
+        """A loss that is inf or nan: without a GradScaler the run stops (lower the lr); with one
+        (fp16) the step goes on — the scaler skips it and lowers its scale — unless it keeps
+        happening."""
+        if not self.scaler.is_enabled():
+            raise FloatingPointError(f"training loss is {value} ({where}); try a lower --lr")
+        self.skipped += 1
+        print(f"warning: training loss is {value} in fp16 ({where}); the step is skipped and the loss scale "
+              f"lowered ({self.skipped} in a row)", flush=True)
+        if self.skipped >= MAX_SKIPPED:
+            raise FloatingPointError(f"training loss was not finite {self.skipped} steps in a row in fp16 ({where}); "
+                                     "train in fp32 (amp false) or bf16 (amp_dtype bf16), or lower the lr")
+
+    def step(self) -> None:
+        """The optimizer's step through the scaler (a step whose gradients overflowed is skipped)."""
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+MAX_SKIPPED = 25  # fp16 steps in a row with a non-finite loss before the run gives up
+
+
+def chunks(n: int, split: int) -> list[range]:
+    """``split`` consecutive, nearly equal parts of ``range(n)`` (none empty)."""
+    split = max(1, min(split, n))
+    bounds = [round(i * n / split) for i in range(split + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+
+
+def next_split(split: int, per_process: int, error: BaseException, what: str = "") -> int:
+    """After a CUDA out-of-memory error at ``split`` chunks a step: twice as many (the global batch,
+    the loss normalisation and the learning rate stay; only the micro-batches shrink), said in one
+    line; when a chunk is already one crop, one ``EnvironmentProblem`` line."""
+    if distributed.size() > 1:
+        raise EnvironmentProblem(f"{what}out of GPU memory in a {distributed.size()}-process run at "
+                                 f"{math.ceil(per_process / split)} crops a micro-batch (the fit at the start was "
+                                 "not enough); lower batch_size in the preset")
+    if split >= per_process:
+        raise EnvironmentProblem(f"{what}out of GPU memory even with one crop a micro-batch "
+                                 f"({str(error).splitlines()[0][:120]}); a smaller network or crop is needed")
+    new = min(per_process, split * 2)
+    print(f"warning: {what}out of GPU memory at {math.ceil(per_process / split)} crops a micro-batch; now "
+          f"{math.ceil(per_process / new)} ({new} micro-batches a step; the batch of {per_process}, the loss "
+          "normalisation and the learning rate are unchanged)", flush=True)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return new
+
+
+def fit_split(step, per_process: int, start: int = 1, what: str = "") -> int:
+    """The fewest micro-batches a step of ``per_process`` crops needs to fit the GPU: ``step(split)``
+    is tried (one forward and backward, gradients thrown away) with 1, 2, 4 ... chunks until it
+    runs without a CUDA out-of-memory error. The processes of a distributed run take the largest."""
+    split = start
+    while True:
+        try:
+            step(split)
+            break
+        except torch.OutOfMemoryError as e:
+            split = next_split(split, per_process, e, what) if distributed.size() == 1 else _grow(split, per_process, e)
+    return int(distributed.all_max(split))
+
+
+def _grow(split: int, per_process: int, error: BaseException) -> int:
+    if split >= per_process:
+        raise EnvironmentProblem(f"out of GPU memory even with one crop a micro-batch ({str(error).splitlines()[0][:120]})")
+    torch.cuda.empty_cache()
+    return min(per_process, split * 2)
 
 
 def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> DataLoader:
@@ -118,21 +197,27 @@ class Training:
 
     @classmethod
     def begin(cls, model: torch.nn.Module, cfg, device: torch.device, run: RunDir, checkpoint: dict | None,
-              steps: int, metrics: tuple[str, ...], extra: dict | None = None,
-              keep_last_as_best: bool = False) -> "Training":
+              steps: int, metrics: tuple[str, ...], extra: dict | None = None, keep_last_as_best: bool = False,
+              split: int = 1) -> "Training":
         """1. BatchNorm synced across processes; 2. the optimiser and schedule, restored with the model
-        from ``checkpoint`` (a resume); 3. the data-parallel wrapper; 4. the end-of-epoch bookkeeping,
-        its log opened on process 0; 5. cuDNN's autotuner on for the training's fixed crop sizes."""
+        from ``checkpoint`` (a resume), with the micro-batch ``split`` that fits (``fit_split``, or
+        the checkpoint's); 3. the data-parallel wrapper; 4. the end-of-epoch bookkeeping, its log
+        opened on process 0."""
         model = distributed.sync_batchnorm(model, device)
         opt = Optimisation(model, cfg, device, steps)
+        opt.split = split
         start, best = opt.resume(model, checkpoint, run.root)
         ddp = distributed.wrap(model, device)
         end = EpochEnd(run, cfg, metrics, extra, keep_last_as_best=keep_last_as_best)
         if distributed.is_main():
             end.open(start)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
         return cls(model, ddp, opt, start, best, end)
+
+    def train_epoch(self, one_epoch, *args, **kwargs):
+        """``one_epoch(*args)`` with cuDNN's autotuner on (the crops have one size); validation and
+        prediction run with it off."""
+        with cudnn_benchmark(True):
+            return one_epoch(*args, **kwargs)
 
     def end_epoch(self, epoch: int, scores: dict, row: dict, last: bool) -> None:
         """Keep the best model, write the checkpoint, the log row and the curves (process 0)."""

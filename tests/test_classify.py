@@ -16,6 +16,7 @@ from kzlib.classify.model import Classifier
 from kzlib.classify.predict import page_logits
 from kzlib.detailed import read_detailed
 from kzlib.classify.train import accumulate_gradients, train
+from kzlib.training import Optimisation
 from kzlib.data import SEG_FP, DataError, parse_labels, read_labels_csv
 from kzlib.metric import read_submission
 from kzlib.pages import Page
@@ -139,11 +140,11 @@ def test_gradient_accumulation_equals_one_big_step():
     images = torch.rand(4, 3, 64, 64)
     boxes = [torch.tensor([[4.0, 4, 30, 30]] * (i + 1)) + i for i in range(4)]  # 1, 2, 3 and 4 boxes
     labels = [torch.randint(0, 5, (i + 1,)) for i in range(4)]
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    opt = Optimisation(model, TINY, torch.device("cpu"), 1)  # fp32: no scaler
 
     def grads(micro):
         model.zero_grad()
-        accumulate_gradients(model, micro, torch.device("cpu"), False, scaler)
+        accumulate_gradients(model, micro, torch.device("cpu"), opt)
         return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     big = grads([(images, boxes, labels)])

@@ -127,3 +127,65 @@ def test_a_failing_process_ends_the_job_with_its_error_once(tiny, tmp_path):
     assert r.returncode != 0
     out = r.stdout + r.stderr
     assert out.count("error: process 1 failed on purpose (KZLIB_FAIL_RANK)") == 1
+
+
+def _reductions(rank: int, backend: str, port: int, out: str) -> None:
+    import datetime
+
+    import torch.distributed as dist
+
+    from kzlib import distributed
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group(backend, rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        result = {"sum": distributed.all_sum(rank + 1), "max": distributed.all_max(rank * 5)}
+        distributed.barrier()
+    except RuntimeError as e:
+        result = {"error": str(e).splitlines()[0]}
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_reductions_in_a_device_tagged_group_as_on_cuda(tmp_path, monkeypatch):
+    """On CUDA the group is "cpu:gloo,cuda:nccl": the kit's CPU numbers (losses, counts, the time
+    budget) go through gloo. NCCL needs GPUs, so here the CUDA half is gloo too; a group with a CUDA
+    backend alone — what "nccl" gave — cannot reduce a CPU tensor."""
+    import torch.multiprocessing as mp
+
+    from kzlib import distributed
+
+    tagged = distributed.backend(torch.device("cuda"))
+    assert tagged == "cpu:gloo,cuda:nccl" and distributed.backend(torch.device("cpu")) == "gloo"
+    for backend, ok in ((tagged.replace("nccl", "gloo"), True), ("cuda:gloo", False)):
+        out = tmp_path / backend.replace(":", "_").replace(",", "-")
+        out.mkdir()
+        mp.spawn(_reductions, args=(backend, _free_port(), str(out)), nprocs=2)
+        results = [json.loads((out / f"{r}.json").read_text()) for r in (0, 1)]
+        if ok:
+            assert results == [{"sum": 3.0, "max": 5.0}] * 2
+        else:
+            assert all("No backend type associated with device type cpu" in r["error"] for r in results)
+    monkeypatch.setenv("KZLIB_DIST_TIMEOUT_MIN", "90")
+    assert distributed.timeout().total_seconds() == 90 * 60
+
+
+def test_the_group_waits_longer_than_nccls_watchdog(monkeypatch):
+    """Process 0 validates while the others wait in a barrier: the group's timeout is 2 hours, not
+    NCCL's 10 minutes."""
+    from kzlib import distributed
+
+    seen = {}
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, **kw: seen.update(backend=backend, **kw))
+    monkeypatch.setattr(distributed, "active", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    distributed.init(torch.device("cpu"))
+    assert seen == {"backend": "gloo", "timeout": __import__("datetime").timedelta(minutes=120)}

@@ -14,6 +14,9 @@ from kzlib.config import ConfigError, check_choices, check_positive, check_zoom_
 @dataclass
 class ClassifyConfig:
     ALIASES: ClassVar[dict] = {"base": "backbone", "n_tta": "validate_n_tta"}  # old names, read for one release
+    # fields added after work folders existed, with the value that does what was done before them:
+    # a stage's fingerprint leaves them out while they hold it (kzlib.stages)
+    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16"}
     # model
     backbone: str = "resnet152"          # any timm ResNet/ResNeXt name, e.g. resnext101_32x8d
     pretrained: str = "auto"             # trunk weights: "auto" (the kit's ImageNet file for the base, see
@@ -59,6 +62,8 @@ class ClassifyConfig:
     label_smoothing: float = 0.0          # cross-entropy label smoothing (0: none, as upstream)
     amp: bool = True                     # fp16 autocast + GradScaler on CUDA (upstream's ResNet-152: fp32)
     amp_cpu: bool = False  # bf16 autocast on the CPU (about 2x faster convolutions with AVX512-BF16/AMX)
+    amp_dtype: str = "fp16"  # autocast dtype on CUDA: fp16 (with GradScaler) or bf16 (Ampere and newer)
+    amp_cpu_dtype: str = "bf16"  # on the CPU: bf16 (used only where the CPU has it natively) or fp16
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent CPUs and GPUs)
     validate_every: int = 1
     # inference
@@ -77,7 +82,8 @@ class ClassifyConfig:
                        "test_size", "crop_width", "crop_height", "hidden", "roi_size", "validate_n_tta", "validate_every",
                        "pseudo_oversample", "lr", "n_folds")
         check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", allow_zero=True)
-        check_choices(self, optimizer=("sgd", "adamw"), schedule=("step", "cosine"), page_side=("height", "longest"))
+        check_choices(self, optimizer=("sgd", "adamw"), schedule=("step", "cosine"), page_side=("height", "longest"),
+                      amp_dtype=("fp16", "bf16"), amp_cpu_dtype=("bf16", "fp16"))
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing: must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.scale_aug < 1 or not 0 <= self.dropout < 1 or not 0 <= self.min_visibility <= 1:

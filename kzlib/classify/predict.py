@@ -15,7 +15,7 @@ from tqdm import tqdm
 from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import check_inside, page_input, pages_from_boxes, read_boxes
 from kzlib.classify.model import Classifier
-from kzlib.devices import autocast, memory_format, pick_device
+from kzlib.devices import Precision, cudnn_benchmark, memory_format, pick_device
 from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
 from kzlib.images import image_size
 from kzlib.io import ensure_writable, write_json_atomic
@@ -50,7 +50,7 @@ def page_logits(model: Classifier, page: Page, sizes: Sequence[int], device: tor
     total = None
     for size in page_sizes(page, sizes, cfg):
         image, boxes = page_input(page, size, cfg.page_side)
-        with autocast(device, cfg.amp, cfg.amp_cpu):
+        with Precision.of(cfg, device).autocast(), cudnn_benchmark(False):  # pages have many sizes: no autotuning
             logits = model(image[None].to(device), [boxes.to(device)]).float().cpu()
         total = logits if total is None else total + logits
     return total / len(sizes)

@@ -22,35 +22,58 @@ from kzlib.classify.model import Classifier
 from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_sizes
 from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
 from kzlib.images import image_size
-from kzlib.devices import autocast, memory_format, pick_device
+from kzlib.devices import cudnn_benchmark, describe, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import Epochs, Training, epoch_line, sample_seed, seed_everything, steps_per_epoch
+from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_split, next_split, sample_seed,
+                            seed_everything, steps_per_epoch)
 
 
-def accumulate_gradients(model, micro_batches, device: torch.device, amp: bool, scaler,
-                         amp_cpu: bool = False, label_smoothing: float = 0.0) -> tuple[float, int, int]:
+def accumulate_gradients(model, micro_batches, device: torch.device, opt: Optimisation,
+                         label_smoothing: float = 0.0) -> tuple[float, int, int]:
     """Backward pass over several micro-batches as if they were one batch: each micro-batch's
     summed cross-entropy is divided by the box count of the whole group — of every process in a
-    distributed run — so k small steps (or N processes) give exactly the gradient of one big step.
-    Returns (mean loss, boxes, correct) of this process."""
+    distributed run — so k small steps (or N processes) give exactly the gradient of one big step
+    (BatchNorm aside: it sees each micro-batch alone). Returns (mean loss, boxes, correct) of this
+    process; boxes 0 when a loss was not finite (fp16: the scaler skips the step)."""
     local = sum(int(sum(len(y) for y in labels)) for _, _, labels in micro_batches)
     total = distributed.all_sum(local)  # DDP averages over the processes: undo it with the world size
     scale = distributed.size() / max(1.0, total)
-    loss_sum, correct = 0.0, 0
+    loss_sum, correct, finite = 0.0, 0, True
     for k, (images, boxes, labels) in enumerate(micro_batches):
         y = torch.cat(labels).to(device)
         with distributed.no_sync(model) if k + 1 < len(micro_batches) else nullcontext():
-            with autocast(device, amp, amp_cpu):
+            with opt.precision.autocast():
                 logits = model(images.to(device, non_blocking=True), [b.to(device) for b in boxes])
             loss = F.cross_entropy(logits.float(), y, reduction="sum", label_smoothing=label_smoothing)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"training loss is {loss.item()}; try a lower --lr")
-            scaler.scale(loss * scale).backward()
-        loss_sum += loss.item()
+            value = loss.item()
+            if not math.isfinite(value):
+                finite = False
+                opt.loss_not_finite(value, f"{local} boxes")
+            opt.scaler.scale(loss * scale).backward()
+        loss_sum += value
         correct += int((logits.argmax(1) == y).sum())
+    if not finite:
+        return 0.0, 0, 0
+    opt.skipped = 0
     return loss_sum / max(1, local), local, correct
+
+
+def split_micro(images: torch.Tensor, boxes: list, labels: list, split: int) -> list[tuple]:
+    """A micro-batch cut into ``split`` smaller ones of consecutive images (one with fewer than two
+    boxes joins the one before it: the head's BatchNorm needs two)."""
+    out: list[tuple] = []
+    for idx in chunks(len(images), split):
+        part = (images[idx.start: idx.stop], boxes[idx.start: idx.stop], labels[idx.start: idx.stop])
+        if out and sum(len(y) for y in part[2]) < 2:
+            prev = out.pop()
+            part = (torch.cat([prev[0], part[0]]), prev[1] + part[1], prev[2] + part[2])
+        out.append(part)
+    if len(out) > 1 and sum(len(y) for y in out[0][2]) < 2:
+        first, second = out[0], out[1]
+        out[:2] = [(torch.cat([first[0], second[0]]), first[1] + second[1], first[2] + second[2])]
+    return out
 
 
 def groups(loader, k: int):
@@ -65,8 +88,7 @@ def groups(loader, k: int):
         yield group
 
 
-def train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg: ClassifyConfig, device, amp: bool,
-                    epoch: int, desc: str) -> dict:
+def train_one_epoch(model, opt: Optimisation, loader, cfg: ClassifyConfig, device, epoch: int, desc: str) -> dict:
     model.train()
     loss_sum, boxes, correct, steps = 0.0, 0, 0, 0
     total_steps = math.ceil(len(loader) / cfg.accumulation_steps)
@@ -80,15 +102,47 @@ def train_one_epoch(model, optimizer, scheduler, scaler, loader, cfg: ClassifyCo
             if sum(len(t) for t in y) >= 2:  # BatchNorm needs two boxes
                 micro.append((images, b, y))
         if distributed.all_sum(float(not micro)) == 0:  # every process steps, or none
-            optimizer.zero_grad(set_to_none=True)
-            loss, n, ok = accumulate_gradients(model, micro, device, amp, scaler, cfg.amp_cpu, cfg.label_smoothing)
-            scaler.step(optimizer)
-            scaler.update()
+            n_images = max(len(images) for images, _, _ in micro)
+            while True:
+                opt.optimizer.zero_grad(set_to_none=True)
+                try:
+                    parts = [p for images, b, y in micro for p in split_micro(images, b, y, opt.split)]
+                    loss, n, ok = accumulate_gradients(model, parts, device, opt, cfg.label_smoothing)
+                    break
+                except torch.OutOfMemoryError as e:
+                    opt.optimizer.zero_grad(set_to_none=True)
+                    opt.split = next_split(opt.split, n_images, e, f"{desc}: ")
+            opt.step()
             loss_sum, boxes, correct, steps = loss_sum + loss * n, boxes + n, correct + ok, steps + 1
-        scheduler.step()
-        bar.set_postfix(loss=f"{loss_sum / max(1, boxes):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        opt.scheduler.step()
+        bar.set_postfix(loss=f"{loss_sum / max(1, boxes):.3f}", lr=f"{opt.lr:.2e}")
     loss_sum, boxes, correct = distributed.all_sum(loss_sum), distributed.all_sum(boxes), distributed.all_sum(correct)
     return {"loss": loss_sum / max(1, boxes), "train_accuracy": correct / max(1, boxes), "train_boxes": int(boxes)}
+
+
+def fit_memory(model, dataset: CropDataset, cfg: ClassifyConfig, device: torch.device, checkpoint: dict | None) -> int:
+    """On CUDA, before the processes are tied together: the micro-batches a step needs to fit
+    (``kzlib.training.fit_split``), tried on one batch of crops with the most boxes the config
+    allows; elsewhere 1."""
+    if device.type != "cuda":
+        return 1
+    n = distributed.per_process_batch(cfg.batch_size)
+    images, b, y = collate([dataset[i] for i in range(min(n, len(dataset)))])
+    cap = cfg.max_targets and max(32, cfg.max_targets // distributed.size() // 32 * 32)
+    b, y = cap_targets(b, y, cap, torch.Generator().manual_seed(0))
+    probe = Optimisation(model, cfg, device, 1)
+    model.train()
+
+    def step(split: int) -> None:
+        accumulate_gradients(model, split_micro(images, b, y, split), device, probe, cfg.label_smoothing)
+        probe.optimizer.zero_grad(set_to_none=True)
+    start = int(checkpoint.get("micro_split", 1)) if checkpoint else 1
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move
+    with cudnn_benchmark(True):
+        split = fit_split(step, n, start, "classifier: ")
+    model.load_state_dict(before)
+    torch.cuda.reset_peak_memory_stats(device)
+    return split
 
 
 def add_missed(page: Page, truth: Page, iou: float = 0.5) -> Page:
@@ -181,14 +235,18 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
                              "the same backbone is needed") from None
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
+    split = fit_memory(model, dataset, cfg, device, checkpoint)
     t = Training.begin(model, cfg, device, run, checkpoint, steps, ("f1", "accuracy", "train_accuracy"),
-                       {"classes": classes}, keep_last_as_best=not val_pages)
+                       {"classes": classes}, keep_last_as_best=not val_pages, split=split)
+    if distributed.is_main():
+        print(f"device: {describe(device)}; {t.opt.precision}; {distributed.size()} process(es); "
+              f"{t.opt.split} micro-batch(es) a step", flush=True)
 
     epochs = Epochs(t.start, cfg.epochs, deadline, max_epochs)
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
-        stats = train_one_epoch(t.ddp, t.opt.optimizer, t.opt.scheduler, t.opt.scaler, loader, cfg, device,
-                                t.opt.use_amp, epoch, f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
+        stats = t.train_epoch(train_one_epoch, t.ddp, t.opt, loader, cfg, device, epoch,
+                              f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
         last = epoch + 1 == cfg.epochs
         if distributed.is_main():

@@ -16,6 +16,9 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
 @dataclass
 class DetectConfig:
+    # fields added after work folders existed, with the value that does what was done before them:
+    # a stage's fingerprint leaves them out while they hold it (kzlib.stages)
+    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16"}
     # model
     backbone: str = "resnet152"
     fpn_channels: int = 256
@@ -51,6 +54,8 @@ class DetectConfig:
     warmup_epochs: float = 0.5
     amp: bool = False  # fp16 autocast + GradScaler on CUDA (upstream trained in fp32); ignored on CPU
     amp_cpu: bool = False  # bf16 autocast on the CPU (about 2x faster convolutions with AVX512-BF16/AMX)
+    amp_dtype: str = "fp16"  # autocast dtype on CUDA: fp16 (with GradScaler) or bf16 (Ampere and newer)
+    amp_cpu_dtype: str = "bf16"  # on the CPU: bf16 (used only where the CPU has it natively) or fp16
     channels_last: bool = False  # NHWC memory format (faster convolutions on recent CPUs and GPUs)
     # inference
     score_threshold: float = 0.5
@@ -69,7 +74,8 @@ class DetectConfig:
             raise ConfigError(f"backbone: {self.backbone!r} is not one of {', '.join(BACKBONES)}")
         if len(self.anchor_sizes) != 5:
             raise ConfigError("anchor_sizes: needs one size per FPN level (5)")
-        check_choices(self, optimizer=("sgd", "adamw"), schedule=("step", "cosine"), page_side=("height", "longest"))
+        check_choices(self, optimizer=("sgd", "adamw"), schedule=("step", "cosine"), page_side=("height", "longest"),
+                      amp_dtype=("fp16", "bf16"), amp_cpu_dtype=("bf16", "fp16"))
         check_positive(self, "page_size", "crop_width", "crop_height", "crops_per_page", "epochs", "batch_size",
                        "lr", "fpn_channels", "max_detections", "rpn_pre_nms_test", "rpn_post_nms_test",
                        "n_folds", "box_batch_per_image")

@@ -45,6 +45,31 @@ def seed_samplers(model: FasterRCNN, seeds: list[int] | None) -> None:
     model.rpn.fg_bg_sampler.seeds, model.roi_heads.fg_bg_sampler.seeds = sampler_seeds
 
 
+class FrozenBatchNorm2d(misc_ops.FrozenBatchNorm2d):
+    """torchvision's frozen BatchNorm, returning its input's dtype: torchvision's computes in the
+    fp32 of its statistics, so under fp16 autocast every frozen BatchNorm turned the activations back
+    to fp32 and the next convolution kept both copies (more memory than fp32 training)."""
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + self.eps).rsqrt()
+        bias = self.bias - self.running_mean * scale
+        return x * scale.to(x.dtype).reshape(1, -1, 1, 1) + bias.to(x.dtype).reshape(1, -1, 1, 1)
+
+
+class Fp32Anchors(AnchorGenerator):
+    """Anchors in fp32 whatever the feature maps' dtype (fp16 has whole-pixel steps above 1024 px)."""
+
+    def forward(self, image_list, feature_maps):
+        shapes = [f.new_empty((0, 0, *f.shape[-2:]), dtype=torch.float32) for f in feature_maps]
+        return super().forward(image_list, shapes)
+
+
+def _fp32_outputs(module, inputs, output):
+    """A head's outputs in fp32: torchvision decodes boxes in its deltas' dtype, and fp16 would snap
+    every coordinate above 1024 px to a whole pixel (above 2048 px to an even one)."""
+    return tuple([o.float() for o in x] if isinstance(x, list) else x.float() for x in output)
+
+
 class PageTransform(GeneralizedRCNNTransform):
     """Normalise and batch, but never resize: the kit scales pages itself (config.page_size)."""
 
@@ -59,7 +84,7 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
     stages (layer2-4 by default), as torchvision's ``resnet_fpn_backbone``."""
     scratch = not cfg.pretrained
     # From scratch, frozen BatchNorm would do nothing: train ordinary BatchNorm instead.
-    norm = nn.BatchNorm2d if scratch else misc_ops.FrozenBatchNorm2d
+    norm = nn.BatchNorm2d if scratch else FrozenBatchNorm2d
     resnet = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm)
     if not scratch and load_pretrained:
         weights.load_into(resnet, weights.require(cfg.pretrained, cfg.backbone, what="detector"))
@@ -77,7 +102,7 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
         out_channels=cfg.fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
-    anchors = AnchorGenerator(
+    anchors = Fp32Anchors(
         sizes=tuple((s,) for s in cfg.anchor_sizes),
         aspect_ratios=(tuple(cfg.aspect_ratios),) * len(cfg.anchor_sizes),
     )
@@ -97,4 +122,6 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
     for head in (model.rpn, model.roi_heads):
         old = head.fg_bg_sampler
         head.fg_bg_sampler = SeededSampler(old.batch_size_per_image, old.positive_fraction)
+    model.rpn.head.register_forward_hook(_fp32_outputs)  # hooks: the checkpoints' keys stay as they are
+    model.roi_heads.box_predictor.register_forward_hook(_fp32_outputs)
     return model

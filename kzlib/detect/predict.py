@@ -20,7 +20,7 @@ from kzlib.images import image_size, read_image
 from kzlib.config import config_from_dict
 from kzlib.detect.config import DetectConfig, TestBoxRule
 from kzlib.detect.model import build_model
-from kzlib.devices import autocast, memory_format, pick_device
+from kzlib.devices import Precision, cudnn_benchmark, memory_format, pick_device
 from kzlib.io import ensure_writable, write_csv_atomic
 from kzlib.pages import Page, best_iou, scaled_height, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
@@ -36,7 +36,7 @@ def detect_page(model, path: Path, cfg: DetectConfig, device: torch.device) -> t
     w0, h0 = image_size(path)
     image = read_image(path, height=scaled_height(path, cfg.page_size, cfg.page_side))
     sx, sy = image.shape[1] / w0, image.shape[0] / h0
-    with autocast(device, cfg.amp, cfg.amp_cpu):
+    with Precision.of(cfg, device).autocast(), cudnn_benchmark(False):  # pages have many sizes: no autotuning
         out = model([to_tensor(image).to(device)])[0]
     xywh = box_convert(out["boxes"].double().cpu(), "xyxy", "xywh").numpy().reshape(-1, 4) / [sx, sy, sx, sy]
     return xywh, out["scores"].float().cpu().numpy()

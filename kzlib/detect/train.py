@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from tqdm import tqdm
 
 from kzlib import distributed
@@ -15,41 +17,94 @@ from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset, collate
 from kzlib.detect.model import build_model, seed_samplers
 from kzlib.detect.predict import agnostic_f1, detect_pages
-from kzlib.devices import autocast, memory_format, pick_device
+from kzlib.devices import cudnn_benchmark, describe, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import Epochs, Training, epoch_line, seed_everything, steps_per_epoch
+from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_split, next_split, seed_everything,
+                            steps_per_epoch)
 
 
-def train_one_epoch(model, optimizer, scheduler, scaler, loader, device, amp: bool, desc: str,
-                    amp_cpu: bool = False) -> dict:
+def detector_step(model, images: list, targets: list, seeds: list[int] | None, opt: Optimisation) -> dict:
+    """Forward and backward of one batch in ``opt.split`` micro-batches (each micro-batch's losses,
+    the means over its images, weighted by its share of the batch: the gradient of the whole batch);
+    returns the batch's losses (empty when a loss was not finite: the scaler skips the step)."""
+    parts = chunks(len(images), opt.split)
+    sums: dict[str, float] = {}
+    finite = True
+    for j, idx in enumerate(parts):
+        seed_samplers(distributed.unwrap(model), [seeds[i] for i in idx] if seeds else None)
+        with distributed.no_sync(model) if j + 1 < len(parts) else nullcontext():
+            with opt.precision.autocast():
+                losses = model([images[i] for i in idx], [targets[i] for i in idx])
+            share = len(idx) / len(images)
+            loss = sum(losses.values()) * share
+            value = loss.item()
+            if not math.isfinite(value):
+                finite = False
+                opt.loss_not_finite(value, f"batch of {len(images)}")
+            opt.scaler.scale(loss).backward()
+        for k, v in losses.items():
+            sums[k] = sums.get(k, 0.0) + v.item() * share
+        sums["loss"] = sums.get("loss", 0.0) + value
+    if finite:
+        opt.skipped = 0
+    return sums if finite else {}
+
+
+def train_one_epoch(model, opt: Optimisation, loader, device, desc: str) -> dict:
     model.train()
     sums: dict[str, float] = {}
     n = 0
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None)
     for images, targets in bar:
+        seeds = [int(t.pop("seed")) for t in targets] if all("seed" in t for t in targets) else None  # not to the GPU
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        seed_samplers(distributed.unwrap(model), [int(t["seed"]) for t in targets] if all("seed" in t for t in targets) else None)
-        with autocast(device, amp, amp_cpu):
-            losses = model(images, targets)
-            loss = sum(losses.values())
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"training loss is {loss.item()} ({desc}, batch {n}); try a lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
-        n += 1
-        for k, v in losses.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        sums["loss"] = sums.get("loss", 0.0) + loss.item()
-        bar.set_postfix(loss=f"{sums['loss'] / n:.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+        while True:
+            opt.optimizer.zero_grad(set_to_none=True)
+            try:
+                losses = detector_step(model, images, targets, seeds, opt)
+                break
+            except torch.OutOfMemoryError as e:
+                opt.optimizer.zero_grad(set_to_none=True)
+                opt.split = next_split(opt.split, len(images), e, f"{desc}: ")
+        opt.step()
+        opt.scheduler.step()
+        if losses:
+            n += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v
+        bar.set_postfix(loss=f"{sums.get('loss', 0.0) / max(1, n):.3f}", lr=f"{opt.lr:.2e}")
     n = distributed.all_sum(n)  # the losses of every process (each its own batch's mean), averaged
     return {("loss" if k == "loss" else f"loss_{k.removeprefix('loss_')}"): distributed.all_sum(v) / max(1, n)
             for k, v in sums.items()}
+
+
+def fit_memory(model, dataset: CropDataset, cfg: DetectConfig, device: torch.device, checkpoint: dict | None) -> int:
+    """On CUDA, before the processes are tied together: the micro-batches a step needs to fit
+    (``kzlib.training.fit_split``), tried on one batch of the largest crops; elsewhere 1."""
+    if device.type != "cuda":
+        return 1
+    n = distributed.per_process_batch(cfg.batch_size)
+    images, targets = collate([dataset[i] for i in range(min(n, len(dataset)))])
+    seeds = [int(t.pop("seed")) for t in targets]
+    images = [im.to(device) for im in images]
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    probe = Optimisation(model, cfg, device, 1)
+    model.train()
+
+    def step(split: int) -> None:
+        probe.split = split
+        detector_step(model, images, targets, seeds, probe)
+        probe.optimizer.zero_grad(set_to_none=True)
+    start = int(checkpoint.get("micro_split", 1)) if checkpoint else 1
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move
+    with cudnn_benchmark(True):
+        split = fit_split(step, n, start, "detector: ")
+    model.load_state_dict(before)
+    torch.cuda.reset_peak_memory_stats(device)
+    return split
 
 
 def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None, val_images: Sequence[str] | None = None,
@@ -82,14 +137,17 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     dataset = CropDataset(train_pages, cfg)
+    split = fit_memory(model, dataset, cfg, device, checkpoint)
     t = Training.begin(model, cfg, device, run, checkpoint, steps_per_epoch(len(dataset), cfg.batch_size),
-                       ("f1", "precision", "recall"), keep_last_as_best=not val_pages)
+                       ("f1", "precision", "recall"), keep_last_as_best=not val_pages, split=split)
+    if distributed.is_main():
+        print(f"device: {describe(device)}; {t.opt.precision}; {distributed.size()} process(es); "
+              f"{t.opt.split} micro-batch(es) a step", flush=True)
 
     epochs = Epochs(t.start, cfg.epochs, deadline, max_epochs)
     for epoch, loader in epochs.loaders(dataset, cfg, collate, device):
         t0 = time.time()
-        losses = train_one_epoch(t.ddp, t.opt.optimizer, t.opt.scheduler, t.opt.scaler, loader, device, t.opt.use_amp,
-                                 f"fold {fold} epoch {epoch + 1}/{cfg.epochs}", cfg.amp_cpu)
+        losses = t.train_epoch(train_one_epoch, t.ddp, t.opt, loader, device, f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
         if distributed.is_main():
             scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}

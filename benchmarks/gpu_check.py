@@ -1,0 +1,415 @@
+"""The one check to run whenever a GPU is at hand, before anything else.
+
+    python benchmarks/gpu_check.py --out DIR [--parts A,B,C,D,E] [--demo-data DIR] [--cpu]
+
+Each part appends JSON lines to DIR/gpu_check.jsonl as it finishes (a timeout keeps what finished;
+``--parts`` reruns one) and prints a line a person can read:
+
+  A  environment: GPU, capability, memory, driver, torch/CUDA/cuDNN and package versions.
+  B  correctness on the tiny fixture pages with fp16 amp: each training one epoch on the CPU in fp32,
+     resumed on the GPU in fp16 for a second (a CPU-made checkpoint on CUDA, across a change of
+     precision), its CUDA checkpoint predicted on the CPU; a one-process group "cpu:gloo,cuda:nccl"
+     reducing a CPU and a CUDA tensor.
+  C  each full-preset network (random weights, the real architecture) at its preset batch and crop:
+     seconds a step, crops a second, peak memory allocated and reserved, FLOPs of a step; then with
+     the memory capped at 10 GiB (a 2080 Ti) and 14 GiB (a T4): fits, or the micro-batches the
+     out-of-memory fallback chose.
+  D  prediction of the full networks on pages of distinct sizes near 2400x3870 (4 TTA scales),
+     seconds a page with cuDNN's autotuner off (the kit's choice) and on.
+  E  the demo chain on the GPU (``--demo-data``, made beforehand on a CPU): stage times and F1.
+
+``--cpu`` is a reduced mode for machines without a GPU (CI runs it so that the script cannot rot):
+the same parts on tiny networks and inputs, fp16 autocast on the CPU, gloo instead of NCCL, no
+memory caps, part E left out. On a GPU machine with no network (the device tool's), carry wheels
+of the packages its image lacks and the demo data: ``bash benchmarks/gpu_carry.sh`` prepares both
+in ``.gpu/`` and prints the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import replace
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from kzlib.classify.config import ClassifyConfig  # noqa: E402
+from kzlib.classify.model import Classifier  # noqa: E402
+from kzlib.classify.train import accumulate_gradients, split_micro  # noqa: E402
+from kzlib.detect.config import DetectConfig  # noqa: E402
+from kzlib.detect.model import build_model  # noqa: E402
+from kzlib.detect.train import detector_step  # noqa: E402
+from kzlib.devices import describe, driver_version  # noqa: E402
+from kzlib.preset import load_preset, preset_path  # noqa: E402
+from kzlib.training import Optimisation, fit_split  # noqa: E402
+
+FIXTURE = ROOT / "tests" / "fixtures" / "tiny"
+GiB = 2 ** 30
+TINY_DET = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=160,
+                        crop_width=96, crop_height=64, crops_per_page=1, batch_size=2, epochs=2, lr=0.005,
+                        workers=0, anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05,
+                        box_batch_per_image=64, warmup_epochs=0.0)
+TINY_CLS = ClassifyConfig(backbone="resnet18", pretrained="", page_side="height", page_size=160, test_size=160,
+                          crop_width=64, crop_height=96, crops_per_page=2, batch_size=3, epochs=2, lr=0.01,
+                          workers=0, hidden=32, n_folds=3, top_k=3, min_visibility=0.5, resample_empty=False,
+                          validate_every=100)
+
+
+class Report:
+    """JSON lines in ``out/gpu_check.jsonl``, one per result, written as they come."""
+
+    def __init__(self, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.path = out / "gpu_check.jsonl"
+
+    def __call__(self, part: str, **values) -> None:
+        row = {"part": part, "time": datetime.datetime.now().isoformat(timespec="seconds"), **values}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row, default=str) + "\n")
+        print(f"[{part}] " + ", ".join(f"{k} {v}" for k, v in values.items()), flush=True)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------------------ A
+def part_a(report: Report, device: torch.device) -> None:
+    versions = {}
+    for dist in ("torch", "torchvision", "timm", "albumentations", "opencv-python-headless", "numpy", "pandas",
+                 "lightgbm", "xgboost", "catboost"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = None
+    extra = {}
+    if device.type == "cuda":
+        p = torch.cuda.get_device_properties(device)
+        extra = {"gpu": p.name, "capability": f"{p.major}.{p.minor}", "memory_gib": round(p.total_memory / GiB, 1),
+                 "multiprocessors": p.multi_processor_count, "cuda": torch.version.cuda,
+                 "cudnn": torch.backends.cudnn.version(), "driver": driver_version()}
+    report("A", device=describe(device), **extra, packages=versions, cpu_threads=torch.get_num_threads())
+
+
+# ------------------------------------------------------------------------------------------ B
+def part_b(report: Report, device: torch.device, cpu_mode: bool) -> None:
+    """Each training: epoch 1 on the CPU in fp32, epoch 2 resumed on ``device`` in fp16, then its
+    checkpoint predicted on the CPU; then a one-process group's reductions."""
+    from kzlib.classify.predict import predict as classify_predict
+    from kzlib.classify.train import train as classify_train
+    from kzlib.data import labels_table, read_labels_csv
+    from kzlib.detect.predict import predict as detect_predict
+    from kzlib.detect.train import train as detect_train
+
+    fp16 = dict(amp=True, amp_dtype="fp16") if device.type == "cuda" else dict(amp_cpu=True, amp_cpu_dtype="fp16")
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = tmp / "data"
+        shutil.copytree(FIXTURE, data)
+        for name, cfg in (("detector", TINY_DET), ("classifier", TINY_CLS)):
+            run = tmp / name
+            t0 = time.time()
+            first = replace(cfg, device="cpu", amp=False, amp_cpu=False)
+            second = replace(cfg, device=str(device), **fp16)
+            if name == "detector":
+                detect_train(data, run, first, fold=0, max_epochs=1)
+                result = detect_train(data, run, second, fold=0, mode="auto")
+                out = detect_predict(run, data, "test", device="cpu")
+                predicted = sum(1 for _ in open(out)) - 1
+            else:
+                t = labels_table(read_labels_csv(data / "train.csv")).rename(columns={"code": "true"}).assign(score=1.0)
+                boxes = tmp / "boxes.csv"
+                t[["image_id", "x", "y", "w", "h", "score", "true"]].to_csv(boxes, index=False)
+                classify_train(data, boxes, run, first, fold=0, max_epochs=1)
+                result = classify_train(data, boxes, run, second, fold=0, mode="auto")
+                detailed = classify_predict(run, data, boxes, "valid", 1, device="cpu")["detailed"]
+                predicted = len(pd.read_csv(detailed))
+            state = torch.load(run / "checkpoint.pth", weights_only=False, map_location="cpu")
+            report("B", network=name, epochs_done=result["epochs_done"], best_f1=round(result["best_f1"], 4),
+                   scaler_scale=state["scaler"].get("scale"), micro_split=state.get("micro_split"),
+                   predicted_on_cpu=predicted, seconds=round(time.time() - t0, 1), ok=result["epochs_done"] == 2)
+    report("B", **group_reductions(device))
+
+
+def group_reductions(device: torch.device) -> dict:
+    """A one-process group with the kit's backends: a CPU and a device tensor reduced, a barrier."""
+    import torch.distributed as dist
+
+    from kzlib import distributed
+
+    backend = distributed.backend(device) if device.type == "cuda" else "cpu:gloo,cuda:gloo"
+    store = dist.HashStore()
+    dist.init_process_group(backend, store=store, rank=0, world_size=1, timeout=distributed.timeout())
+    try:
+        cpu = torch.tensor([2.0], dtype=torch.float64)
+        dist.all_reduce(cpu)
+        values = {"group": backend, "cpu_sum": cpu.item()}
+        if device.type == "cuda":
+            gpu = torch.tensor([3.0], device=device)
+            dist.all_reduce(gpu)
+            values["cuda_sum"] = gpu.item()
+        dist.barrier()
+        values["ok"] = True
+    finally:
+        dist.destroy_process_group()
+    return values
+
+
+# ------------------------------------------------------------------------------------------ C
+def networks(cpu_mode: bool):
+    """(name, config, kind) of the full preset's networks; tiny ones in CPU mode."""
+    if cpu_mode:
+        return [("detector resnet18 (tiny)", TINY_DET, "detect"), ("classifier resnet18 (tiny)", TINY_CLS, "classify")]
+    full = load_preset(preset_path("full"))  # pretrained names kept: frozen BatchNorm and starts, as with weights
+    return [("detector resnet152 FPN", full.detect_config(), "detect")] + [
+        (f"classifier {full.classify_config(k).backbone}", full.classify_config(k), "classify") for k in full.kinds]
+
+
+def make_step(name: str, cfg, kind: str, device: torch.device, cpu_mode: bool):
+    """A training step of the network at its preset batch and crop on synthetic crops (boxes as many
+    as real crops hold): (step(split), model, optimisation, crops a step)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    n = cfg.batch_size
+    h, w = cfg.crop_height, cfg.crop_width
+    if kind == "detect":
+        model = build_model(cfg, load_pretrained=False).to(device)  # the architecture, random values
+        images = [torch.rand(3, h, w, generator=g).to(device) for _ in range(n)]
+        targets = []
+        for _ in range(n):
+            xy = torch.rand(24, 2, generator=g) * torch.tensor([w - 60.0, h - 60.0])
+            wh = 20 + torch.rand(24, 2, generator=g) * 30
+            targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
+                            "labels": torch.ones(24, dtype=torch.int64, device=device)})
+        opt = Optimisation(model, cfg, device, 100)
+
+        def step(split: int) -> None:
+            opt.split = split
+            detector_step(model, images, targets, None, opt)
+    else:
+        model = Classifier(cfg, n_classes=4788 if not cpu_mode else 50, load_pretrained=False).to(device)
+        images = torch.rand(n, 3, h, w, generator=g)
+        per = 40 if not cfg.max_targets else max(1, cfg.max_targets // n)
+        boxes, labels = [], []
+        for _ in range(n):
+            xy = torch.rand(per, 2, generator=g) * torch.tensor([w - 60.0, h - 60.0])
+            boxes.append(torch.cat([xy, xy + 20 + torch.rand(per, 2, generator=g) * 30], 1))
+            labels.append(torch.randint(0, 50, (per,), generator=g))
+        opt = Optimisation(model, cfg, device, 100)
+
+        def step(split: int) -> None:
+            opt.split = split
+            accumulate_gradients(model, split_micro(images, boxes, labels, split), device, opt)
+    model.train()
+
+    def full_step(split: int) -> None:
+        opt.optimizer.zero_grad(set_to_none=True)
+        step(split)
+        opt.step()
+    return full_step, model, opt, n
+
+
+def part_c(report: Report, device: torch.device, cpu_mode: bool, steps: int) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name, cfg, kind in networks(cpu_mode):
+        cfg = replace(cfg, device=str(device))
+        step, model, opt, n = make_step(name, cfg, kind, device, cpu_mode)
+        try:
+            with torch.backends.cudnn.flags(benchmark=True):
+                step(1)  # warm-up (cuDNN tunes)
+                sync(device)
+                if device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(device)
+                times = []
+                for _ in range(steps):
+                    t0 = time.perf_counter()
+                    step(1)
+                    sync(device)
+                    times.append(time.perf_counter() - t0)
+                with FlopCounterMode(display=False) as counter:
+                    step(1)
+            s = statistics.median(times)
+            values = {"network": name, "batch": n, "crop": f"{cfg.crop_height}x{cfg.crop_width}",
+                      "precision": str(opt.precision), "s_per_step": round(s, 4), "crops_per_s": round(n / s, 1),
+                      "tflop_per_step": round(counter.get_total_flops() / 1e12, 3),
+                      "tflop_per_s": round(counter.get_total_flops() / 1e12 / s, 1)}
+            if device.type == "cuda":
+                values.update(peak_allocated_gib=round(torch.cuda.max_memory_allocated(device) / GiB, 2),
+                              peak_reserved_gib=round(torch.cuda.max_memory_reserved(device) / GiB, 2))
+            report("C", **values)
+        except torch.OutOfMemoryError as e:
+            report("C", network=name, batch=n, error=f"out of memory uncapped: {str(e).splitlines()[0][:120]}")
+        if device.type == "cuda":
+            total = torch.cuda.get_device_properties(device).total_memory
+            for cap in (10, 14):
+                del model, opt
+                torch.cuda.empty_cache()
+                step, model, opt, n = make_step(name, cfg, kind, device, cpu_mode)
+                torch.cuda.set_per_process_memory_fraction(min(1.0, cap * GiB / total), device)
+                try:
+                    torch.cuda.reset_peak_memory_stats(device)
+                    split = fit_split(step, n, 1, f"{name} at {cap} GiB: ")
+                    t0 = time.perf_counter()
+                    step(split)
+                    sync(device)
+                    report("C", network=name, cap_gib=cap, fits_whole_batch=split == 1, micro_batches=split,
+                           s_per_step=round(time.perf_counter() - t0, 4),
+                           peak_reserved_gib=round(torch.cuda.max_memory_reserved(device) / GiB, 2))
+                except Exception as e:  # noqa: BLE001  (report and go on: the other caps still tell)
+                    report("C", network=name, cap_gib=cap, error=str(e).splitlines()[0][:200])
+                finally:
+                    torch.cuda.set_per_process_memory_fraction(1.0, device)
+        del model, opt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+# ------------------------------------------------------------------------------------------ D
+def part_d(report: Report, device: torch.device, cpu_mode: bool, pages: int) -> None:
+    """Pages of distinct sizes near 2400x3870, the detector and the classifier with 4 TTA scales."""
+    import cv2
+
+    from kzlib.classify import predict as cls_predict
+    from kzlib.classify.predict import page_logits, tta_sizes
+    from kzlib.detect import predict as det_predict
+    from kzlib.detect.predict import detect_page
+    from kzlib.devices import cudnn_benchmark
+    from kzlib.pages import Page
+
+    full = load_preset(preset_path("full"))
+    det_cfg = TINY_DET if cpu_mode else full.detect_config()
+    cls_cfg = TINY_CLS if cpu_mode else full.classify_config("resnext101")
+    det_cfg, cls_cfg = replace(det_cfg, device=str(device)), replace(cls_cfg, device=str(device))
+    det = build_model(det_cfg, load_pretrained=False).to(device).eval()
+    cls = Classifier(cls_cfg, 4788 if not cpu_mode else 50, load_pretrained=False).to(device).eval()
+    sizes = tta_sizes(cls_cfg.test_size, cls_cfg.scale_aug, 4)
+    rng = np.random.default_rng(0)
+    base = (400, 640) if cpu_mode else (2400, 3870)
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i in range(pages):
+            w, h = base[0] + 13 * i, base[1] - 17 * i
+            img = (rng.random((h // 8, w // 8, 3)) * 255).astype(np.uint8)
+            path = Path(tmp) / f"p{i}.jpg"
+            cv2.imwrite(str(path), cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR))
+            paths.append(path)
+        boxes = np.array([[x, y, 60, 80] for x in range(100, base[0] - 100, 150) for y in range(100, base[1] - 100, 150)],
+                         np.float64)
+        for autotune in (False, True):
+            forced = (lambda _on, a=autotune: cudnn_benchmark(a))
+            det_predict.cudnn_benchmark, cls_predict.cudnn_benchmark = forced, forced
+            try:
+                times = []
+                for path in paths:
+                    sync(device)
+                    t0 = time.perf_counter()
+                    detect_page(det, path, det_cfg, device)
+                    page_logits(cls, Page(path.stem, path, boxes), sizes, device, cls_cfg)
+                    sync(device)
+                    times.append(time.perf_counter() - t0)
+            finally:
+                det_predict.cudnn_benchmark, cls_predict.cudnn_benchmark = cudnn_benchmark, cudnn_benchmark
+            report("D", cudnn_benchmark=autotune, pages=pages, tta_scales=len(sizes),
+                   s_per_page_median=round(statistics.median(times), 3), s_first_page=round(times[0], 3),
+                   s_total=round(sum(times), 2))
+
+
+# ------------------------------------------------------------------------------------------ E
+def part_e(report: Report, device: torch.device, demo_data: Path | None, out: Path) -> None:
+    if demo_data is None or not (demo_data / "train.csv").is_file():
+        report("E", skipped="no --demo-data (make it on a CPU: python -m kzlib synth ... as make demo does)")
+        return
+    preset = json.loads(preset_path("demo").read_text())
+    preset["device"] = str(device)
+    libs = [lib for lib in preset["stack"]["libraries"] if _importable(lib)]
+    if libs != preset["stack"]["libraries"]:
+        preset["stack"].update(libraries=libs, weights=[1.0] * len(libs))
+    work = Path(tempfile.mkdtemp(prefix="gpu-demo-"))
+    (work / "preset.json").write_text(json.dumps(preset))
+    t0 = time.time()
+    r = subprocess.run([sys.executable, str(ROOT / "run_local.py"), "--data", str(demo_data), "--work",
+                        str(work / "run"), "--preset", str(work / "preset.json")], capture_output=True, text=True)
+    (out / "gpu_demo.log").write_text(r.stdout + r.stderr)
+    times = {}
+    for f in sorted((work / "run" / "state").glob("*.json")):
+        times[f.stem] = json.loads(f.read_text())["seconds"]
+    summary = work / "run" / "summary.csv"
+    rows = open(summary).read().splitlines() if summary.exists() else []
+    report("E", exit=r.returncode, minutes=round((time.time() - t0) / 60, 1), level2_libraries=libs,
+           stage_seconds=times, summary=rows)
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+        return True
+    except ImportError:
+        return False
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__)
+    p.add_argument("--out", type=Path, required=True, help="folder for gpu_check.jsonl")
+    p.add_argument("--parts", default="A,B,C,D,E", help="which parts, e.g. C,D")
+    p.add_argument("--cpu", action="store_true", help="the reduced mode for machines without a GPU")
+    p.add_argument("--demo-data", type=Path, help="the demo's data folder, made beforehand (part E)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per network (part C)")
+    p.add_argument("--pages", type=int, default=6, help="pages of distinct sizes (part D)")
+    a = p.parse_args()
+    if not a.cpu and not torch.cuda.is_available():
+        from kzlib.devices import why_no_cuda
+
+        print(f"error: no GPU: {why_no_cuda()}; pass --cpu for the reduced CPU mode", file=sys.stderr)
+        return 3
+    device = torch.device("cpu" if a.cpu else "cuda")
+    report = Report(a.out)
+    parts = [x.strip().upper() for x in a.parts.split(",") if x.strip()]
+    failed = []
+    for part in parts:
+        t0 = time.time()
+        try:
+            if part == "A":
+                part_a(report, device)
+            elif part == "B":
+                part_b(report, device, a.cpu)
+            elif part == "C":
+                part_c(report, device, a.cpu, 2 if a.cpu else a.steps)
+            elif part == "D":
+                part_d(report, device, a.cpu, 2 if a.cpu else a.pages)
+            elif part == "E":
+                if a.cpu:
+                    report("E", skipped="CPU mode (the demo on a CPU is `make demo`)")
+                else:
+                    part_e(report, device, a.demo_data, a.out)
+            else:
+                raise ValueError(f"no part {part!r} (A-E)")
+        except Exception as e:  # noqa: BLE001  (the other parts still run; the error is in the report)
+            failed.append(part)
+            report(part, error=f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
+                   traceback=traceback.format_exc(limit=6))
+        print(f"part {part}: {time.time() - t0:.0f} s", flush=True)
+    print(f"results: {report.path}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Devices: a GPU asked for that cannot be used says why in one line (a driver too old for the
+build: faked here), the device line, mixed precision per device, cuDNN's autotuner on for training
+and off for pages."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from kzlib import devices
+from kzlib.classify.config import ClassifyConfig
+from kzlib.errors import EnvironmentProblem
+
+
+@pytest.fixture
+def old_driver(monkeypatch):
+    """This machine as one with a GPU whose driver (535) is older than the CUDA 13.0 build needs."""
+    monkeypatch.setattr(devices, "driver_version", lambda: "535.104.05")
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+def test_a_driver_too_old_for_the_build_is_one_line_with_the_fix(old_driver):
+    why = devices.why_no_cuda()
+    assert "built for CUDA 13.0, which needs NVIDIA driver >= 580; this machine's driver is 535.104.05" in why
+    assert "--index-url https://download.pytorch.org/whl/cu126" in why and "\n" not in why
+    with pytest.raises(EnvironmentProblem, match="--device cuda asked for, but torch .* needs NVIDIA driver >= 580"):
+        devices.pick_device("cuda")
+    said = []
+    assert devices.pick_device("auto", log=said.append).type == "cpu"  # auto: says why, then the CPU
+    assert said and said[0].startswith("warning: torch") and "driver >= 580" in said[0]
+    assert devices.describe_asked("cuda").startswith("device: cuda asked, none usable here (torch")
+
+
+def test_no_driver_and_a_cpu_build_say_so(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(devices, "driver_version", lambda: None)
+    monkeypatch.setattr(torch.version, "cuda", "13.0")
+    assert "no NVIDIA GPU is visible" in devices.why_no_cuda()
+    said = []
+    assert devices.pick_device("auto", log=said.append).type == "cpu" and not said  # no GPU here: nothing to say
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert "CPU-only build" in devices.why_no_cuda()
+
+
+def test_the_runner_names_the_device_and_the_driver_fix(old_driver, tiny, tmp_path, capsys):
+    """A tiny CUDA-less plan prints the device line; the full preset on a GPU whose driver is too old
+    stops with the install hint, in one line."""
+    from kzlib.run import main as run_main
+
+    preset = Path(__file__).resolve().parent / "fixtures" / "preset_tiny.json"
+    assert run_main(["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", str(preset), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("device: CPU (")
+    assert run_main(["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", str(preset),
+                     "--device", "cuda", "--dry-run"]) == 0
+    assert "device: cuda asked, none usable here (torch" in capsys.readouterr().out
+    assert run_main(["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", str(preset),
+                     "--device", "cuda"]) == 3
+    err = capsys.readouterr().err
+    assert "needs NVIDIA driver >= 580" in err and "--device cpu" in err and len(err.strip().splitlines()) == 1
+
+
+def test_precision_per_device(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cfg = ClassifyConfig(amp=True, amp_cpu=True, amp_cpu_dtype="fp16")
+    assert devices.Precision.of(cfg, cpu).dtype == torch.float16 and devices.Precision.of(cfg, cpu).scaled
+    assert devices.Precision.of(cfg, cuda).dtype == torch.float16
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)  # bf16 would be emulated: fp32 instead
+    assert devices.Precision.of(ClassifyConfig(amp_cpu=True), cpu).dtype is None
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    p = devices.Precision.of(ClassifyConfig(amp_cpu=True), cpu)
+    assert p.dtype == torch.bfloat16 and not p.scaled and str(p) == "bf16 autocast"
+    assert devices.Precision.of(ClassifyConfig(amp=True, amp_dtype="bf16"), cuda).dtype == torch.bfloat16
+    with p.autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+
+
+def test_cudnn_autotuner_on_in_training_off_for_pages_and_restored():
+    before = torch.backends.cudnn.benchmark
+    with devices.cudnn_benchmark(True):
+        assert torch.backends.cudnn.benchmark
+        with devices.cudnn_benchmark(False):
+            assert not torch.backends.cudnn.benchmark
+        assert torch.backends.cudnn.benchmark
+    assert torch.backends.cudnn.benchmark == before
