@@ -60,6 +60,15 @@ class PipelineConfig:
                        "finetune_crops_per_page", "refit_crops_per_page")
         self.test_rule()  # the rule and its votes are valid
         config_from_dict(StackConfig, self.stack, None, "stack.")
+        if self.gpus > 1:  # several processes, one GPU each: checked now, not after hours of training
+            if not self.device.startswith("cuda"):
+                raise ConfigError(f"gpus: {self.gpus} processes train on one GPU each, but device is "
+                                  f"{self.device!r}; set gpus 1 (or device cuda)")
+            nets = [("detect", self.detect_config())] + [(f"kinds.{k}", self.classify_config(k)) for k in self.kinds]
+            for name, c in nets:
+                if c.batch_size % self.gpus:
+                    raise ConfigError(f"{name}.batch_size: {c.batch_size} (the global batch) does not split over "
+                                      f"gpus {self.gpus}; make it a multiple of {self.gpus}")
 
     def test_rule(self) -> TestBoxRule:
         return TestBoxRule(self.test_box_rule, self.test_votes, self.n_folds)

@@ -232,7 +232,7 @@ def page_outputs(image_id: str, file: Path, chars: pd.DataFrame, names: dict, si
     notes = [c for c in items if c["small"]]
     lines = ["".join(c["char"] for c in text if c["column"] == col) for col in sorted({c["column"] for c in text})]
     note_lines = ["".join(c["char"] for c in notes if c["column"] == col) for col in sorted({c["column"] for c in notes})]
-    doc = {"image_id": image_id, "file": str(file), "width": size[0], "height": size[1], "characters": text,
+    doc = {"image_id": image_id, "file": _printable(str(file)), "width": size[0], "height": size[1], "characters": text,
            "annotations": notes, "text": lines}
     return doc, "\n".join(lines) + ("\n\n" + "\n".join(note_lines) if note_lines else "") + "\n"
 

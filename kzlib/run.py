@@ -15,6 +15,7 @@ Each runs the stages of its folds that are ready and reports the rest as waiting
 
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     cfg = load_preset(preset_path(a.preset))
     if a.device:
-        cfg.device = a.device
+        cfg = replace(cfg, device=a.device)  # the preset's checks again (gpus > 1 needs CUDA)
     if a.allow_scratch:
         cfg = cfg.without_pretrained()
         print("note: --allow-scratch: every network starts from random weights (the preset's pretrained "

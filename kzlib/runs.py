@@ -36,9 +36,28 @@ C = TypeVar("C")
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """torch.save through a temporary file: a kill never leaves a half-written checkpoint."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:  # a file object: a full disk is an OSError
-        torch.save(state, fh)
+    """torch.save through a temporary file: a kill never leaves a half-written checkpoint. A write
+    that fails (a full disk) is the ``OSError`` it is, naming ``path``: torch's zip writer turns it
+    into a ``RuntimeError`` ("enforce fail at inline_container.cc") that only carries it along."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        try:
+            torch.save(state, fh)
+        except RuntimeError as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            raise cause from None
+
+
+def _os_error(e: BaseException | None) -> OSError | None:
+    """The ``OSError`` behind an exception (its context or cause, at any depth)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:

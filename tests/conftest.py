@@ -1,3 +1,4 @@
+import json
 import os
 import shutil
 import sys
@@ -25,3 +26,21 @@ def sample() -> Path:
     if not (SAMPLE / "train.csv").exists():
         pytest.skip(f"real sample not found at {SAMPLE}")
     return SAMPLE
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory):
+    """A finished two-fold run of one small kind on the tiny pages (level 2 included): (data, work)."""
+    from kzlib.pipeline import Pipeline
+    from kzlib.preset import load_preset
+
+    tmp = tmp_path_factory.mktemp("run")
+    preset = json.loads((ROOT / "tests" / "fixtures" / "preset_tiny.json").read_text())
+    preset.update(n_folds=2, pseudo_kind="", kinds={"a": preset["kinds"]["a"]})
+    (tmp / "preset.json").write_text(json.dumps(preset))
+    data = tmp / "data"
+    shutil.copytree(FIXTURE, data)
+    work = tmp / "work"
+    Pipeline(data, work, load_preset(tmp / "preset.json")).run(log=lambda *_: None)
+    assert (work / "submission.csv").is_file()
+    return data, work

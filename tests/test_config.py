@@ -2,6 +2,7 @@
 line naming the file, the key, the expected type and the value."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -75,3 +76,24 @@ def test_a_misspelt_bool_flag_is_an_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "kzlib.detect", "train", str(tmp_path), "--out", str(tmp_path / "r"),
                         "--amp", "flase"], capture_output=True, text=True)
     assert r.returncode == 2 and "argument --amp: expected true or false, got 'flase'" in r.stderr
+
+
+def test_presets_with_several_gpus_are_checked_when_loaded(tmp_path):
+    """gpus > 1 with a batch that does not split, or on the CPU, is refused at load time (it used to
+    pass --dry-run and fail after every detector fold had trained)."""
+    import json
+
+    from kzlib.preset import load_preset, preset_path
+
+    full = json.loads(preset_path("full").read_text())
+    for changes, said in (({"gpus": 2, "kinds": {**full["kinds"], "resnet152": {**full["kinds"]["resnet152"],
+                                                                             "batch_size": 9}}},
+                           "kinds.resnet152.batch_size: 9 (the global batch) does not split over gpus 2"),
+                          ({"gpus": 2, "device": "cpu"}, "gpus: 2 processes train on one GPU each, but device is 'cpu'"),
+                          ({"gpus": 3}, "detect.batch_size: 16 (the global batch) does not split over gpus 3")):
+        path = tmp_path / "p.json"
+        path.write_text(json.dumps({**full, **changes}))
+        with pytest.raises(ConfigError, match=re.escape(said)):
+            load_preset(path)
+    path.write_text(json.dumps({**full, "gpus": 2}))
+    assert load_preset(path).gpus == 2

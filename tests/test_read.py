@@ -2,6 +2,7 @@
 formats, a bad page, skip-on-rerun."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -11,30 +12,14 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 
 from kzlib.detailed import blend_files, submission_from_detailed
 from kzlib.export import export, load
-from kzlib.pipeline import Pipeline
-from kzlib.preset import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny"
-
-
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
-    """A finished two-fold run of one small kind on the tiny pages (level 2 included)."""
-    tmp = tmp_path_factory.mktemp("run")
-    preset = json.loads((ROOT / "tests" / "fixtures" / "preset_tiny.json").read_text())
-    preset.update(n_folds=2, pseudo_kind="", kinds={"a": preset["kinds"]["a"]})
-    (tmp / "preset.json").write_text(json.dumps(preset))
-    data = tmp / "data"
-    shutil.copytree(FIXTURE, data)
-    work = tmp / "work"
-    Pipeline(data, work, load_preset(tmp / "preset.json")).run(log=lambda *_: None)
-    assert (work / "submission.csv").is_file()
-    return data, work
 
 
 def test_bundle_has_every_part_with_hashes(finished_run, tmp_path):
@@ -135,3 +120,107 @@ def test_formats_a_bad_page_and_skip_on_rerun(finished_run, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")} == read_first  # nothing read twice
     assert sorted(pd.read_csv(out / "submission.csv")["image_id"]) == sorted(
         ["grey", "rgba", "deep16", "cmyk", "scan", "exif"])
+
+
+def _read(inputs, model, out, *extra):
+    return subprocess.run([sys.executable, "-m", "kzlib", "read", *map(str, inputs), "--model", str(model),
+                           "--out", str(out), *extra], capture_output=True, text=True)
+
+
+def test_odd_names_same_stems_links_that_loop_tiny_images_and_the_output_inside(finished_run, tmp_path):
+    """A name that is not UTF-8 (cv2.imread segfaulted), p.jpg beside p.png (one id: the second never
+    read), a link that loops, a 1x1 image, --out inside the input with --png (a rerun read its own
+    pictures): each page read or reported as one row, the others read."""
+    data, work = finished_run
+    src = sorted((data / "test_images").iterdir())[0]
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    odd = os.fsdecode(b"p\xe9ge.jpg")  # Latin-1 bytes, as unzipped from an old archive
+    shutil.copy(src, pages / odd)
+    shutil.copy(src, pages / "p.jpg")
+    Image.open(src).save(pages / "p.png")
+    (pages / "loop.jpg").symlink_to(pages / "loop.jpg")
+    Image.new("RGB", (1, 1), "white").save(pages / "dot.png")
+    out = pages / "read"
+    r = _read([pages], work, out, "--png")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    table = pd.read_csv(out / "pages.csv", keep_default_na=False).set_index("page")
+    assert set(table.index) == {"p\\xe9ge", "p.jpg", "p.png", "loop", "dot"}
+    assert set(table.index[table["error"] != ""]) == {"loop", "dot"}
+    assert "1x1 px is too small to be a page" in table.loc["dot", "error"]
+    assert (out / "p\\xe9ge.json").is_file() and (out / "p.jpg.json").is_file() and (out / "p.png.json").is_file()
+    subs = pd.read_csv(out / "submission.csv", keep_default_na=False)
+    assert sorted(subs["image_id"]) == sorted(["p\\xe9ge", "p.jpg", "p.png"])
+    assert (out / "index.html").is_file()
+    again = _read([pages], work, out, "--png")  # its own pictures in out/ are not pages
+    assert set(pd.read_csv(out / "pages.csv", keep_default_na=False)["page"]) == set(table.index)
+    assert again.returncode == 1
+
+
+def test_a_crash_while_libjpeg_is_heard_still_reports(tmp_path):
+    """While fd 2 points at the capture of libjpeg's warnings, a crash report goes to the real stderr."""
+    page = tmp_path / "p.jpg"
+    Image.new("RGB", (64, 64), "white").save(page)
+    code = ("import ctypes, cv2\nfrom kzlib import images\n"
+            "cv2.imdecode = lambda data, flags: ctypes.string_at(0)\n"
+            f"images.read_image({str(page)!r})\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode < 0 and "Fatal Python error: Segmentation fault" in r.stderr
+    assert "read_image" in r.stderr  # the Python stack of the crash
+
+
+def test_a_tampered_or_foreign_bundle_is_refused(finished_run, tmp_path):
+    data, work = finished_run
+    bundle = tmp_path / "bundle"
+    export(work, bundle, log=lambda *_: None)
+    page = sorted((data / "test_images").iterdir())[:1]
+    weights_file = next(bundle.glob("classify/a/fold0/best.pth"))
+    state = torch.load(weights_file, weights_only=False)
+    name = next(k for k, v in state["model"].items() if v.is_floating_point())
+    state["model"][name] += 0.01  # still a checkpoint that loads: only the SHA-256 tells
+    torch.save(state, weights_file)
+    r = _read(page, bundle, tmp_path / "o1")
+    assert r.returncode == 1 and f"{weights_file}: its SHA-256 differs from manifest.json" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o1" / "pages.csv").exists()
+    assert _read(page, bundle, tmp_path / "o2", "--trust").returncode == 0  # the user's call
+    export(work, bundle, log=lambda *_: None)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    for key, value, said in (("format", 99, "bundle format 99"), ("kit_version", "9.9.0", "made by kzlib 9.9.0"),
+                             ("torch", "99.1.0", "made with torch 99.1.0")):
+        (bundle / "manifest.json").write_text(json.dumps({**manifest, key: value}))
+        r = _read(page, bundle, tmp_path / f"o-{key}")
+        assert r.returncode == 1 and said in r.stderr and "--trust" in r.stderr, r.stderr
+
+
+def test_export_refuses_a_stale_or_unfinished_work_folder(finished_run, tmp_path, capsys):
+    """A bundle must be what the runner's submission used: a train.csv edited since the run (every
+    stage changed) is refused, --force exports and the manifest says so; the runner's report marks
+    rows of stages that are not current."""
+    from kzlib.export import main as export_main
+    from kzlib.pipeline import Pipeline
+    from kzlib.preset import load_preset
+    from kzlib.summary import summary
+
+    data, work = finished_run
+    data2, work2 = tmp_path / "data", tmp_path / "work"
+    shutil.copytree(data, data2)
+    shutil.copytree(work, work2)
+    for split in (work2 / "detect").glob("fold*/split.json"):
+        s = json.loads(split.read_text())
+        split.write_text(json.dumps({**s, "data_dir": str(data2)}))
+    truth = pd.read_csv(data2 / "train.csv")
+    truth.loc[0, "labels"] = truth.loc[1, "labels"]
+    truth.to_csv(data2 / "train.csv", index=False)
+    assert export_main([str(work2), "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "stage(s) are not done and current (detect-f0 (changed)" in err and "--force" in err
+    assert not (tmp_path / "b").exists()
+    assert export_main([str(work2), "--out", str(tmp_path / "b"), "--force"]) == 0
+    assert "forced" in json.loads((tmp_path / "b" / "manifest.json").read_text())
+    table, _ = summary(Pipeline(data2, work2, load_preset(work2 / "preset.json")))
+    assert set(table["status"]) == {"changed/stale"} or all(s != "current" for s in table["status"])
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(work, unfinished)
+    (unfinished / "classify" / "a" / "fold1" / "best.pth").unlink()
+    assert export_main([str(unfinished), "--out", str(tmp_path / "c")]) == 1
+    assert "the run is not finished" in capsys.readouterr().err

@@ -98,3 +98,30 @@ def test_changed_inputs_are_refused_on_resume(tiny, tmp_path):
     (tiny / "train.csv").write_text(labels.replace("U+", "U+", 1) + "\n")
     with pytest.raises(RunStateError, match="its train.csv has changed since the run started"):
         train(tiny, out, TINY, mode="resume")
+
+
+def test_a_full_disk_under_torchs_zip_writer_is_the_oserror_naming_the_file(tmp_path, monkeypatch):
+    """torch's zip writer hides a failed write behind RuntimeError("[enforce fail at
+    inline_container.cc] ..."); the kit raises the OSError itself (ENOSPC, naming the checkpoint),
+    which the CLIs and the runner print as one line."""
+    import errno
+    import io
+
+    import torch
+
+    from kzlib import runs
+
+    class AlmostFullDisk(io.FileIO):
+        def write(self, b):
+            if self.tell() + len(b) > 4096:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return super().write(b)
+
+    monkeypatch.setattr(runs, "open", lambda path, mode: AlmostFullDisk(path, mode), raising=False)
+    with pytest.raises(OSError) as e:
+        runs.save_checkpoint({"model": torch.zeros(100_000)}, tmp_path / "checkpoint.pth")
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(tmp_path / "checkpoint.pth")
+    assert not list(tmp_path.iterdir())  # nothing half-written left
+    monkeypatch.undo()
+    runs.save_checkpoint({"model": torch.zeros(10)}, tmp_path / "ok.pth")  # a disk with room: saved
+    assert runs.load_checkpoint(tmp_path / "ok.pth")["model"].shape == (10,)

@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 
@@ -213,7 +214,7 @@ class Session:
                         raise KernelError("this kernel trains on a GPU and none is available: turn on the GPU "
                                           "accelerator (machine_shape in kernel-metadata.json)")
             else:
-                cfg.device = "cpu"  # pseudolabels and level 2: no GPU attached, none needed
+                cfg = replace(cfg, device="cpu", gpus=1)  # pseudolabels and level 2: no GPU attached, none needed
             self.pipe = Pipeline(self.data, self.working, cfg, deadline=self.deadline)
         except BaseException:
             self._close()
