@@ -56,40 +56,156 @@ def _overlap(a0, a1, b0, b1) -> np.ndarray:
     return np.clip(np.minimum(a1, b1) - np.maximum(a0, b0), 0, None)
 
 
+class _Strips:
+    """Items (boxes, or chains by one of their boxes) filed by vertical strips of the page and sorted
+    by their top in each: the items that touch an x-range and whose top lies in a y-window are found
+    by binary search, without looking at the others. An item is filed in every strip its x-range
+    [lo, hi] touches. One composite key, strip rank x span + top, keeps every strip's items sorted
+    in one array, so many windows are searched at once (``pairs``)."""
+
+    def __init__(self, lo: np.ndarray, hi: np.ndarray, top: np.ndarray, width: float):
+        self.width = max(float(width), 1e-6)
+        first, counts = self._strips_of(lo, hi)
+        items = np.repeat(np.arange(len(lo)), counts)
+        strips = np.repeat(first, counts) + _ranks_within(counts)
+        self.ids = np.unique(strips)  # the strips that hold something, ascending
+        self.low = float(top.min()) if len(top) else 0.0
+        self.span = (float(top.max()) - self.low if len(top) else 0.0) * 3 + 1.0
+        key = np.searchsorted(self.ids, strips) * self.span + (top[items] - self.low)
+        order = np.argsort(key, kind="stable")
+        self.items, self.keys = items[order], key[order]
+
+    def _strips_of(self, lo, hi):
+        first = np.floor(np.asarray(lo, np.float64) / self.width).astype(np.int64)
+        last = np.maximum(np.floor(np.asarray(hi, np.float64) / self.width).astype(np.int64), first)
+        return first, last - first + 1
+
+    def pairs(self, lo, hi, top_min, top_max) -> tuple[np.ndarray, np.ndarray]:
+        """(query, item) of every item touching [lo[q], hi[q]] whose top is in (top_min[q],
+        top_max[q]), each pair once, sorted by query then item."""
+        lo, hi = np.atleast_1d(np.asarray(lo, np.float64)), np.atleast_1d(np.asarray(hi, np.float64))
+        first, counts = self._strips_of(lo, hi)
+        q = np.repeat(np.arange(len(lo)), counts)
+        strips = np.repeat(first, counts) + _ranks_within(counts)
+        rank = np.searchsorted(self.ids, strips)
+        held = (rank < len(self.ids)) & (self.ids[np.minimum(rank, len(self.ids) - 1)] == strips)
+        q, rank = q[held], rank[held]
+        half = self.span / 3  # windows are clipped to the strip's own range of keys
+        a = np.searchsorted(self.keys, rank * self.span + np.clip(np.atleast_1d(top_min)[q] - self.low, -half, 2 * half),
+                            "right")
+        b = np.searchsorted(self.keys, rank * self.span + np.clip(np.atleast_1d(top_max)[q] - self.low, -half, 2 * half),
+                            "left")
+        n = np.maximum(b - a, 0)
+        hits = np.repeat(a, n) + _ranks_within(n)
+        m = len(self.items) + 1
+        found = np.unique(np.repeat(q, n) * m + self.items[hits])  # an item found through two strips: once
+        return found // m, found % m
+
+    def query(self, lo: float, hi: float, top_min: float, top_max: float) -> np.ndarray:
+        """Items touching [lo, hi] whose top is in (top_min, top_max), ascending, each once."""
+        return self.pairs(lo, hi, top_min, top_max)[1]
+
+
+def _ranks_within(counts: np.ndarray) -> np.ndarray:
+    """0, 1, ... counts[0]-1, 0, 1, ... counts[1]-1, ...: positions within runs of these lengths."""
+    counts = np.asarray(counts, np.int64)
+    return np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+
+
 def _chains(x0, x1, y0, y1, H, small) -> list[list[int]]:
-    """Boxes linked to the best box below them in the same column."""
+    """Boxes linked to the best box below them in the same column: for each box the candidates that
+    overlap it horizontally (by MIN_OVERLAP of the narrower), start within LINK_GAP character
+    heights below its end (a little overlap allowed), are of its kind (small or not) and lie below
+    its centre, scored by gap, overlap and centre offset; the best one (the first of equal scores)
+    is its successor unless another box claims that one with a lower score (the first of equal
+    scores wins). All pairs at once, found through ``_Strips``."""
     n = len(x0)
-    w = x1 - x0
-    best_prev = {}
-    for i in range(n):
-        gap = y0 - y1[i]                                    # from box i down to every box
-        ov = _overlap(x0[i], x1[i], x0, x1) / np.maximum(1e-9, np.minimum(w[i], w))
-        ok = (gap > -0.5 * np.minimum(y1[i] - y0[i], y1 - y0)) & (gap < LINK_GAP * H) & (ov >= MIN_OVERLAP)
-        ok &= small == small[i]  # small characters make lines of their own (read inside their column later)
-        ok &= (y0 + y1) / 2 > (y0[i] + y1[i]) / 2
-        ok[i] = False
-        if not ok.any():
-            continue
-        cand = np.flatnonzero(ok)
-        score = np.maximum(gap[cand], 0) / H + (1 - ov[cand]) + np.abs((x0[cand] + x1[cand]) - (x0[i] + x1[i])) / (2 * H)
-        j = int(cand[np.argmin(score)])
-        s = float(score.min())
-        if j not in best_prev or s < best_prev[j][1]:
-            best_prev[j] = (i, s)
-    nxt = {i: j for j, (i, _) in best_prev.items()}
+    w, h = x1 - x0, y1 - y0
+    strips = _Strips(x0, x1, y0, np.median(w) if n else 1.0)
+    i, j = strips.pairs(x0, x1, y1 - 0.5 * h, y1 + LINK_GAP * H)
+    keep = i != j
+    i, j = i[keep], j[keep]
+    gap = y0[j] - y1[i]
+    ov = _overlap(x0[i], x1[i], x0[j], x1[j]) / np.maximum(1e-9, np.minimum(w[i], w[j]))
+    ok = (gap > -0.5 * np.minimum(h[i], h[j])) & (gap < LINK_GAP * H) & (ov >= MIN_OVERLAP)
+    ok &= small[j] == small[i]  # small characters make lines of their own (read inside their column later)
+    ok &= (y0[j] + y1[j]) / 2 > (y0[i] + y1[i]) / 2
+    i, j, gap, ov = i[ok], j[ok], gap[ok], ov[ok]
+    score = np.maximum(gap, 0) / H + (1 - ov) + np.abs((x0[j] + x1[j]) - (x0[i] + x1[i])) / (2 * H)
+    # each box's best candidate: lowest score, the lowest index of equal ones (pairs come sorted by (i, j))
+    order = np.lexsort((j, score, i))
+    first = np.ones(len(order), bool)
+    first[1:] = i[order][1:] != i[order][:-1]
+    pick = order[first]
+    i, j, score = i[pick], j[pick], score[pick]
+    # each successor keeps the proposer of lowest score, the lowest index of equal ones
+    order = np.lexsort((i, score, j))
+    first = np.ones(len(order), bool)
+    first[1:] = j[order][1:] != j[order][:-1]
+    nxt = {int(a): int(b) for a, b in zip(i[order][first], j[order][first])}
     # a box may be the best predecessor of one successor only
-    starts = [i for i in range(n) if i not in {j for j in nxt.values()}]
+    has_prev = set(nxt.values())
+    starts = [k for k in range(n) if k not in has_prev]
     chains, seen = [], set()
-    for s in sorted(starts, key=lambda i: y0[i]):
+    for s in sorted(starts, key=lambda k: y0[k]):
         chain, k = [], s
         while k is not None and k not in seen:
             chain.append(k)
             seen.add(k)
             k = nxt.get(k)
         chains.append(chain)
-    for i in range(n):  # cycles cannot happen (links go down), but keep every box
-        if i not in seen:
-            chains.append([i])
+    for k in range(n):  # cycles cannot happen (links go down), but keep every box
+        if k not in seen:
+            chains.append([k])
+    return chains
+
+
+def _join_across_gaps(chains: list[list[int]], x0, x1, y0, y1, H, size, typical) -> list[list[int]]:
+    """A chain that starts below the end of another, within JOIN_GAP character heights, overlapping
+    it horizontally and of a similar character size, continues it (a column broken by a picture or
+    a wide gap); passes until nothing joins. In a pass the chains are taken in order of their first
+    box's top, each against the others in that order; only chains whose start lies within reach of
+    its end are looked at (``_Strips`` of the starts)."""
+    w = x1 - x0
+    changed = True
+    while changed:
+        changed = False
+        chains.sort(key=lambda c: y0[c[0]])
+        first = np.array([c[0] for c in chains])
+        medians = [float(np.median(size[c])) for c in chains]
+        strips = _Strips(x0[first], x1[first], y0[first], np.median(w) if len(w) else 1.0)
+        ends = np.array([c[-1] for c in chains])
+        q, found = strips.pairs(x0[ends], x1[ends], y1[ends] - 1e-9, y1[ends] + JOIN_GAP * H)
+        near = np.split(found, np.searchsorted(q, np.arange(1, len(chains))))  # candidates of each end, once
+        for a in range(len(chains)):
+            if not chains[a]:
+                continue
+            after = -1  # positions up to here are behind in this pass's scan for chain a
+            while True:
+                end = chains[a][-1]
+                cand = near[a] if end == ends[a] else strips.query(x0[end], x1[end], y1[end] - 1e-9,
+                                                                    y1[end] + JOIN_GAP * H)
+                joined = None
+                for b in cand[cand > after]:
+                    b = int(b)
+                    if b == a or not chains[b]:
+                        continue
+                    start = first[b]
+                    gap = y0[start] - y1[end]
+                    ov = _overlap(x0[end], x1[end], x0[start], x1[start]) / max(1e-9, min(w[end], w[start]))
+                    sa, sb = medians[a], medians[b]
+                    similar = (sa < SMALL * typical) == (sb < SMALL * typical) and 1 / SIZE_RATIO < sb / sa < SIZE_RATIO
+                    if 0 <= gap < JOIN_GAP * H and ov >= MIN_OVERLAP and similar:
+                        joined = b
+                        break
+                if joined is None:
+                    break
+                chains[a] = chains[a] + chains[joined]
+                chains[joined] = []
+                medians[a] = float(np.median(size[chains[a]]))
+                after = joined
+                changed = True
+        chains = [c for c in chains if c]
     return chains
 
 
@@ -105,63 +221,21 @@ def reading_order(boxes_xywh: np.ndarray) -> Order:
     H = float(np.median(b[:, 3]))
     typical = float(np.median(size))
     small_box = size < SMALL * typical
-    chains = _chains(x0, x1, y0, y1, H, small_box)
-
-    def extent(c):
-        return x0[c].min(), x1[c].max(), y0[c].min(), y1[c].max()
-
-    # 2. join a chain to the column above it across a wider gap
-    changed = True
-    while changed:
-        changed = False
-        chains.sort(key=lambda c: y0[c[0]])
-        for a in range(len(chains)):
-            for b_ in range(len(chains)):
-                if a == b_ or not chains[a] or not chains[b_]:
-                    continue
-                end, start = chains[a][-1], chains[b_][0]
-                gap = y0[start] - y1[end]
-                ov = _overlap(x0[end], x1[end], x0[start], x1[start]) / max(1e-9, min(x1[end] - x0[end], x1[start] - x0[start]))
-                sa, sb = np.median(size[chains[a]]), np.median(size[chains[b_]])
-                similar = (sa < SMALL * typical) == (sb < SMALL * typical) and 1 / SIZE_RATIO < sb / sa < SIZE_RATIO
-                if 0 <= gap < JOIN_GAP * H and ov >= MIN_OVERLAP and similar:
-                    chains[a] = chains[a] + chains[b_]
-                    chains[b_] = []
-                    changed = True
-        chains = [c for c in chains if c]
-
+    # 1. columns as chains; 2. joined across gaps
+    chains = _join_across_gaps(_chains(x0, x1, y0, y1, H, small_box), x0, x1, y0, y1, H, size, typical)
     small_chain = [float(np.median(size[c])) < SMALL * typical for c in chains]
     # 3. small characters (and split lines of them) read inside the column they sit in
-    inserted: dict[int, list[tuple[int, int, int]]] = {}  # main chain -> [(position, small chain, box)]
-    centre_y = (y0 + y1) / 2
-    for s, c in enumerate(chains):
-        if not small_chain[s]:
-            continue
-        cx = float(np.median((x0[c] + x1[c]) / 2))
-        best = None
-        for m, main in enumerate(chains):
-            if m == s or small_chain[m]:
-                continue
-            mx0, mx1, my0, my1 = extent(main)
-            if not (mx0 - 0.1 * H <= cx <= mx1 + 0.1 * H) or not (my0 - H <= y0[c[0]] <= my1 + JOIN_GAP * H):
-                continue
-            d = abs(cx - float(np.median((x0[main] + x1[main]) / 2)))
-            if best is None or d < best[0]:
-                best = (d, m)
-        if best is not None:  # each run of it between two of the column's boxes goes in there
-            m = best[1]
-            for i in c:
-                pos = int((centre_y[chains[m]] < centre_y[i]).sum())  # after the column's boxes above it
-                inserted.setdefault(m, []).append((pos, s, i))
+    inserted = _insert_small(chains, small_chain, x0, x1, y0, y1, H)
     used = {s for subs in inserted.values() for _, s, _ in subs}
     columns, flags = [], []
+    centre2 = x0 + x1
     for m, main in enumerate(chains):
         if m in used:
             continue
         seq = list(main)
         for pos in sorted({p for p, _, _ in inserted.get(m, [])}, reverse=True):
             here = [(s, i) for p, s, i in inserted[m] if p == pos]
-            lines = sorted({s for s, _ in here}, key=lambda s: -np.median((x0 + x1)[chains[s]]))  # right line first
+            lines = sorted({s for s, _ in here}, key=lambda s: -np.median(centre2[chains[s]]))  # right line first
             seq[pos:pos] = [i for line in lines for s, i in here if s == line]
         columns.append(seq)
         flags.append(small_chain[m])
@@ -175,6 +249,43 @@ def reading_order(boxes_xywh: np.ndarray) -> Order:
             column[i] = k
             small[i] = flags[ci]
     return Order(np.asarray(order, np.int64), column, small)
+
+
+def _insert_small(chains, small_chain, x0, x1, y0, y1, H) -> dict[int, list[tuple[int, int, int]]]:
+    """Where each chain of small characters is read: inside the column (a chain of ordinary ones)
+    whose x-extent, widened by 0.1 H, holds its median centre and whose y-extent reaches its first
+    box, the nearest such column by centre; each of its boxes after the column's boxes above it.
+    Returns main chain -> [(position, small chain, box)]. Columns are found through ``_Strips`` of
+    their x-extents."""
+    mains = [m for m, c in enumerate(chains) if not small_chain[m]]
+    inserted: dict[int, list[tuple[int, int, int]]] = {}
+    if not mains:
+        return inserted
+    ext = np.array([(x0[chains[m]].min(), x1[chains[m]].max(), y0[chains[m]].min(), y1[chains[m]].max())
+                    for m in mains])
+    centres = np.array([float(np.median((x0[chains[m]] + x1[chains[m]]) / 2)) for m in mains])
+    strips = _Strips(ext[:, 0] - 0.1 * H, ext[:, 1] + 0.1 * H, np.zeros(len(mains)), max(H, 1.0))
+    centre_y = (y0 + y1) / 2
+    smalls = [s for s in range(len(chains)) if small_chain[s]]
+    cxs = np.array([float(np.median((x0[chains[s]] + x1[chains[s]]) / 2)) for s in smalls])
+    q, found = strips.pairs(cxs, cxs, np.full(len(smalls), -np.inf), np.full(len(smalls), np.inf))
+    near = np.split(found, np.searchsorted(q, np.arange(1, len(smalls)))) if smalls else []
+    for s, cx, cand in zip(smalls, cxs, near):
+        c = chains[s]
+        best = None
+        for k in cand:  # ascending: the first of equal distances wins
+            mx0, mx1, my0, my1 = ext[k]
+            if not (mx0 - 0.1 * H <= cx <= mx1 + 0.1 * H) or not (my0 - H <= y0[c[0]] <= my1 + JOIN_GAP * H):
+                continue
+            d = abs(cx - centres[k])
+            if best is None or d < best[0]:
+                best = (d, mains[k])
+        if best is not None:  # each run of it between two of the column's boxes goes in there
+            m = best[1]
+            for i in c:
+                pos = int((centre_y[chains[m]] < centre_y[i]).sum())  # after the column's boxes above it
+                inserted.setdefault(m, []).append((pos, s, i))
+    return inserted
 
 
 def successor_accuracy(true_order: Sequence[int], predicted_order: Sequence[int]) -> float:

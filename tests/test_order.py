@@ -3,6 +3,7 @@ column, a column split into two lines of small annotation text, stray marks."""
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -94,3 +95,21 @@ def test_order_cli_and_the_real_pages(tmp_path):
         correct += successor_accuracy(true_seq, pred_seq) * len(g)
         total += len(g)
     assert correct / total >= 0.97  # the issue's goal on CODH's order of these pages
+
+
+def test_the_fast_order_equals_the_quadratic_one():
+    """The strip index and the vectorised pairs give the order the all-pairs search gave (kept in
+    tests/reference_order.py): random boxes, and pages of columns with gaps, reading aids and marks."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import reference_order
+    from order_speed import synthetic_page
+
+    rng = np.random.default_rng(0)
+    pages = [np.c_[rng.uniform(0, 1000, n), rng.uniform(0, 1500, n), rng.uniform(5, 60, (n, 2))]
+             for n in rng.integers(1, 300, 25)] + [synthetic_page(600, seed) for seed in range(2)]
+    for boxes in pages:
+        fast, slow = reading_order(boxes), reference_order.reading_order(boxes)
+        assert fast.order.tolist() == slow.order.tolist() and fast.column.tolist() == slow.column.tolist()
+        assert fast.small.tolist() == slow.small.tolist()
