@@ -1,6 +1,7 @@
 """Model bundles: what reading pages needs from a finished run, in one folder to copy around.
 
     kzlib export WORK_DIR --out MODEL_DIR [--folds all|best] [--no-level2] [--force]
+                 [--kaggle-model OWNER/MODEL/pytorch/VARIATION]
 
 ``WORK_DIR`` is a runner's work folder (``kzlib run --work``). The bundle holds::
 
@@ -41,6 +42,8 @@ from kzlib.config import config_from_dict, read_json
 from kzlib.detect.config import TestBoxRule
 from kzlib.errors import DataError, UsageError
 from kzlib.io import file_sha256, write_json_atomic
+from kzlib.kaggle.inputs import find_bundle
+from kzlib.kaggle.models import parse_handle, publish
 from kzlib.pipeline import Pipeline
 from kzlib.preset import PipelineConfig
 from kzlib.runs import RunDir, load_checkpoint
@@ -143,11 +146,14 @@ def verify(path: Path, m: dict) -> None:
 
 
 def load(path: Path, trust: bool = False) -> Bundle:
-    """A bundle folder (checked unless ``trust``) or a work folder (its stages must be current
-    unless ``trust``)."""
+    """A bundle folder (checked unless ``trust``), a folder holding one (a Kaggle Model mounted under
+    /kaggle/input/models/OWNER/MODEL/FRAMEWORK/VARIATION: its newest version), or a work folder (its
+    stages must be current unless ``trust``)."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
-        return from_work(path, force=trust)
+        if (path / "preset.json").is_file() or find_bundle(path) is None:
+            return from_work(path, force=trust)
+        path = find_bundle(path)  # a folder holding a bundle: a Kaggle Model as it is mounted
     m = read_json(path / MANIFEST)
     if not trust:
         verify(path, m)
@@ -226,10 +232,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-level2", action="store_true", help="leave level 2 out: the plain blend of the classifiers")
     p.add_argument("--force", action="store_true",
                    help="export even when stages are not done and current (the manifest says so)")
+    p.add_argument("--kaggle-model", metavar="OWNER/MODEL/pytorch/VARIATION",
+                   help="also publish the bundle as a new version of this Kaggle Model variation")
     a = p.parse_args(argv)
+    if a.kaggle_model:
+        parse_handle(a.kaggle_model)  # a bad handle is one line before the export
     b = export(a.work, a.out, a.folds, level2=not a.no_level2, force=a.force)
-    print(json.dumps({"bundle": str(b.root), "detectors": len(b.detectors),
-                      "classifiers": {k: len(v) for k, v in b.classifiers.items()}, "level2": b.level2 is not None}))
+    out = {"bundle": str(b.root), "detectors": len(b.detectors),
+           "classifiers": {k: len(v) for k, v in b.classifiers.items()}, "level2": b.level2 is not None}
+    if a.kaggle_model:
+        out["kaggle_model"] = publish(b.root, a.kaggle_model)
+    print(json.dumps(out))
     return 0
 
 

@@ -14,7 +14,6 @@ from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user, push
 from kzlib.kaggle.emulate import EmulationError, emulate
 from kzlib.errors import EnvironmentProblem
 from kzlib.kaggle.plan import BEGIN, BOOTSTRAP, END, PlanError, kernel_plan, render
-from kzlib.metric import read_submission
 from kzlib.stages import plan_stages
 from kzlib.preset import load_preset
 
@@ -163,31 +162,6 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
     assert r.returncode == 2 and "no Kaggle user name" in r.stderr and not (tmp_path / "d").exists()
 
 
-def test_emulated_kaggle_chain_ends_in_a_scored_submission(tiny, tmp_path):
-    """The proof that the kernels chain: rendered for a test user, the dataset built, every kernel
-    run in push order in its own working folder with today's Kaggle input layout
-    (competitions/, datasets/<owner>/, notebooks/<owner>/)."""
-    one_kind = {"a": json.loads(TINY_PRESET.read_text())["kinds"]["a"]}
-    cfg = _preset(tmp_path, n_folds=2, refit_scratch=False, kinds=one_kind)
-    kernels = render(cfg, "test", tmp_path / "kernels")
-    build_dataset(tmp_path / "dataset", "test")
-    results = emulate(tmp_path / "kernels", tmp_path / "dataset", tiny, tmp_path / "run", layout="kind")
-    assert list(results) == [k.slug for k in kernels] and {r["state"] for r in results.values()} == {"done"}
-    status = json.loads((tmp_path / "run" / "kzlib-detect-f0" / "working" / "kzlib_status.json").read_text())
-    assert status["state"] == "done" and set(status["stages"]) == {"detect-f0", "detect-oof-f0", "detect-test-f0"}
-    assert all(v["state"] == "done" and v["seconds"] >= 0 for v in status["stages"].values())
-    # kernels' outputs hold only their own stages' files
-    cls = tmp_path / "run" / "kzlib-cls-a-f0" / "working"
-    assert (cls / "classify" / "a" / "fold0" / "test_detailed.csv.gz").exists() and not (cls / "detect" / "fold0").exists()
-    sub = tmp_path / "run" / "kzlib-stack" / "working" / "submission.csv"
-    ids = pd.read_csv(tiny / "sample_submission.csv")["image_id"]
-    assert sorted(read_submission(sub)["image_id"]) == sorted(ids)
-    r = subprocess.run([sys.executable, "-m", "kzlib.metric", str(sub), str(tiny / "test_labels.csv")],
-                       capture_output=True, text=True, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    assert 0.0 <= json.loads(r.stdout)["f1"] <= 1.0
-
-
 def test_a_budget_stop_then_its_continuation_on_the_old_layout(tiny, tmp_path):
     """Older sessions mount everything flat (/kaggle/input/<slug>). A detector kernel stops for the
     time budget (status "stopped", exit 0), its downstream refuses in seconds, a kernel rendered as
@@ -279,33 +253,6 @@ def test_download_unpacks_the_nested_archives_and_checks(tiny, tmp_path):
 
     with pytest.raises(EnvironmentProblem, match="accept the competition's rules at https://www.kaggle.com/competitions/kuzushiji-recognition/rules"):
         download(tmp_path / "other", Refused(), log=lambda *_: None)
-
-
-def test_dataset_push_uses_the_api_and_waits_until_ready(tmp_path):
-    calls = []
-
-    class FakeApi:
-        def __init__(self):
-            self.states = ["", "running", "ready"]
-
-        def dataset_status(self, ref):
-            calls.append(("status", ref))
-            return self.states.pop(0) if self.states else "ready"
-
-        def dataset_create_new(self, folder, dir_mode="skip", quiet=False):
-            calls.append(("create", folder, dir_mode))
-            return type("R", (), {"error": ""})()
-
-    build_dataset(tmp_path / "ds", "test")
-    push(tmp_path / "ds", "test", api=FakeApi(), poll=0, log=lambda *_: None)
-    assert ("create", str(tmp_path / "ds"), "zip") in calls and calls[-1] == ("status", "test/kzlib-kit")
-
-    class Refusing(FakeApi):
-        def dataset_create_new(self, folder, dir_mode="skip", quiet=False):
-            return type("R", (), {"error": "Dataset slug too short"})()
-
-    with pytest.raises(BuildError, match="refused the dataset: Dataset slug too short"):
-        push(tmp_path / "ds", "test", api=Refusing(), poll=0, log=lambda *_: None)
 
 
 def test_render_gpus_trains_on_both_t4s(tmp_path):

@@ -1,11 +1,13 @@
-"""The push scheduler against a fake Kaggle API (no network): dependency order, at most 2 GPU
-sessions, refused pushes retried, budget-stopped kernels continued, failures reported."""
+"""The push scheduler's logic against a fake API that answers as the kaggle client does (its reply
+objects and enums; tests/test_kaggle_loopback.py runs the real client): dependency order, at most
+2 GPU sessions, refused pushes retried, budget-stopped kernels continued, failures reported."""
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusResponse, ApiSaveKernelResponse
+from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
 from kzlib.kaggle.plan import render
 from kzlib.kaggle.push import Scheduler
@@ -16,12 +18,15 @@ TINY_PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
 GPU_LIMIT = 2
 
 
-@dataclass
-class Response:
-    error: str = ""
-    versionNumber: int | None = None
-    status: str = ""
-    failure_message: str = ""
+def Response(error: str = "", version: int | None = None, status: str = "", failure_message: str = ""):
+    """The client's reply objects: a push's (with ``error``/``version``) or a status (an enum)."""
+    if status:
+        r = ApiGetKernelSessionStatusResponse()
+        r.status, r.failure_message = KernelWorkerStatus[status.upper()], failure_message
+        return r
+    r = ApiSaveKernelResponse()
+    r.error, r.version_number = error or None, version
+    return r
 
 
 class FakeKaggle:
@@ -58,7 +63,7 @@ class FakeKaggle:
                                "continuation": "CONTINUATION = True" in script}
         self.pushed.append(slug)
         self.max_gpu_running = max(self.max_gpu_running, self.running_gpu())
-        return Response(versionNumber=self.versions[slug])
+        return Response(version=self.versions[slug])
 
     def kernels_status(self, kernel):
         s = self.sessions[kernel.split("/")[1]]

@@ -2,11 +2,16 @@
 
   render  --user NAME [--preset full|demo|FILE] [--out build/kernels] [--dataset-slug kzlib-kit]
           [--prefix kzlib] [--budget-hours 11] [--continue SLUG ...] [--only SLUG ...] [--gpus 1|2]
+          [--docker-image IMAGE] [--read-model OWNER/MODEL/pytorch/VARIATION/VERSION]
       one folder per kernel (kernel.py from kernels/*.py with its values filled in, and
-      kernel-metadata.json), push_order.txt and render.json.
+      kernel-metadata.json), push_order.txt and render.json; then the bill: GPU-hours and sessions
+      per kernel, the total, the account's quota (when the API answers) and the weeks it takes.
+      --read-model renders one kernel instead: the test pages read with a bundle from Kaggle Models.
   push    [--kernels build/kernels] [--max-gpu 2] [--max-cpu 4] [--poll 60] [--max-continuations 3]
+          [--retry SLUG ...] [--max-weeks 8] [--force]
       pushes the kernels in dependency order with at most 2 GPU sessions, waits for each, continues
-      the ones stopped by the time budget; rerun it to carry on (push_state.json).
+      the ones stopped by the time budget; rerun it to carry on (push_state.json). Before the first
+      push: the bill, refused beyond --max-weeks unless --force. --retry: failed kernels again.
   emulate --data DATA_DIR --root DIR [--preset FILE] [--user test] [--layout kind|flat] [--only SLUG ...]
       renders the kernels and builds the dataset under DIR, runs every kernel in push order with
       the Kaggle folder layout rebuilt under DIR, and scores the final submission when the data
@@ -19,17 +24,20 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
 from kzlib.cli import one_line_errors, parser
 from kzlib.data import print_report
+from kzlib.errors import EnvironmentProblem
 from kzlib.kaggle.api import real_api
+from kzlib.kaggle.bill import bill, format_bill, quota
 from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user
 from kzlib.kaggle.download import download
 from kzlib.kaggle.emulate import LAYOUTS, EmulationError, emulate
-from kzlib.kaggle.plan import DATASET_SLUG, PlanError, push_commands, render
+from kzlib.kaggle.plan import DATASET_SLUG, PlanError, push_commands, render, render_read
 from kzlib.kaggle.push import Scheduler
 from kzlib.metric import main as metric_main
 from kzlib.preset import load_preset, preset_path
@@ -41,12 +49,25 @@ def _preset(name: str):
 
 def render_cmd(a) -> int:
     user = kaggle_user(a.user)
-    kernels = render(_preset(a.preset), user, a.out, a.dataset_slug, a.prefix, tuple(a.continue_), a.budget_hours,
-                     tuple(a.only), a.gpus)
+    if a.read_model:
+        k = render_read(a.read_model, user, a.out, a.dataset_slug, a.prefix, a.budget_hours, a.docker_image)
+        print(f"{k.slug} in {a.out / k.slug}: reads the test pages with {a.read_model}\n"
+              f"then: kaggle kernels push -p {a.out / k.slug}")
+        return 0
+    cfg = _preset(a.preset)
+    kernels = render(cfg, user, a.out, a.dataset_slug, a.prefix, tuple(a.continue_), a.budget_hours,
+                     tuple(a.only), a.gpus, a.docker_image)
     gpus = f"; {a.gpus} GPUs per training (torchrun)" if a.gpus and a.gpus > 1 else ""
     print(f"{len(kernels)} kernels in {a.out} for {user} (dataset {user}/{a.dataset_slug}); "
           f"time budget {a.budget_hours:g} h a session{gpus}")
     print(push_commands(kernels, a.out, user))
+    api = None
+    try:
+        api = real_api()
+    except EnvironmentProblem:
+        pass  # no credentials here: the bill without the account's quota
+    cfg = replace(cfg, gpus=a.gpus) if a.gpus else cfg
+    print("\n" + format_bill(bill(kernels, cfg, a.budget_hours), quota(api) if api else None, cfg.gpus))
     print(f"\nthen: kzlib kaggle push --kernels {a.out}")
     return 0
 
@@ -54,7 +75,9 @@ def render_cmd(a) -> int:
 def push_cmd(a) -> int:
     s = Scheduler(a.kernels, real_api(), max_gpu=a.max_gpu, max_cpu=a.max_cpu, poll=a.poll,
                   max_continuations=a.max_continuations, continue_stopped=not a.no_continue)
-    return s.run()
+    if a.retry:
+        s.retry(a.retry)
+    return s.run(max_weeks=a.max_weeks, force=a.force)
 
 
 def emulate_cmd(a) -> int:
@@ -95,6 +118,10 @@ def main(argv=None) -> int:
     r.add_argument("--prefix", default="kzlib", help="first word of every kernel slug")
     r.add_argument("--gpus", type=int, choices=(1, 2), default=None,
                    help="train on both T4s of a session (data-parallel, torchrun) instead of the preset's gpus")
+    r.add_argument("--docker-image", default="",
+                   help="the Docker image every kernel runs in (default: each kernel keeps its first version's)")
+    r.add_argument("--read-model", metavar="OWNER/MODEL/pytorch/VARIATION/VERSION",
+                   help="render one kernel that reads the test pages with this bundle from Kaggle Models")
     ps = sub.add_parser("push", help="push the kernels in order, at most N GPU sessions, and see them through")
     ps.add_argument("--kernels", type=Path, default=Path("build") / "kernels")
     ps.add_argument("--max-gpu", type=int, default=2, help="GPU sessions at a time (a Kaggle account gets 2)")
@@ -102,6 +129,10 @@ def main(argv=None) -> int:
     ps.add_argument("--poll", type=float, default=60.0, help="seconds between status checks")
     ps.add_argument("--max-continuations", type=int, default=3)
     ps.add_argument("--no-continue", action="store_true", help="report budget-stopped kernels instead of continuing them")
+    ps.add_argument("--retry", nargs="+", metavar="SLUG", help="push these failed kernels again")
+    ps.add_argument("--max-weeks", type=float, default=8.0,
+                    help="refuse a plan that takes more weeks of GPU quota than this (before the first push)")
+    ps.add_argument("--force", action="store_true", help="push even a plan beyond --max-weeks")
     e = sub.add_parser("emulate", help="run every kernel locally in push order")
     e.add_argument("--data", type=Path, required=True, help="competition-layout data folder")
     e.add_argument("--root", type=Path, required=True, help="folder for kernels, dataset and kernel outputs")

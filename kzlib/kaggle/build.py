@@ -2,7 +2,9 @@
 
 Layout of the folder (mounted on Kaggle at ``/kaggle/input/<dataset slug>``)::
 
-    dataset-metadata.json      rendered from the template beside this module
+    dataset-metadata.json      rendered from dataset-metadata.json at the repository's root (edit its title,
+                               subtitle and description once; USER and SLUG are filled in), else from
+                               the copy installed with the package
     kzlib/                     the package modules kernels import (source only; no caches)
     kzlib/configs/             the presets and stage configs
     weights/<name>/            trained runs: best.pth and config.json (``--weights``)
@@ -30,13 +32,22 @@ from typing import Sequence
 
 from kzlib.cli import one_line_errors, parser
 from kzlib.io import file_sha256
-from kzlib.kaggle.api import real_api
+from kzlib.errors import EnvironmentProblem
+from kzlib.kaggle.api import CREDENTIALS, describe, http_status, is_transient, real_api, user_name
 from kzlib.kaggle.plan import DATASET_SLUG, check_slug
 from kzlib.preset import load_preset, preset_path
 from kzlib.weights import FETCH, read_manifest, require
 
 ROOT = Path(__file__).resolve().parents[2]
-TEMPLATE = Path(__file__).resolve().parent / "dataset-metadata.json"
+PACKAGED_TEMPLATE = Path(__file__).resolve().parent / "dataset-metadata.json"
+
+
+def metadata_template() -> Path:
+    """The dataset's metadata template: the repository's own (``dataset-metadata.json`` at its
+    root, where a Kaggle user sets the title and description), else the packaged copy (an
+    installed kit without a checkout)."""
+    own = ROOT / "dataset-metadata.json"
+    return own if own.is_file() else PACKAGED_TEMPLATE
 
 
 class BuildError(RuntimeError):
@@ -54,12 +65,17 @@ def kaggle_config() -> dict:
     return {}
 
 
-def kaggle_user(user: str | None = None) -> str:
-    """``user``, else ``KAGGLE_USERNAME``, else the username of ``~/.kaggle/kaggle.json``."""
+def kaggle_user(user: str | None = None, api=None) -> str:
+    """``user``, else ``KAGGLE_USERNAME``, else the username of ``~/.kaggle/kaggle.json``, else the
+    account the Kaggle client authenticates as (an access token or ``kaggle auth login``)."""
     user = user or os.environ.get("KAGGLE_USERNAME") or kaggle_config().get("username")
     if not user:
-        raise BuildError("no Kaggle user name: pass --user NAME, or set KAGGLE_USERNAME, or put your API token "
-                         "in ~/.kaggle/kaggle.json")
+        try:
+            user = user_name(api or real_api())
+        except EnvironmentProblem:
+            user = None
+    if not user:
+        raise BuildError(f"no Kaggle user name: pass --user NAME, or {CREDENTIALS}")
     return user
 
 
@@ -142,7 +158,8 @@ def _wheels(items: Sequence[str], tmp: Path, python: str = KAGGLE_PYTHON) -> lis
     return files
 
 
-def render_metadata(user: str, slug: str = DATASET_SLUG, template: Path = TEMPLATE) -> dict:
+def render_metadata(user: str, slug: str = DATASET_SLUG, template: Path | None = None) -> dict:
+    template = template or metadata_template()
     meta = json.loads(template.read_text())
     meta["id"] = meta["id"].replace("USER", user).replace("SLUG", slug)
     owner, _, ds = meta["id"].partition("/")
@@ -228,32 +245,45 @@ def push_command(out: Path, user: str, slug: str = DATASET_SLUG, exists: bool | 
 def push(out: Path, user: str, slug: str = DATASET_SLUG, api=None, wait: float = 600.0, poll: float = 10.0,
          log=print) -> None:
     """Create the dataset on Kaggle, or add a version when it exists (sub-folders zipped), through the
-    Kaggle API, then wait until Kaggle has processed it (``datasets status``: ready)."""
+    Kaggle API, then wait until Kaggle has processed it (``datasets status``: ready; failed is one
+    line). The client's errors are said as it says them; a transient one is asked again."""
     api = api or real_api()
     ref = f"{user}/{slug}"
-    try:
-        exists = bool(api.dataset_status(ref))
-    except Exception:
-        exists = False
+
+    def status() -> str | None:
+        """The dataset's status, None when it does not exist; transient failures asked again."""
+        for attempt in range(5):
+            try:
+                return str(api.dataset_status(ref) or "").lower()
+            except Exception as e:  # noqa: BLE001  (the client's errors)
+                if http_status(e) == 404:
+                    return None
+                if not is_transient(e) or attempt == 4:
+                    raise BuildError(f"--push: the status of {ref} cannot be read ({describe(e)})") from None
+                time.sleep(poll * 2 ** attempt)
+        return None
+
+    exists = status() is not None
     log(f"{'adding a version to' if exists else 'creating'} the dataset {ref} from {out} ...")
     try:
         if exists:
             response = api.dataset_create_version(str(out), "kzlib build", dir_mode="zip", quiet=True)
         else:
             response = api.dataset_create_new(str(out), dir_mode="zip", quiet=True)
-    except Exception as e:
-        raise BuildError(f"--push: the Kaggle API refused the dataset ({type(e).__name__}: {e})") from None
+    except Exception as e:  # noqa: BLE001
+        raise BuildError(f"--push: the Kaggle API refused the dataset ({describe(e)})") from None
     error = getattr(response, "error", "") or ""
     if error:
         raise BuildError(f"--push: the Kaggle API refused the dataset: {error}")
     deadline = time.time() + wait
     while time.time() < deadline:
-        status = str(api.dataset_status(ref) or "").lower()
-        if "ready" in status:
+        state = status() or ""
+        if "ready" in state:
             log(f"{ref} is ready")
             return
-        if "error" in status:
-            raise BuildError(f"--push: Kaggle could not process {ref} (status {status})")
+        if "failed" in state or "error" in state or "deleted" in state:
+            raise BuildError(f"--push: Kaggle could not process {ref} (status {state}); look at the dataset's page, "
+                             "fix what it says and push again")
         time.sleep(poll)
     log(f"{ref} is still being processed; `kaggle datasets status {ref}` says when it is ready")
 

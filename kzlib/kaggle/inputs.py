@@ -6,7 +6,8 @@ Kaggle mounts inputs either flat (``/kaggle/input/<slug>/``, older sessions) or 
 
 - the kit: a folder holding ``kzlib/__init__.py`` (the kit's dataset);
 - the competition: ``sample_submission.csv`` + ``unicode_translation.csv`` + ``train.csv``;
-- a kernel's output: its ``kzlib_status.json`` (``"kernel": "<slug>"``), written by every kernel.
+- a kernel's output: its ``kzlib_status.json`` (``"kernel": "<slug>"``), written by every kernel;
+- a model bundle (a Kaggle Model of ``kzlib export``): its ``manifest.json``.
 
 Stdlib only: the kernel scripts use the same search to find the kit before they can import it.
 """
@@ -45,6 +46,21 @@ def find_competition(root: Path) -> Path | None:
         if {"sample_submission.csv", "unicode_translation.csv", "train.csv"} <= files:
             return folder
     return None
+
+
+def find_bundle(root: Path) -> Path | None:
+    """A model bundle (``kzlib export``; on Kaggle a Model's version folder): its ``manifest.json``
+    names detectors and classifiers. The newest version when several are mounted."""
+    found = []
+    for folder, files in walk(root, MAX_DEPTH + 2):
+        if "manifest.json" in files:
+            try:
+                manifest = json.loads((folder / "manifest.json").read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if isinstance(manifest, dict) and "detectors" in manifest and "classifiers" in manifest:
+                found.append(folder)
+    return max(found, key=lambda f: (int(f.name) if f.name.isdigit() else -1, str(f))) if found else None
 
 
 def kernel_outputs(root: Path) -> dict[str, tuple[Path, dict]]:

@@ -127,7 +127,11 @@ def kernel_plan(cfg: PipelineConfig, prefix: str = "kzlib") -> list[Kernel]:
     return kernels
 
 
-def metadata(kernel: Kernel, user: str, dataset_slug: str, continuation: bool = False) -> dict:
+def metadata(kernel: Kernel, user: str, dataset_slug: str, continuation: bool = False, docker_image: str = "",
+             model_sources: tuple[str, ...] = ()) -> dict:
+    """``kernel-metadata.json``: the kit dataset, the competition and exactly the kernels it reads;
+    the Docker image pinned (``docker_image``, else the image of the kernel's first version: a
+    continuation runs where its first part did)."""
     sources = [f"{user}/{s}" for s in kernel.upstream]
     if continuation:  # its own previous version's output: the training resumes from its checkpoints
         sources.append(f"{user}/{kernel.slug}")
@@ -143,20 +147,24 @@ def metadata(kernel: Kernel, user: str, dataset_slug: str, continuation: bool = 
         "dataset_sources": [f"{user}/{dataset_slug}"],
         "competition_sources": [COMPETITION],
         "kernel_sources": sources,
+        "model_sources": list(model_sources),
+        "docker_image_pinning_type": "original",
     }
+    if docker_image:
+        meta["docker_image"] = docker_image
     if kernel.gpu:  # named: without it the API has been seen to pick a retired GPU
         meta["machine_shape"] = MACHINE_SHAPE
     return meta
 
 
-def script(kernel: Kernel, cfg: PipelineConfig, continuation: bool, budget_hours: float) -> str:
+def script(kernel: Kernel, cfg: PipelineConfig | None, continuation: bool, budget_hours: float) -> str:
     """The kernel's script: its template (``kernels/<template>.py``) with the values filled in and
     the shared opening (``kernels/bootstrap.py``) pasted at its bootstrap line."""
     text = (template_dir() / f"{kernel.template}.py").read_text()
     a, b = text.index(BEGIN), text.index(END)
     values = {"KERNEL": kernel.slug, **kernel.values, "STAGES": kernel.stages, "UPSTREAM": kernel.upstream,
               "GPU": kernel.gpu, "CONTINUATION": continuation, "BUDGET_HOURS": float(budget_hours),
-              "PRESET": asdict(cfg)}
+              "PRESET": asdict(cfg) if cfg is not None else {}}
     lines = [f"{k} = {pprint.pformat(v, width=110, sort_dicts=False)}" for k, v in values.items()]
     text = text[:a] + BEGIN + "\n" + "\n".join(lines) + "\n" + text[b:]
     boot = (template_dir() / "bootstrap.py").read_text()
@@ -167,22 +175,23 @@ def script(kernel: Kernel, cfg: PipelineConfig, continuation: bool, budget_hours
 
 def render(cfg: PipelineConfig, user: str, out: Path, dataset_slug: str = DATASET_SLUG, prefix: str = "kzlib",
            continue_: tuple[str, ...] = (), budget_hours: float = 11.0, only: tuple[str, ...] = (),
-           gpus: int | None = None) -> list[Kernel]:
+           gpus: int | None = None, docker_image: str = "") -> list[Kernel]:
     """Write ``out/<slug>/{kernel.py,kernel-metadata.json}`` for every kernel (or the ``only``
     ones), ``out/push_order.txt`` and ``out/render.json`` (what ``kzlib kaggle push`` re-renders
     continuations with); returns the kernels in push order. ``continue_``: slugs of kernels
     rendered as continuations (they read and resume their own previous version's output).
     ``gpus``: processes per training in the GPU kernels (torchrun over a session's T4s), instead
-    of the preset's."""
+    of the preset's. ``docker_image``: the image every kernel runs in (default: each kernel's
+    first version's, pinned)."""
     if not re.match(r"^[A-Za-z0-9_-]+$", user or ""):
         raise PlanError(f"Kaggle user name {user!r} is not valid")
     check_slug(dataset_slug, "dataset")
     if not 0 < budget_hours <= 12:
         raise PlanError(f"--budget-hours {budget_hours}: Kaggle sessions end at 12 h; give a budget in (0, 12]")
+    if not 1 <= (gpus or cfg.gpus) <= KAGGLE_MAX_GPUS:
+        raise PlanError(f"gpus {gpus or cfg.gpus}: a Kaggle session has at most {KAGGLE_MAX_GPUS} GPUs (T4 x2)")
     if gpus is not None:
         cfg = replace(cfg, gpus=gpus)
-    if not 1 <= cfg.gpus <= KAGGLE_MAX_GPUS:
-        raise PlanError(f"gpus {cfg.gpus}: a Kaggle session has at most {KAGGLE_MAX_GPUS} GPUs (T4 x2)")
     kernels = kernel_plan(cfg, prefix)
     slugs = {k.slug for k in kernels}
     unknown = sorted((set(continue_) | set(only)) - slugs)
@@ -198,12 +207,32 @@ def render(cfg: PipelineConfig, user: str, out: Path, dataset_slug: str = DATASE
         cont = k.slug in continue_
         with atomic_path(folder / "kernel.py") as tmp:
             tmp.write_text(script(k, cfg, cont, budget_hours))
-        write_json_atomic(metadata(k, user, dataset_slug, cont), folder / "kernel-metadata.json")
+        write_json_atomic(metadata(k, user, dataset_slug, cont, docker_image), folder / "kernel-metadata.json")
     with atomic_path(out / "push_order.txt") as tmp:
         tmp.write_text("".join(f"{k.slug}\n" for k in kernels))
     write_json_atomic({"user": user, "dataset_slug": dataset_slug, "prefix": prefix, "budget_hours": budget_hours,
-                       "preset": asdict(cfg)}, out / "render.json")
+                       "docker_image": docker_image, "docker_image_pinning_type": "original", "preset": asdict(cfg)},
+                      out / "render.json")
     return kernels
+
+
+def render_read(model: str, user: str, out: Path, dataset_slug: str = DATASET_SLUG, prefix: str = "kzlib",
+                budget_hours: float = 11.0, docker_image: str = "", gpu: bool = True) -> Kernel:
+    """One kernel, ``PREFIX-read``: the competition's test pages read with a trained bundle published
+    as a Kaggle Model (``model``: OWNER/MODEL/FRAMEWORK/VARIATION/VERSION, attached through
+    ``model_sources``), writing ``submission.csv``."""
+    if len(model.split("/")) != 5:
+        raise PlanError(f"--model {model!r}: give OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (kzlib export --kaggle-model "
+                        "prints it)")
+    k = Kernel(check_slug(f"{prefix}-read"), "the test pages read with a bundle from Kaggle Models", [], [], gpu, "read",
+               {"MODEL": model})
+    folder = Path(out) / k.slug
+    if folder.exists():
+        shutil.rmtree(folder)
+    with atomic_path(folder / "kernel.py") as tmp:
+        tmp.write_text(script(k, None, False, budget_hours))
+    write_json_atomic(metadata(k, user, dataset_slug, False, docker_image, (model,)), folder / "kernel-metadata.json")
+    return k
 
 
 def push_commands(kernels: list[Kernel], out: Path, user: str) -> str:

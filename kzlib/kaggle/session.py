@@ -30,7 +30,7 @@ from kzlib import __version__
 from kzlib.config import config_from_dict
 from kzlib.errors import KzError
 from kzlib.io import write_json_atomic
-from kzlib.kaggle.inputs import STATUS_FILE, describe, find_competition, kernel_outputs
+from kzlib.kaggle.inputs import STATUS_FILE, describe, find_bundle, find_competition, kernel_outputs
 from kzlib.preset import PipelineConfig
 
 # import name -> distribution names (the first one installed gives the version)
@@ -109,6 +109,28 @@ def unlink_tree(links: list[Path], dirs: list[Path]) -> None:
             d.rmdir()
 
 
+OUTPUT_LIMIT = 19 * 2**30  # /kaggle/working keeps 20 GB; a margin for logs
+# files a finished kernel's downstream never reads (continuations need them, so a stopped kernel keeps them)
+RESUME_ONLY = ("checkpoint.pth", "checkpoint.prev.pth", "stage_config.json", "stage_result.json")
+
+
+def keep_what_is_needed(working: Path) -> dict:
+    """A finished kernel's output cut to what downstream kernels and bundles read: the checkpoints
+    that only a resume needs, and leftover prediction parts, go; the status file says what went
+    and how big the output is (Kaggle keeps 20 GB of /kaggle/working)."""
+    removed, freed = [], 0
+    for path in sorted(working.rglob("*")):
+        if path.is_symlink() or not path.exists():
+            continue
+        if (path.is_file() and path.name in RESUME_ONLY) or (path.is_dir() and path.name == "parts"):
+            size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            removed.append(str(path.relative_to(working)))
+            freed += size
+    total = sum(f.stat().st_size for f in working.rglob("*") if f.is_file() and not f.is_symlink())
+    return {"removed": removed, "removed_bytes": freed, "output_bytes": total}
+
+
 class Status:
     """``kzlib_status.json`` in the kernel's output: ``running``, then ``done``, ``stopped`` (by
     the time budget: push its continuation) or ``failed``, with every stage's state and seconds."""
@@ -167,7 +189,7 @@ class Session:
                               "(kzlib kaggle push does), then push this one")
         self.outputs = {u: outputs[u][0] for u in self.upstream}
         install_wheels(self.kit / "wheels")
-        versions = package_versions()
+        versions = self.versions = package_versions()
         print("packages: " + ", ".join(f"{k} {v or 'MISSING'}" for k, v in versions.items()), flush=True)
         missing = [k for k, v in versions.items() if v is None]
         if missing:
@@ -198,11 +220,16 @@ class Session:
             print(f"continuing from the previous version's output ({self.previous[0]})", flush=True)
             shutil.copytree(self.previous[0], self.working, dirs_exist_ok=True)
         self.status = Status(self.working / STATUS_FILE, self.kernel, self.previous[1] if self.previous else None)
+        self.status.data["packages"] = self.versions  # what this session's image had (a pinned image keeps them)
+        self.status.write()
         try:
             for up in self.upstream:
                 more = link_tree(self.outputs[up], self.working)
                 self.links += more[0]
                 self.dirs += more[1]
+            self.pipe = None
+            if not self.stages:  # a reading kernel (kernels/read.py): no chain to run
+                return self
             cfg = config_from_dict(PipelineConfig, self.preset, "preset")
             if self.gpu:  # the training kernels: the preset's pretrained backbones, from the kit's dataset
                 cfg.check_weights(self.kit / "pretrained", fix="python -m kzlib dataset --preset PRESET --push")
@@ -234,12 +261,33 @@ class Session:
                               "kernel's output is incomplete")
         self.status.stage(stage, "done", time.time() - t0)
 
+    def read(self, model: str) -> None:
+        """Read every test page with the bundle attached as the Kaggle Model ``model``
+        (OWNER/MODEL/FRAMEWORK/VARIATION/VERSION), into ``read/``, then ``submission.csv``."""
+        from kzlib.read import read_pages  # after the wheels, as in __enter__
+
+        bundle = find_bundle(self.input_root)
+        if bundle is None:
+            raise KernelError(f"the model {model} is not attached under {self.input_root} (no bundle manifest.json); "
+                              f"add it to the kernel's model_sources. Mounted:\n{describe(self.input_root)}")
+        t0 = time.time()
+        self.status.stage("read", "running")
+        pages = read_pages([str(self.data / "test_images")], bundle, self.working / "read",
+                           device="cuda" if self.gpu else "cpu")
+        shutil.copyfile(self.working / "read" / "submission.csv", self.working / "submission.csv")
+        self.status.stage("read", "done", time.time() - t0)
+        print(f"{len(pages)} pages read with {bundle}; {self.working / 'submission.csv'}", flush=True)
+
     def __exit__(self, kind, error, tb) -> bool:
         self._close()
         seconds = round(time.time() - self.t0, 1)
         if error is None:
             self._log_tails()
-            self.status.finish("done", seconds=seconds)
+            kept = keep_what_is_needed(self.working)
+            self.status.finish("done", seconds=seconds, **kept)
+            if kept["output_bytes"] > OUTPUT_LIMIT:
+                print(f"warning: the output holds {kept['output_bytes'] / 2**30:.1f} GiB, more than Kaggle keeps "
+                      f"({OUTPUT_LIMIT / 2**30:.0f} GiB of /kaggle/working)", file=sys.stderr, flush=True)
             print(f"\nkernel {self.kernel} done in {seconds:.0f} s; outputs in {self.working}", flush=True)
             return False
         if isinstance(error, BudgetStop):
