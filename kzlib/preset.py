@@ -44,6 +44,7 @@ class PipelineConfig:
     finetune_epochs: int = 5
     finetune_lr_factor: float = 0.1
     finetune_crops_per_page: int = 3                    # upstream --repeat-train 3 for the fine-tune
+    finetune_time_budget_s: float = 0.0                 # > 0: the fine-tune's epochs cut to fit (ClassifyConfig)
     refit_scratch: bool = True
     refit_crops_per_page: int = 4                       # upstream --repeat-train 4 for the from-scratch refit
     stack: dict = field(default_factory=dict)           # StackConfig fields
@@ -58,6 +59,7 @@ class PipelineConfig:
             raise ConfigError(f"pseudo_kind: {self.pseudo_kind!r} is not one of the kinds ({', '.join(self.kinds)})")
         check_positive(self, "n_folds", "n_tta", "gpus", "pseudo_oversample", "finetune_epochs", "finetune_lr_factor",
                        "finetune_crops_per_page", "refit_crops_per_page")
+        check_positive(self, "finetune_time_budget_s", allow_zero=True)
         self.test_rule()  # the rule and its votes are valid
         config_from_dict(StackConfig, self.stack, None, "stack.")
         if self.gpus > 1:  # several processes, one GPU each: checked now, not after hours of training
@@ -84,7 +86,7 @@ class PipelineConfig:
         c = self.classify_config(kind)
         return replace(c, init_from=init_from, epochs=self.finetune_epochs, lr=c.lr * self.finetune_lr_factor,
                        warmup_epochs=0.0, pseudo_oversample=self.pseudo_oversample,
-                       crops_per_page=self.finetune_crops_per_page)
+                       crops_per_page=self.finetune_crops_per_page, time_budget_s=self.finetune_time_budget_s)
 
     def refit_config(self, kind: str) -> ClassifyConfig:
         """The from-scratch refit of ``kind`` with pseudolabels."""

@@ -326,6 +326,8 @@ def config_conflicts(saved: Any, asked: dict) -> str:
         v = json.loads(json.dumps(v))
         if k in PATH_KEYS and v and have[k]:  # the same file may be mounted elsewhere in a later session
             same = Path(v).parts[-3:] == Path(have[k]).parts[-3:]
+        elif k == "epochs" and have.get("time_budget_s", 0) > 0:  # the budget chose fewer than asked
+            same = isinstance(v, int) and v >= have[k]
         else:
             same = v == have[k]
         if not same:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -163,6 +163,67 @@ def fit_split(step, per_process: int, start: int = 1, what: str = "") -> int:
         except torch.OutOfMemoryError as e:
             split = next_split(split, per_process, e, what) if distributed.size() == 1 else _grow(split, per_process, e)
     return int(distributed.all_max(split))
+
+
+def epochs_within(budget_s: float, asked: int, epoch_s: float, validation_s: float, validate_every: int = 1) -> int:
+    """The most epochs, at most ``asked`` and at least 1, whose training (``epoch_s`` each) and
+    validations (every ``validate_every`` epochs and after the last, ``validation_s`` each) fit in
+    ``budget_s`` seconds."""
+    best = 1
+    for e in range(1, asked + 1):
+        validations = sum(1 for k in range(e) if (k + 1) % validate_every == 0 or k + 1 == e)
+        if e * epoch_s + validations * validation_s <= budget_s:
+            best = e
+    return best
+
+
+def time_step(step, repeats: int = 3) -> float:
+    """Seconds of ``step()``: the median of ``repeats`` runs after a first one that warms up."""
+    step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def budget_line(cfg, epochs: int, step_s: float, steps: int, validation_s: float) -> str:
+    return (f"time budget {cfg.time_budget_s:.0f} s: a step takes {step_s:.2f} s here ({steps} steps an epoch), a "
+            f"validation {validation_s:.0f} s: {epochs} of the preset's {cfg.epochs} epochs fit")
+
+
+def fit_budget(cfg, model, batch, step, validate_one, n_val: int, steps: int):
+    """With ``cfg.time_budget_s`` > 0, ``cfg`` with the epochs that fit the budget
+    (``epochs_within``): ``batch()`` loads one step's batch, ``step(b)`` trains on it (timed a few
+    times), ``validate_one()`` validates one of the ``n_val`` held-out pages; ``steps`` an epoch.
+    The model's weights and statistics and the random generators come back as they were, so the
+    training that follows is the one it would have been with those epochs asked."""
+    if cfg.time_budget_s <= 0:
+        return cfg
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    generators = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
+                  torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    t0 = time.perf_counter()
+    b = batch()
+    data_s = time.perf_counter() - t0
+    model.train()
+    step_s = time_step(lambda: step(b)) + data_s
+    model.load_state_dict(weights)
+    validation_s = 0.0
+    if n_val:
+        model.eval()
+        validation_s = time_step(validate_one, repeats=1) * n_val
+    random.setstate(generators[0])
+    np.random.set_state(generators[1])
+    torch.set_rng_state(generators[2])
+    if generators[3] is not None:
+        torch.cuda.set_rng_state_all(generators[3])
+    epochs = int(distributed.all_max(epochs_within(cfg.time_budget_s, cfg.epochs, steps * step_s, validation_s,
+                                                   getattr(cfg, "validate_every", 1))))
+    if distributed.is_main():
+        print(budget_line(cfg, epochs, step_s, steps, validation_s), flush=True)
+    return replace(cfg, epochs=epochs)
 
 
 def _grow(split: int, per_process: int, error: BaseException) -> int:

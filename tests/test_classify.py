@@ -273,3 +273,16 @@ def test_true_boxes_the_detector_missed_join_the_training_boxes():
     assert out.codes == [A, SEG_FP, B, C]
     np.testing.assert_array_equal(out.boxes[2:], truth.boxes[1:])
     assert add_missed(Page("p", None, np.empty((0, 4)), []), truth).codes == [A, B, C]
+
+
+def test_a_time_budget_chooses_the_epochs_and_keeps_the_training(tiny, tmp_path, capsys):
+    oof = write_oof(tiny, tmp_path / "oof_boxes.csv")
+    plain, budget = tmp_path / "plain", tmp_path / "budget"
+    train(tiny, oof, plain, replace(TINY, epochs=1), fold=0)
+    capsys.readouterr()
+    assert train(tiny, oof, budget, replace(TINY, epochs=4, time_budget_s=0.001), fold=0)["epochs_done"] == 1
+    assert "1 of the preset's 4 epochs fit" in capsys.readouterr().out
+    assert json.loads((budget / "config.json").read_text())["epochs"] == 1
+    a, b = _weights(plain), _weights(budget)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 from dataclasses import replace
@@ -214,3 +215,22 @@ def test_vote_boxes_keeps_majority_clusters_and_averages_them():
     assert len(vote_boxes([a, np.empty((0, 4)), c], [s[0], np.empty(0), s[2]], min_votes=3)[0]) == 0
     one, _ = vote_boxes([a], [s[0]], 1)
     np.testing.assert_array_equal(one, a)
+
+
+def test_a_time_budget_chooses_the_epochs_and_keeps_the_training(tiny, tmp_path, capsys):
+    """A budget too small for more than one epoch: one epoch, said on the console and recorded; the
+    timing steps leave no trace (the same weights as a one-epoch run); asked again, the run is done."""
+    plain, budget = tmp_path / "plain", tmp_path / "budget"
+    train(tiny, plain, replace(TINY, epochs=1), fold=0)
+    asked = replace(TINY, epochs=3, time_budget_s=0.001)
+    capsys.readouterr()
+    assert train(tiny, budget, asked, fold=0)["epochs_done"] == 1
+    assert re.search(r"time budget 0 s: a step takes [\d.]+ s here \(\d+ steps an epoch\), a validation \d+ s: "
+                     r"1 of the preset's 3 epochs fit", capsys.readouterr().out)
+    saved = json.loads((budget / "config.json").read_text())
+    assert saved["epochs"] == 1 and saved["time_budget_s"] == 0.001
+    a, b = _params(plain)["model"], _params(budget)["model"]
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    train(tiny, budget, asked, fold=0, mode="auto")
+    assert len(pd.read_csv(budget / "log.csv")) == 1

@@ -2,7 +2,7 @@ import time
 
 import pytest
 
-from kzlib.training import Epochs, lr_factor
+from kzlib.training import Epochs, epochs_within, lr_factor
 
 
 def test_epochs_stop_before_the_deadline():
@@ -25,3 +25,13 @@ def test_lr_factor_warmup_then_step_or_cosine():
     assert lr_factor(40, schedule="cosine", **kw) == pytest.approx(0.0)
     with pytest.raises(ValueError, match="unknown schedule"):
         lr_factor(0, schedule="linear", **kw)
+
+
+def test_epochs_within_a_budget_count_training_and_validations():
+    # 10 s an epoch, 5 s a validation after every epoch: 3 epochs take 45 s
+    assert epochs_within(45, 8, 10, 5) == 3
+    assert epochs_within(44.9, 8, 10, 5) == 2
+    # validating every 4 epochs and after the last: 6 epochs = 60 s + 2 validations
+    assert epochs_within(70, 8, 10, 5, validate_every=4) == 6
+    assert epochs_within(1e9, 8, 10, 5) == 8  # never more than asked
+    assert epochs_within(1, 8, 10, 5) == 1  # never fewer than one

@@ -16,7 +16,7 @@ class ClassifyConfig:
     ALIASES: ClassVar[dict] = {"base": "backbone", "n_tta": "validate_n_tta"}  # old names, read for one release
     # fields added after work folders existed, with the value that does what was done before them:
     # a stage's fingerprint leaves them out while they hold it (kzlib.stages)
-    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16"}
+    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0}
     # model
     backbone: str = "resnet152"          # any timm ResNet/ResNeXt name, e.g. resnext101_32x8d
     pretrained: str = "auto"             # trunk weights: "auto" (the kit's ImageNet file for the base, see
@@ -69,6 +69,8 @@ class ClassifyConfig:
     # inference
     validate_n_tta: int = 1              # TTA scales while validating during training
     top_k: int = 50                      # classes and logits written per box in the detailed files
+    time_budget_s: float = 0.0  # > 0: the epochs are cut to what fits in this many seconds, from the speed of
+    #                             a few steps measured at the start (the run's config.json records the epochs chosen)
     # runtime
     device: str = "auto"
     workers: int = 2
@@ -81,7 +83,7 @@ class ClassifyConfig:
         check_positive(self, "batch_size", "accumulation_steps", "top_k", "epochs", "crops_per_page", "page_size",
                        "test_size", "crop_width", "crop_height", "hidden", "roi_size", "validate_n_tta", "validate_every",
                        "pseudo_oversample", "lr", "n_folds")
-        check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", allow_zero=True)
+        check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", "time_budget_s", allow_zero=True)
         check_choices(self, optimizer=("sgd", "adamw"), schedule=("step", "cosine"), page_side=("height", "longest"),
                       amp_dtype=("fp16", "bf16"), amp_cpu_dtype=("bf16", "fp16"))
         if not 0 <= self.label_smoothing < 1:

@@ -26,8 +26,8 @@ from kzlib.devices import cudnn_benchmark, describe, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_split, next_split, sample_seed,
-                            seed_everything, steps_per_epoch)
+from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_split, next_split,
+                            sample_seed, seed_everything, steps_per_epoch)
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, opt: Optimisation,
@@ -120,6 +120,25 @@ def train_one_epoch(model, opt: Optimisation, loader, cfg: ClassifyConfig, devic
     return {"loss": loss_sum / max(1, boxes), "train_accuracy": correct / max(1, boxes), "train_boxes": int(boxes)}
 
 
+def first_batch(dataset: CropDataset, cfg: ClassifyConfig) -> tuple:
+    """One loader batch of this process, its boxes capped as in training: (images, boxes, labels)."""
+    n = distributed.per_process_batch(cfg.batch_size)
+    images, b, y = collate([dataset[i] for i in range(min(n, len(dataset)))])
+    cap = cfg.max_targets and max(32, cfg.max_targets // distributed.size() // 32 * 32)
+    return (images, *cap_targets(b, y, cap, torch.Generator().manual_seed(0)))
+
+
+def budget_step(model, cfg: ClassifyConfig, device: torch.device):
+    """A training step on one loader batch, for ``kzlib.training.fit_budget`` to time."""
+    probe = Optimisation(model, cfg, device, 1)
+
+    def step(batch) -> None:
+        probe.optimizer.zero_grad(set_to_none=True)
+        accumulate_gradients(model, [batch], device, probe, cfg.label_smoothing)
+        probe.step()
+    return step
+
+
 def fit_memory(model, dataset: CropDataset, cfg: ClassifyConfig, device: torch.device, checkpoint: dict | None) -> int:
     """On CUDA, before the processes are tied together: the micro-batches a step needs to fit
     (``kzlib.training.fit_split``), tried on one batch of crops with the most boxes the config
@@ -127,9 +146,7 @@ def fit_memory(model, dataset: CropDataset, cfg: ClassifyConfig, device: torch.d
     if device.type != "cuda":
         return 1
     n = distributed.per_process_batch(cfg.batch_size)
-    images, b, y = collate([dataset[i] for i in range(min(n, len(dataset)))])
-    cap = cfg.max_targets and max(32, cfg.max_targets // distributed.size() // 32 * 32)
-    b, y = cap_targets(b, y, cap, torch.Generator().manual_seed(0))
+    images, b, y = first_batch(dataset, cfg)
     probe = Optimisation(model, cfg, device, 1)
     model.train()
 
@@ -217,12 +234,6 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         Path(data_dir), Path(boxes), fold, cfg, val_images, [Path(p) for p in pseudolabels], classes)
     if sum(len(y) for y in labels) < 2:
         raise DataError(f"{boxes}: fewer than two training boxes outside fold {fold}")
-    if saved is None and distributed.is_main():
-        run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
-                             sorted({p.image_id for p in train_pages}), [p.image_id for p in val_pages],
-                             boxes=str(Path(boxes).resolve()), pseudolabels=[str(Path(p).resolve()) for p in pseudolabels],
-                             classes=len(classes), inputs=inputs, world_size=distributed.size()))
-    distributed.barrier()
 
     seed_everything(cfg.seed)
     model = memory_format(Classifier(cfg, len(classes), load_pretrained=checkpoint is None and init is None).to(device),
@@ -235,6 +246,17 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
                              "the same backbone is needed") from None
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
+    if saved is None:
+        cfg = fit_budget(cfg, model, lambda: first_batch(dataset, cfg), budget_step(model, cfg, device),
+                         lambda: validate(model, val_pages[:1], val_truth[:1], classes, cfg, device), len(val_pages),
+                         steps_per_epoch(len(dataset), cfg.batch_size))
+        if distributed.is_main():
+            run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
+                                 sorted({p.image_id for p in train_pages}), [p.image_id for p in val_pages],
+                                 boxes=str(Path(boxes).resolve()),
+                                 pseudolabels=[str(Path(p).resolve()) for p in pseudolabels],
+                                 classes=len(classes), inputs=inputs, world_size=distributed.size()))
+    distributed.barrier()
     split = fit_memory(model, dataset, cfg, device, checkpoint)
     t = Training.begin(model, cfg, device, run, checkpoint, steps, ("f1", "accuracy", "train_accuracy"),
                        {"classes": classes}, keep_last_as_best=not val_pages, split=split)

@@ -21,8 +21,8 @@ from kzlib.devices import cudnn_benchmark, describe, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_split, next_split, seed_everything,
-                            steps_per_epoch)
+from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_split, next_split,
+                            seed_everything, steps_per_epoch)
 
 
 def detector_step(model, images: list, targets: list, seeds: list[int] | None, opt: Optimisation) -> dict:
@@ -81,16 +81,32 @@ def train_one_epoch(model, opt: Optimisation, loader, device, desc: str) -> dict
             for k, v in sums.items()}
 
 
+def first_batch(dataset: CropDataset, cfg: DetectConfig, device: torch.device):
+    """The epoch's first batch of one process, on ``device``: (images, targets, seeds)."""
+    n = distributed.per_process_batch(cfg.batch_size)
+    images, targets = collate([dataset[i] for i in range(min(n, len(dataset)))])
+    seeds = [int(t.pop("seed")) for t in targets]
+    return [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets], seeds
+
+
+def budget_step(model, cfg: DetectConfig, device: torch.device):
+    """A training step on one batch, for ``kzlib.training.fit_budget`` to time."""
+    probe = Optimisation(model, cfg, device, 1)
+
+    def step(batch) -> None:
+        probe.optimizer.zero_grad(set_to_none=True)
+        detector_step(model, *batch, probe)
+        probe.step()
+    return step
+
+
 def fit_memory(model, dataset: CropDataset, cfg: DetectConfig, device: torch.device, checkpoint: dict | None) -> int:
     """On CUDA, before the processes are tied together: the micro-batches a step needs to fit
     (``kzlib.training.fit_split``), tried on one batch of the largest crops; elsewhere 1."""
     if device.type != "cuda":
         return 1
     n = distributed.per_process_batch(cfg.batch_size)
-    images, targets = collate([dataset[i] for i in range(min(n, len(dataset)))])
-    seeds = [int(t.pop("seed")) for t in targets]
-    images = [im.to(device) for im in images]
-    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    images, targets, seeds = first_batch(dataset, cfg, device)
     probe = Optimisation(model, cfg, device, 1)
     model.train()
 
@@ -121,11 +137,6 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
     cfg, saved, checkpoint, fold, val_images = run.open_training(DetectConfig, cfg, given, mode, inputs, fold,
                                                                  val_images)
     train_pages, val_pages = split_pages(Path(data_dir), fold, cfg.n_folds, val_images)
-    if saved is None and distributed.is_main():
-        run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
-                             [p.image_id for p in train_pages], [p.image_id for p in val_pages], inputs=inputs,
-                             world_size=distributed.size()))
-    distributed.barrier()
 
     seed_everything(cfg.seed)
     model = memory_format(build_model(cfg, load_pretrained=checkpoint is None and not cfg.init_from).to(device),
@@ -137,6 +148,15 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     dataset = CropDataset(train_pages, cfg)
+    if saved is None:
+        cfg = fit_budget(cfg, model, lambda: first_batch(dataset, cfg, device), budget_step(model, cfg, device),
+                         lambda: detect_pages(model, val_pages[:1], cfg, device), len(val_pages),
+                         steps_per_epoch(len(dataset), cfg.batch_size))
+        if distributed.is_main():
+            run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
+                                 [p.image_id for p in train_pages], [p.image_id for p in val_pages], inputs=inputs,
+                                 world_size=distributed.size()))
+    distributed.barrier()
     split = fit_memory(model, dataset, cfg, device, checkpoint)
     t = Training.begin(model, cfg, device, run, checkpoint, steps_per_epoch(len(dataset), cfg.batch_size),
                        ("f1", "precision", "recall"), keep_last_as_best=not val_pages, split=split)
