@@ -40,9 +40,11 @@ def synthetic_page(n: int, seed: int = 0) -> np.ndarray:
             if rng.random() < 0.1:  # a reading aid beside it
                 boxes.append((x + slant * y + w + 2, y + rng.uniform(0, h / 2), w * 0.4, h * 0.4))
             y += h + rng.uniform(2, 10)
-    for _ in range(max(1, n // 200)):  # stray marks
+    strays = max(1, n // 200)
+    boxes = boxes[:max(n - strays, 0)]
+    for _ in range(strays):  # stray marks
         boxes.append((rng.uniform(0, 60 * columns), rng.uniform(0, 3500), rng.uniform(5, 15), rng.uniform(5, 15)))
-    b = np.array(boxes[:n] if len(boxes) >= n else boxes)
+    b = np.array(boxes)
     return b[rng.permutation(len(b))]
 
 

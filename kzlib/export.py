@@ -151,9 +151,15 @@ def load(path: Path, trust: bool = False) -> Bundle:
     stages must be current unless ``trust``)."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
-        if (path / "preset.json").is_file() or find_bundle(path) is None:
+        if (path / "preset.json").is_file():
             return from_work(path, force=trust)
-        path = find_bundle(path)  # a folder holding a bundle: a Kaggle Model as it is mounted
+        try:
+            inner = find_bundle(path)  # a folder holding a bundle: a Kaggle Model as it is mounted
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if inner is None:
+            return from_work(path, force=trust)
+        path = inner
     m = read_json(path / MANIFEST)
     if not trust:
         verify(path, m)

@@ -408,3 +408,13 @@ def serve(fake: FakeKaggle, monkeypatch, token: bool = False) -> None:
     else:
         monkeypatch.setenv("KAGGLE_USERNAME", fake.user)
         monkeypatch.setenv("KAGGLE_KEY", "key-123")
+    # the client reads KAGGLE_API_ENVIRONMENT once, when its module is first imported (KaggleApi.args);
+    # an earlier test in this process may have imported it already
+    from kaggle.api.kaggle_api_extended import KaggleApi
+
+    if "--local" not in KaggleApi.args:
+        monkeypatch.setattr(KaggleApi, "args", [*KaggleApi.args, "--local"])
+    config_dir = fake.root / "kaggle-config"
+    config_dir.mkdir(parents=True, exist_ok=True)
+    monkeypatch.setattr(KaggleApi, "config_dir", str(config_dir))
+    monkeypatch.setattr(KaggleApi, "config", str(config_dir / KaggleApi.config_file))

@@ -108,7 +108,7 @@ def test_the_fast_order_equals_the_quadratic_one():
 
     rng = np.random.default_rng(0)
     pages = [np.c_[rng.uniform(0, 1000, n), rng.uniform(0, 1500, n), rng.uniform(5, 60, (n, 2))]
-             for n in rng.integers(1, 300, 25)] + [synthetic_page(600, seed) for seed in range(2)]
+             for n in rng.integers(1, 200, 15)] + [synthetic_page(300, seed) for seed in range(2)]
     for boxes in pages:
         fast, slow = reading_order(boxes), reference_order.reading_order(boxes)
         assert fast.order.tolist() == slow.order.tolist() and fast.column.tolist() == slow.column.tolist()

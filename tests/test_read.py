@@ -32,8 +32,11 @@ def test_bundle_has_every_part_with_hashes(finished_run, tmp_path):
     assert b.level2 == (tmp_path / "bundle" / "level2" if (work / "stack" / "models" / "stack.json").exists() else None)
     fast = export(work, tmp_path / "fast", folds="best", log=lambda *_: None)
     assert len(fast.detectors) == 1 and fast.level2 is None and len(fast.classifiers["a"]) == 1
-    with pytest.raises(Exception, match="not a runner work folder"):
-        load(tmp_path)
+    with pytest.raises(DataError, match="several model bundles under .*bundle.*fast"):
+        load(tmp_path)  # two different bundles: which one is not guessed
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a runner work folder"):
+        load(tmp_path / "empty")
 
 
 def test_read_writes_every_output_and_the_runners_submission(finished_run, tmp_path):

@@ -50,7 +50,8 @@ def find_competition(root: Path) -> Path | None:
 
 def find_bundle(root: Path) -> Path | None:
     """A model bundle (``kzlib export``; on Kaggle a Model's version folder): its ``manifest.json``
-    names detectors and classifiers. The newest version when several are mounted."""
+    names detectors and classifiers. The newest version when several versions of one model are
+    mounted; ``ValueError`` when bundles of different models are."""
     found = []
     for folder, files in walk(root, MAX_DEPTH + 2):
         if "manifest.json" in files:
@@ -60,7 +61,12 @@ def find_bundle(root: Path) -> Path | None:
                 continue
             if isinstance(manifest, dict) and "detectors" in manifest and "classifiers" in manifest:
                 found.append(folder)
-    return max(found, key=lambda f: (int(f.name) if f.name.isdigit() else -1, str(f))) if found else None
+    if not found:
+        return None
+    models = sorted({str(f.parent if f.name.isdigit() else f) for f in found})  # versions of one model
+    if len(models) > 1:
+        raise ValueError(f"several model bundles under {root}: {', '.join(models)}; give one of them")
+    return max(found, key=lambda f: (int(f.name) if f.name.isdigit() else -1, str(f)))
 
 
 def kernel_outputs(root: Path) -> dict[str, tuple[Path, dict]]:

@@ -266,7 +266,10 @@ class Session:
         (OWNER/MODEL/FRAMEWORK/VARIATION/VERSION), into ``read/``, then ``submission.csv``."""
         from kzlib.read import read_pages  # after the wheels, as in __enter__
 
-        bundle = find_bundle(self.input_root)
+        try:
+            bundle = find_bundle(self.input_root)
+        except ValueError as e:
+            raise KernelError(f"the model {model}: {e}") from None
         if bundle is None:
             raise KernelError(f"the model {model} is not attached under {self.input_root} (no bundle manifest.json); "
                               f"add it to the kernel's model_sources. Mounted:\n{describe(self.input_root)}")
