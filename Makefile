@@ -38,11 +38,15 @@ test: $(STAMP) fonts
 # The embedded default: a small synthetic dataset (4 books of 12 pages, 5 test pages from a fifth
 # book whose glyphs are 1.7x larger), then the whole chain with the CPU demo preset. Rerunning
 # resumes/skips finished stages.
+# The preset's time budgets choose the epochs from this machine's speed (about 15 minutes in all);
+# `make demo TIME_SCALE=3` gives a slow CPU three times the training time (into its own work folder).
 DEMO ?= demo
+TIME_SCALE ?= 1
+DEMO_RUN := $(DEMO)/run$(if $(filter-out 1,$(TIME_SCALE)),-x$(TIME_SCALE))
 demo: $(STAMP) fonts
 	@test -f $(DEMO)/data/train.csv || $(VPY) -m kzlib.synth $(DEMO)/data --books 4 --pages-per-book 12 \
 		--test-pages 5 --classes 200 --height 1200 --seed 3 --workers 2
-	$(VPY) run_local.py --data $(DEMO)/data --work $(DEMO)/run --preset demo
+	$(VPY) run_local.py --data $(DEMO)/data --work $(DEMO_RUN) --preset demo --time-scale $(TIME_SCALE)
 
 clean-venv:
 	rm -rf $(VENV)

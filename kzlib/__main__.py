@@ -25,7 +25,7 @@ COMMANDS = {
     "export": ("kzlib.export", "a model bundle from a finished run"),
     "read": ("kzlib.read", "read pages: characters, text in reading order, pictures, a submission"),
     "order": ("kzlib.order", "the reading order of boxes (train.csv format in)"),
-    "kaggle": ("kzlib.kaggle.__main__", "the chain as Kaggle kernels (render, emulate)"),
+    "kaggle": ("kzlib.kaggle.__main__", "the chain as Kaggle kernels (download, render, push, emulate)"),
     "dataset": ("kzlib.kaggle.build", "the Kaggle Dataset with the kit and its weights"),
 }
 

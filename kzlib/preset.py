@@ -101,6 +101,16 @@ class PipelineConfig:
         kinds = {k: {**v, "pretrained": "", "frozen_start": False} for k, v in self.kinds.items()}
         return replace(self, detect={**self.detect, "pretrained": ""}, kinds=kinds)
 
+    def with_time_scale(self, factor: float) -> "PipelineConfig":
+        """The preset's time budgets (``time_budget_s`` of the detector and of every kind,
+        ``finetune_time_budget_s``) multiplied by ``factor``: a slow machine given more time."""
+        if factor <= 0:
+            raise ConfigError(f"time scale: must be > 0, got {factor}")
+        def scaled(values: dict) -> dict:
+            return {**values, "time_budget_s": values["time_budget_s"] * factor} if values.get("time_budget_s") else values
+        return replace(self, detect=scaled(self.detect), kinds={k: scaled(v) for k, v in self.kinds.items()},
+                       finetune_time_budget_s=self.finetune_time_budget_s * factor)
+
     def weight_needs(self) -> list[WeightNeed]:
         """Every network this preset trains from pretrained weights."""
         det = self.detect_config()

@@ -4,7 +4,7 @@ after an interruption and finished stages are skipped, an interrupted training r
 
   kzlib run --data DATA_DIR --work RUNS_DIR --preset full|demo|FILE.json   (or python run_local.py ...)
                       [--folds 0,1] [--only STAGE] [--dry-run] [--device cpu]
-                      [--pretrained-dir DIR] [--allow-scratch] [--rerun-changed]
+                      [--pretrained-dir DIR] [--allow-scratch] [--rerun-changed] [--time-scale X]
 
 Several GPUs: start one runner per GPU on the same work folder with different --folds, e.g.
   CUDA_VISIBLE_DEVICES=0 kzlib run ... --folds 0,1,2 &
@@ -47,8 +47,13 @@ def main(argv=None) -> int:
                         "without it the runner refuses to mix them")
     p.add_argument("--allow-scratch", action="store_true",
                    help="train every network from random weights instead of the preset's pretrained ones")
+    p.add_argument("--time-scale", type=float, default=1.0,
+                   help="multiply the preset's time budgets (time_budget_s) by this: more time, more epochs "
+                        "on a slow CPU (the demo's budgets keep it near 15 minutes)")
     a = p.parse_args(argv)
     cfg = load_preset(preset_path(a.preset))
+    if a.time_scale != 1.0:
+        cfg = cfg.with_time_scale(a.time_scale)
     if a.device:
         cfg = replace(cfg, device=a.device)  # the preset's checks again (gpus > 1 needs CUDA)
     if a.allow_scratch:

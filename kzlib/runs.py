@@ -92,9 +92,11 @@ class EpochLog:
             a.plot(df["epoch"], df[col], marker=".", label=col)
         a.set_xlabel("epoch"), a.set_ylabel("training loss"), a.set_yscale("log"), a.legend(fontsize=8)
         for col in metrics:
-            if col in df:
+            if col in df and df[col].notna().any():  # epochs not validated are gaps; none validated yet: no line
                 b.plot(df["epoch"], df[col], marker="o", label=col)
-        b.set_xlabel("epoch"), b.set_ylabel("validation"), b.set_ylim(0, 1), b.grid(alpha=0.3), b.legend(fontsize=8)
+        b.set_xlabel("epoch"), b.set_ylabel("validation"), b.set_ylim(0, 1), b.grid(alpha=0.3)
+        if b.get_legend_handles_labels()[0]:
+            b.legend(fontsize=8)
         fig.tight_layout()
         with atomic_path(png) as tmp:
             fig.savefig(tmp, dpi=90, format="png")

@@ -195,8 +195,8 @@ def budget_line(cfg, epochs: int, step_s: float, steps: int, validation_s: float
 
 def fit_budget(cfg, model, batch, step, validate_one, n_val: int, steps: int):
     """With ``cfg.time_budget_s`` > 0, ``cfg`` with the epochs that fit the budget
-    (``epochs_within``): ``batch()`` loads one step's batch, ``step(b)`` trains on it (timed a few
-    times), ``validate_one()`` validates one of the ``n_val`` held-out pages; ``steps`` an epoch.
+    (``epochs_within``): ``batch(k)`` loads the ``k``-th step's batch (the second one is timed: the
+    first pays for warming the decoders up), ``step(b)`` trains on it (timed a few times), ``validate_one()`` validates one of the ``n_val`` held-out pages; ``steps`` an epoch.
     The model's weights and statistics and the random generators come back as they were, so the
     training that follows is the one it would have been with those epochs asked."""
     if cfg.time_budget_s <= 0:
@@ -204,8 +204,9 @@ def fit_budget(cfg, model, batch, step, validate_one, n_val: int, steps: int):
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
     generators = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
                   torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    b = batch(0)
     t0 = time.perf_counter()
-    b = batch()
+    batch(1)
     data_s = time.perf_counter() - t0
     model.train()
     step_s = time_step(lambda: step(b)) + data_s

@@ -97,3 +97,18 @@ def test_presets_with_several_gpus_are_checked_when_loaded(tmp_path):
             load_preset(path)
     path.write_text(json.dumps({**full, "gpus": 2}))
     assert load_preset(path).gpus == 2
+
+
+def test_a_time_scale_multiplies_every_budget_and_nothing_else():
+    from kzlib.preset import preset_path
+
+    demo = load_preset(preset_path("demo"))
+    x3 = demo.with_time_scale(3)
+    assert x3.detect_config().time_budget_s == 3 * demo.detect_config().time_budget_s > 0
+    assert x3.classify_config("resnet18").time_budget_s == 3 * demo.classify_config("resnet18").time_budget_s > 0
+    assert x3.finetune_config("resnet18", "c.pth").time_budget_s == 3 * demo.finetune_time_budget_s > 0
+    assert x3.detect_config().epochs == demo.detect_config().epochs and x3.n_folds == demo.n_folds
+    full = load_preset(preset_path("full"))
+    assert full.with_time_scale(3) == full  # no budget: nothing to scale
+    with pytest.raises(ConfigError, match="time scale"):
+        demo.with_time_scale(0)

@@ -234,3 +234,10 @@ def test_a_time_budget_chooses_the_epochs_and_keeps_the_training(tiny, tmp_path,
         torch.testing.assert_close(a[k], b[k], msg=k)
     train(tiny, budget, asked, fold=0, mode="auto")
     assert len(pd.read_csv(budget / "log.csv")) == 1
+
+
+def test_validate_every_skips_the_validations_between(tiny, tmp_path):
+    """validate_every=2 over 3 epochs: validated after the second and the last, not the first."""
+    train(tiny, tmp_path / "run", replace(TINY, epochs=3, validate_every=2), fold=0)
+    log = pd.read_csv(tmp_path / "run" / "log.csv")
+    assert log["f1"].isna().tolist() == [True, False, False]

@@ -48,6 +48,7 @@ def _state(work):
 def test_killed_run_resumes_without_redoing_finished_stages(tiny, tmp_path):
     preset = json.loads(PRESET.read_text())
     preset["kinds"]["a"]["epochs"] = 4  # a wider window to kill the classifier in
+    preset["n_folds"] = 2  # every kind of stage, a third of the trainings fewer
     (tmp_path / "preset.json").write_text(json.dumps(preset))
     work = tmp_path / "work"
     cmd = RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(tmp_path / "preset.json")]

@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from kzlib.detailed import blend_files, submission_from_detailed
+from kzlib.errors import DataError
 from kzlib.export import export, load
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -120,10 +120,11 @@ def train_one_epoch(model, opt: Optimisation, loader, cfg: ClassifyConfig, devic
     return {"loss": loss_sum / max(1, boxes), "train_accuracy": correct / max(1, boxes), "train_boxes": int(boxes)}
 
 
-def first_batch(dataset: CropDataset, cfg: ClassifyConfig) -> tuple:
-    """One loader batch of this process, its boxes capped as in training: (images, boxes, labels)."""
+def one_batch(dataset: CropDataset, cfg: ClassifyConfig, k: int = 0) -> tuple:
+    """The ``k``-th loader batch of this process in the dataset's order (wrapping round), its boxes
+    capped as in training: (images, boxes, labels)."""
     n = distributed.per_process_batch(cfg.batch_size)
-    images, b, y = collate([dataset[i] for i in range(min(n, len(dataset)))])
+    images, b, y = collate([dataset[(k * n + i) % len(dataset)] for i in range(min(n, len(dataset)))])
     cap = cfg.max_targets and max(32, cfg.max_targets // distributed.size() // 32 * 32)
     return (images, *cap_targets(b, y, cap, torch.Generator().manual_seed(0)))
 
@@ -146,7 +147,7 @@ def fit_memory(model, dataset: CropDataset, cfg: ClassifyConfig, device: torch.d
     if device.type != "cuda":
         return 1
     n = distributed.per_process_batch(cfg.batch_size)
-    images, b, y = first_batch(dataset, cfg)
+    images, b, y = one_batch(dataset, cfg)
     probe = Optimisation(model, cfg, device, 1)
     model.train()
 
@@ -247,7 +248,7 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
     if saved is None:
-        cfg = fit_budget(cfg, model, lambda: first_batch(dataset, cfg), budget_step(model, cfg, device),
+        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, k), budget_step(model, cfg, device),
                          lambda: validate(model, val_pages[:1], val_truth[:1], classes, cfg, device), len(val_pages),
                          steps_per_epoch(len(dataset), cfg.batch_size))
         if distributed.is_main():

@@ -18,7 +18,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 class DetectConfig:
     # fields added after work folders existed, with the value that does what was done before them:
     # a stage's fingerprint leaves them out while they hold it (kzlib.stages)
-    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0}
+    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0, "validate_every": 1}
     # model
     backbone: str = "resnet152"
     fpn_channels: int = 256
@@ -63,6 +63,7 @@ class DetectConfig:
     max_detections: int = 1000
     rpn_pre_nms_test: int = 1000
     rpn_post_nms_test: int = 1000
+    validate_every: int = 1  # validate on the held-out pages every this many epochs, and after the last
     time_budget_s: float = 0.0  # > 0: the epochs are cut to what fits in this many seconds, from the speed of
     #                             a few steps measured at the start (the run's config.json records the epochs chosen)
     # runtime
@@ -80,7 +81,7 @@ class DetectConfig:
                       amp_dtype=("fp16", "bf16"), amp_cpu_dtype=("bf16", "fp16"))
         check_positive(self, "page_size", "crop_width", "crop_height", "crops_per_page", "epochs", "batch_size",
                        "lr", "fpn_channels", "max_detections", "rpn_pre_nms_test", "rpn_post_nms_test",
-                       "n_folds", "box_batch_per_image")
+                       "n_folds", "box_batch_per_image", "validate_every")
         check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", "time_budget_s", allow_zero=True)
         if not 0 <= self.scale_aug < 1:
             raise ConfigError(f"scale_aug: must be in [0, 1), got {self.scale_aug}")

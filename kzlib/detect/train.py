@@ -81,10 +81,11 @@ def train_one_epoch(model, opt: Optimisation, loader, device, desc: str) -> dict
             for k, v in sums.items()}
 
 
-def first_batch(dataset: CropDataset, cfg: DetectConfig, device: torch.device):
-    """The epoch's first batch of one process, on ``device``: (images, targets, seeds)."""
+def one_batch(dataset: CropDataset, cfg: DetectConfig, device: torch.device, k: int = 0):
+    """The ``k``-th batch of one process in the dataset's order (wrapping round), on ``device``:
+    (images, targets, seeds)."""
     n = distributed.per_process_batch(cfg.batch_size)
-    images, targets = collate([dataset[i] for i in range(min(n, len(dataset)))])
+    images, targets = collate([dataset[(k * n + i) % len(dataset)] for i in range(min(n, len(dataset)))])
     seeds = [int(t.pop("seed")) for t in targets]
     return [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets], seeds
 
@@ -106,7 +107,7 @@ def fit_memory(model, dataset: CropDataset, cfg: DetectConfig, device: torch.dev
     if device.type != "cuda":
         return 1
     n = distributed.per_process_batch(cfg.batch_size)
-    images, targets, seeds = first_batch(dataset, cfg, device)
+    images, targets, seeds = one_batch(dataset, cfg, device)
     probe = Optimisation(model, cfg, device, 1)
     model.train()
 
@@ -149,7 +150,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     dataset = CropDataset(train_pages, cfg)
     if saved is None:
-        cfg = fit_budget(cfg, model, lambda: first_batch(dataset, cfg, device), budget_step(model, cfg, device),
+        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, device, k), budget_step(model, cfg, device),
                          lambda: detect_pages(model, val_pages[:1], cfg, device), len(val_pages),
                          steps_per_epoch(len(dataset), cfg.batch_size))
         if distributed.is_main():
@@ -169,10 +170,12 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
         t0 = time.time()
         losses = t.train_epoch(train_one_epoch, t.ddp, t.opt, loader, device, f"fold {fold} epoch {epoch + 1}/{cfg.epochs}")
         t_train = time.time() - t0
+        last = epoch + 1 == cfg.epochs
         if distributed.is_main():
-            scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) if val_pages else {}
+            scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) \
+                if val_pages and ((epoch + 1) % cfg.validate_every == 0 or last) else {}
             row = t.end.row(epoch, t.opt, losses, scores, len(dataset), t_train, time.time() - t0)
-            t.end_epoch(epoch, scores, row, last=epoch + 1 == cfg.epochs)
+            t.end_epoch(epoch, scores, row, last=last)
             print(epoch_line(fold, epoch, cfg.epochs, f"loss {losses.get('loss', 0):.4f}", scores, t.best,
                              time.time() - t0), flush=True)
         distributed.barrier()
