@@ -165,6 +165,19 @@ def fit_split(step, per_process: int, start: int = 1, what: str = "") -> int:
     return int(distributed.all_max(split))
 
 
+def fit_memory_split(model, step, per_process: int, checkpoint: dict | None, device: torch.device, what: str) -> int:
+    """``fit_split`` for a model's trial steps, starting from the split a checkpoint recorded; the
+    trials leave the model as it was (BatchNorm statistics move) and the peak-memory counter reset."""
+    start = int(checkpoint.get("micro_split", 1)) if checkpoint else 1
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with cudnn_benchmark(True):
+        split = fit_split(step, per_process, start, what)
+    model.load_state_dict(before)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    return split
+
+
 def epochs_within(budget_s: float, asked: int, epoch_s: float, validation_s: float, validate_every: int = 1) -> int:
     """The most epochs, at most ``asked`` and at least 1, whose training (``epoch_s`` each) and
     validations (every ``validate_every`` epochs and after the last, ``validation_s`` each) fit in

@@ -173,7 +173,16 @@ def test_a_crash_while_libjpeg_is_heard_still_reports(tmp_path):
     assert "read_image" in r.stderr  # the Python stack of the crash
 
 
-def test_a_tampered_or_foreign_bundle_is_refused(finished_run, tmp_path):
+def _read_here(capsys, inputs, model, out, *extra) -> tuple[int, str]:
+    """``kzlib read`` in this process (no interpreter start): its exit code and stderr."""
+    from kzlib.read import main as read_main
+
+    capsys.readouterr()
+    rc = read_main([*map(str, inputs), "--model", str(model), "--out", str(out), *extra])
+    return rc, capsys.readouterr().err
+
+
+def test_a_tampered_or_foreign_bundle_is_refused(finished_run, tmp_path, capsys):
     data, work = finished_run
     bundle = tmp_path / "bundle"
     export(work, bundle, log=lambda *_: None)
@@ -183,17 +192,17 @@ def test_a_tampered_or_foreign_bundle_is_refused(finished_run, tmp_path):
     name = next(k for k, v in state["model"].items() if v.is_floating_point())
     state["model"][name] += 0.01  # still a checkpoint that loads: only the SHA-256 tells
     torch.save(state, weights_file)
-    r = _read(page, bundle, tmp_path / "o1")
-    assert r.returncode == 1 and f"{weights_file}: its SHA-256 differs from manifest.json" in r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "o1" / "pages.csv").exists()
-    assert _read(page, bundle, tmp_path / "o2", "--trust").returncode == 0  # the user's call
+    rc, err = _read_here(capsys, page, bundle, tmp_path / "o1")
+    assert rc == 1 and f"{weights_file}: its SHA-256 differs from manifest.json" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o1" / "pages.csv").exists()
+    assert _read_here(capsys, page, bundle, tmp_path / "o2", "--trust")[0] == 0  # the user's call
     export(work, bundle, log=lambda *_: None)
     manifest = json.loads((bundle / "manifest.json").read_text())
     for key, value, said in (("format", 99, "bundle format 99"), ("kit_version", "9.9.0", "made by kzlib 9.9.0"),
                              ("torch", "99.1.0", "made with torch 99.1.0")):
         (bundle / "manifest.json").write_text(json.dumps({**manifest, key: value}))
-        r = _read(page, bundle, tmp_path / f"o-{key}")
-        assert r.returncode == 1 and said in r.stderr and "--trust" in r.stderr, r.stderr
+        rc, err = _read_here(capsys, page, bundle, tmp_path / f"o-{key}")
+        assert rc == 1 and said in err and "--trust" in err, err
 
 
 def test_export_refuses_a_stale_or_unfinished_work_folder(finished_run, tmp_path, capsys):

@@ -35,3 +35,27 @@ def test_epochs_within_a_budget_count_training_and_validations():
     assert epochs_within(70, 8, 10, 5, validate_every=4) == 6
     assert epochs_within(1e9, 8, 10, 5) == 8  # never more than asked
     assert epochs_within(1, 8, 10, 5) == 1  # never fewer than one
+
+
+def test_the_memory_fit_finds_the_split_and_leaves_the_model_as_it_was():
+    """Trial steps that run out of memory below 4 micro-batches: 4 chosen (from a checkpoint's 2 as
+    well), the BatchNorm statistics the trials moved put back."""
+    import torch
+
+    from kzlib.training import fit_memory_split
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    tried = []
+
+    def step(split: int) -> None:
+        tried.append(split)
+        model(torch.randn(8, 3) * 5 + 3)  # moves the running statistics
+        if split < 4:
+            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+
+    assert fit_memory_split(model, step, 8, None, torch.device("cpu"), "test: ") == 4 and tried == [1, 2, 4]
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    tried.clear()
+    assert fit_memory_split(model, step, 8, {"micro_split": 2}, torch.device("cpu"), "test: ") == 4 and tried == [2, 4]

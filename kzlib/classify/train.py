@@ -22,11 +22,11 @@ from kzlib.classify.model import Classifier
 from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_sizes
 from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
 from kzlib.images import image_size
-from kzlib.devices import cudnn_benchmark, describe, memory_format, pick_device
+from kzlib.devices import describe, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_split, next_split,
+from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_memory_split, next_split,
                             sample_seed, seed_everything, steps_per_epoch)
 
 
@@ -142,7 +142,7 @@ def budget_step(model, cfg: ClassifyConfig, device: torch.device):
 
 def fit_memory(model, dataset: CropDataset, cfg: ClassifyConfig, device: torch.device, checkpoint: dict | None) -> int:
     """On CUDA, before the processes are tied together: the micro-batches a step needs to fit
-    (``kzlib.training.fit_split``), tried on one batch of crops with the most boxes the config
+    (``kzlib.training.fit_memory_split``), tried on one batch of crops with the most boxes the config
     allows; elsewhere 1."""
     if device.type != "cuda":
         return 1
@@ -154,13 +154,7 @@ def fit_memory(model, dataset: CropDataset, cfg: ClassifyConfig, device: torch.d
     def step(split: int) -> None:
         accumulate_gradients(model, split_micro(images, b, y, split), device, probe, cfg.label_smoothing)
         probe.optimizer.zero_grad(set_to_none=True)
-    start = int(checkpoint.get("micro_split", 1)) if checkpoint else 1
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move
-    with cudnn_benchmark(True):
-        split = fit_split(step, n, start, "classifier: ")
-    model.load_state_dict(before)
-    torch.cuda.reset_peak_memory_stats(device)
-    return split
+    return fit_memory_split(model, step, n, checkpoint, device, "classifier: ")
 
 
 def add_missed(page: Page, truth: Page, iou: float = 0.5) -> Page:

@@ -17,11 +17,11 @@ from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset, collate
 from kzlib.detect.model import build_model, seed_samplers
 from kzlib.detect.predict import agnostic_f1, detect_pages
-from kzlib.devices import cudnn_benchmark, describe, memory_format, pick_device
+from kzlib.devices import describe, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_split, next_split,
+from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_memory_split, next_split,
                             seed_everything, steps_per_epoch)
 
 
@@ -103,7 +103,7 @@ def budget_step(model, cfg: DetectConfig, device: torch.device):
 
 def fit_memory(model, dataset: CropDataset, cfg: DetectConfig, device: torch.device, checkpoint: dict | None) -> int:
     """On CUDA, before the processes are tied together: the micro-batches a step needs to fit
-    (``kzlib.training.fit_split``), tried on one batch of the largest crops; elsewhere 1."""
+    (``kzlib.training.fit_memory_split``), tried on one batch of the largest crops; elsewhere 1."""
     if device.type != "cuda":
         return 1
     n = distributed.per_process_batch(cfg.batch_size)
@@ -115,13 +115,7 @@ def fit_memory(model, dataset: CropDataset, cfg: DetectConfig, device: torch.dev
         probe.split = split
         detector_step(model, images, targets, seeds, probe)
         probe.optimizer.zero_grad(set_to_none=True)
-    start = int(checkpoint.get("micro_split", 1)) if checkpoint else 1
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}  # BatchNorm statistics move
-    with cudnn_benchmark(True):
-        split = fit_split(step, n, start, "detector: ")
-    model.load_state_dict(before)
-    torch.cuda.reset_peak_memory_stats(device)
-    return split
+    return fit_memory_split(model, step, n, checkpoint, device, "detector: ")
 
 
 def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None, val_images: Sequence[str] | None = None,
