@@ -124,9 +124,9 @@ def main() -> None:
     # 8. random bytes where a weights file should be
     wdir = t / "weights"
     wdir.mkdir()
-    (wdir / "resnet18_imagenet1k_v1.pth").write_bytes(os.urandom(4096))
+    (wdir / "resnet152_imagenet1k_v1.pth").write_bytes(os.urandom(4096))
     r = subprocess.run(PY + ["weights", "list", "--dir", str(wdir)], capture_output=True, text=True)
-    line = next((x for x in r.stdout.splitlines() if "resnet18" in x), r.stdout.strip()[-200:])
+    line = next((x for x in r.stdout.splitlines() if "resnet152" in x), r.stdout.strip()[-200:])
     say("8. weights list on random bytes named like a registered file", r.returncode, line.strip())
 
 
