@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -165,14 +166,27 @@ def fit_split(step, per_process: int, start: int = 1, what: str = "") -> int:
     return int(distributed.all_max(split))
 
 
+@contextmanager
+def trial(model: torch.nn.Module):
+    """Trial steps that leave no trace: the model's weights and statistics and the random generators
+    (Python's, NumPy's, torch's on every device) come back as they were."""
+    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    python, numpy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
+        try:
+            yield
+        finally:
+            model.load_state_dict(weights)
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
 def fit_memory_split(model, step, per_process: int, checkpoint: dict | None, device: torch.device, what: str) -> int:
     """``fit_split`` for a model's trial steps, starting from the split a checkpoint recorded; the
     trials leave the model as it was (BatchNorm statistics move) and the peak-memory counter reset."""
     start = int(checkpoint.get("micro_split", 1)) if checkpoint else 1
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    with cudnn_benchmark(True):
+    with trial(model), cudnn_benchmark(True):
         split = fit_split(step, per_process, start, what)
-    model.load_state_dict(before)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     return split
@@ -209,30 +223,23 @@ def budget_line(cfg, epochs: int, step_s: float, steps: int, validation_s: float
 def fit_budget(cfg, model, batch, step, validate_one, n_val: int, steps: int):
     """With ``cfg.time_budget_s`` > 0, ``cfg`` with the epochs that fit the budget
     (``epochs_within``): ``batch(k)`` loads the ``k``-th step's batch (the second one is timed: the
-    first pays for warming the decoders up), ``step(b)`` trains on it (timed a few times), ``validate_one()`` validates one of the ``n_val`` held-out pages; ``steps`` an epoch.
-    The model's weights and statistics and the random generators come back as they were, so the
-    training that follows is the one it would have been with those epochs asked."""
+    first pays for warming the decoders up), ``step(b)`` trains on it (timed a few times),
+    ``validate_one()`` validates one of the ``n_val`` held-out pages; ``steps`` an epoch. The trials
+    leave no trace (``trial``), so the training that follows is the one it would have been with
+    those epochs asked."""
     if cfg.time_budget_s <= 0:
         return cfg
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    generators = (random.getstate(), np.random.get_state(), torch.get_rng_state(),
-                  torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    b = batch(0)
-    t0 = time.perf_counter()
-    batch(1)
-    data_s = time.perf_counter() - t0
-    model.train()
-    step_s = time_step(lambda: step(b)) + data_s
-    model.load_state_dict(weights)
     validation_s = 0.0
-    if n_val:
-        model.eval()
-        validation_s = time_step(validate_one, repeats=1) * n_val
-    random.setstate(generators[0])
-    np.random.set_state(generators[1])
-    torch.set_rng_state(generators[2])
-    if generators[3] is not None:
-        torch.cuda.set_rng_state_all(generators[3])
+    with trial(model):
+        b = batch(0)
+        t0 = time.perf_counter()
+        batch(1)
+        data_s = time.perf_counter() - t0
+        model.train()
+        step_s = time_step(lambda: step(b)) + data_s
+        if n_val:
+            model.eval()
+            validation_s = time_step(validate_one, repeats=1) * n_val
     epochs = int(distributed.all_max(epochs_within(cfg.time_budget_s, cfg.epochs, steps * step_s, validation_s,
                                                    getattr(cfg, "validate_every", 1))))
     if distributed.is_main():
