@@ -24,7 +24,7 @@ from kzlib import weights
 from kzlib.cli import one_line_errors, parser
 from kzlib.data import require_valid
 from kzlib.devices import describe_asked, why_no_cuda
-from kzlib.errors import EnvironmentProblem
+from kzlib.errors import EnvironmentProblem, UsageError
 from kzlib.pipeline import Pipeline
 from kzlib.preset import load_preset, preset_path
 from kzlib.summary import report
@@ -53,7 +53,11 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     cfg = load_preset(preset_path(a.preset))
     if a.time_scale != 1.0:
-        cfg = cfg.with_time_scale(a.time_scale)
+        scaled = cfg.with_time_scale(a.time_scale)
+        if scaled == cfg:
+            raise UsageError(f"--time-scale: preset {a.preset} has no time budgets (time_budget_s) to scale; "
+                             "its epochs are fixed")
+        cfg = scaled
     if a.device:
         cfg = replace(cfg, device=a.device)  # the preset's checks again (gpus > 1 needs CUDA)
     if a.allow_scratch:

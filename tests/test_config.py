@@ -112,3 +112,10 @@ def test_a_time_scale_multiplies_every_budget_and_nothing_else():
     assert full.with_time_scale(3) == full  # no budget: nothing to scale
     with pytest.raises(ConfigError, match="time scale"):
         demo.with_time_scale(0)
+
+
+def test_a_time_scale_on_a_preset_without_budgets_is_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "kzlib", "run", "--data", str(tmp_path), "--work", str(tmp_path / "w"),
+                          "--preset", "full", "--time-scale", "2", "--dry-run"], capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+        "error: --time-scale: preset full has no time budgets (time_budget_s) to scale; its epochs are fixed"]
