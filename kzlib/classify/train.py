@@ -129,13 +129,14 @@ def one_batch(dataset: CropDataset, cfg: ClassifyConfig, k: int = 0) -> tuple:
     return (images, *cap_targets(b, y, cap, torch.Generator().manual_seed(0)))
 
 
-def budget_step(model, cfg: ClassifyConfig, device: torch.device):
-    """A training step on one loader batch, for ``kzlib.training.fit_budget`` to time."""
+def budget_step(model, cfg: ClassifyConfig, device: torch.device, split: int):
+    """A training step on one loader batch in ``split`` micro-batches (what fits the GPU), for
+    ``kzlib.training.fit_budget`` to time."""
     probe = Optimisation(model, cfg, device, 1)
 
     def step(batch) -> None:
         probe.optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients(model, [batch], device, probe, cfg.label_smoothing)
+        accumulate_gradients(model, split_micro(*batch, split), device, probe, cfg.label_smoothing)
         probe.step()
     return step
 
@@ -241,8 +242,9 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
                              "the same backbone is needed") from None
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
+    split = fit_memory(model, dataset, cfg, device, checkpoint)  # first: the budget's steps must fit too
     if saved is None:
-        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, k), budget_step(model, cfg, device),
+        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, k), budget_step(model, cfg, device, split),
                          lambda: validate(model, val_pages[:1], val_truth[:1], classes, cfg, device), len(val_pages),
                          steps_per_epoch(len(dataset), cfg.batch_size))
         if distributed.is_main():
@@ -252,7 +254,6 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
                                  pseudolabels=[str(Path(p).resolve()) for p in pseudolabels],
                                  classes=len(classes), inputs=inputs, world_size=distributed.size()))
     distributed.barrier()
-    split = fit_memory(model, dataset, cfg, device, checkpoint)
     t = Training.begin(model, cfg, device, run, checkpoint, steps, ("f1", "accuracy", "train_accuracy"),
                        {"classes": classes}, keep_last_as_best=not val_pages, split=split)
     if distributed.is_main():

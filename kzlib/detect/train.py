@@ -90,9 +90,11 @@ def one_batch(dataset: CropDataset, cfg: DetectConfig, device: torch.device, k: 
     return [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets], seeds
 
 
-def budget_step(model, cfg: DetectConfig, device: torch.device):
-    """A training step on one batch, for ``kzlib.training.fit_budget`` to time."""
+def budget_step(model, cfg: DetectConfig, device: torch.device, split: int):
+    """A training step on one batch in ``split`` micro-batches (what fits the GPU), for
+    ``kzlib.training.fit_budget`` to time."""
     probe = Optimisation(model, cfg, device, 1)
+    probe.split = split
 
     def step(batch) -> None:
         probe.optimizer.zero_grad(set_to_none=True)
@@ -143,8 +145,9 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     dataset = CropDataset(train_pages, cfg)
+    split = fit_memory(model, dataset, cfg, device, checkpoint)  # first: the budget's steps must fit too
     if saved is None:
-        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, device, k), budget_step(model, cfg, device),
+        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, device, k), budget_step(model, cfg, device, split),
                          lambda: detect_pages(model, val_pages[:1], cfg, device), len(val_pages),
                          steps_per_epoch(len(dataset), cfg.batch_size))
         if distributed.is_main():
@@ -152,7 +155,6 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
                                  [p.image_id for p in train_pages], [p.image_id for p in val_pages], inputs=inputs,
                                  world_size=distributed.size()))
     distributed.barrier()
-    split = fit_memory(model, dataset, cfg, device, checkpoint)
     t = Training.begin(model, cfg, device, run, checkpoint, steps_per_epoch(len(dataset), cfg.batch_size),
                        ("f1", "precision", "recall"), keep_last_as_best=not val_pages, split=split)
     if distributed.is_main():
