@@ -166,6 +166,30 @@ def check_choices(cfg: Any, **choices: Sequence[str]) -> None:
             raise ConfigError(f"{name}: {v!r} is not {', '.join(allowed[:-1])} or {allowed[-1]}")
 
 
+def check_resnet_size(cfg: Any, channels: str, blocks: str) -> None:
+    """A ResNet resized by ``channels`` (the four stages' widths) and ``blocks`` (blocks per stage): four positive numbers each, or none (the architecture as named),
+    and no pretrained file (ImageNet weights exist only for the named sizes)."""
+    for name in (channels, blocks):
+        v = tuple(getattr(cfg, name))
+        if v and (len(v) != 4 or min(v) < 1):
+            raise ConfigError(f"{name}: needs four positive numbers, one per ResNet stage (or none), got {list(v)}")
+    if (getattr(cfg, channels) or getattr(cfg, blocks)) and cfg.pretrained:
+        raise ConfigError(f"{channels}/{blocks}: a ResNet of another size has no pretrained weights; "
+                          f"set pretrained to \"\" (random initialisation) or leave {channels} and {blocks} empty")
+
+
+def resnet_size_args(channels: Sequence[int], blocks: Sequence[int]) -> dict:
+    """timm ResNet arguments for a resized network (``check_resnet_size``): the stages' widths and
+    blocks per stage (the stem stays as the architecture has it: 64 channels for a plain ResNet);
+    empty for the architecture as named."""
+    args: dict = {}
+    if channels:
+        args["channels"] = tuple(int(c) for c in channels)
+    if blocks:
+        args["layers"] = tuple(int(b) for b in blocks)
+    return args
+
+
 def check_zoom_range(zoom_range: tuple[float, ...]) -> None:
     """``zoom_range`` is empty (scale_aug applies) or (lo, hi) with 0 < lo <= hi."""
     if zoom_range and (len(zoom_range) != 2 or not 0 < zoom_range[0] <= zoom_range[1]):

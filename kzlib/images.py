@@ -30,6 +30,14 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return im.size
 
 
+def jpeg_reduction(h0: int, target: int) -> int:
+    """The strongest JPEG decode reduction (8, 4, 2 or 1) of a page ``h0`` rows high that keeps at
+    least ``target`` rows."""
+    if target <= 0:
+        raise ValueError(f"height must be positive, got {target}")
+    return next((f for f in (8, 4, 2) if h0 >= f * target), 1)
+
+
 def read_image(path: str | Path, height: int | None = None, min_height: int | None = None) -> np.ndarray:
     """Read a page as RGB uint8 [H, W, 3]; grayscale, RGBA (composited on white), 16-bit and PNG
     handled. With ``height``, the result is resized to exactly that height (aspect kept); when
@@ -44,12 +52,8 @@ def read_image(path: str | Path, height: int | None = None, min_height: int | No
             return img
     with open_header(path) as im:
         (w0, h0), fmt, mode = im.size, im.format, im.mode
-    factor = 1
     target = height if height is not None else min_height
-    if target is not None:
-        if target <= 0:
-            raise ValueError(f"height must be positive, got {target}")
-        factor = next((f for f in (8, 4, 2) if h0 >= f * target), 1)
+    factor = 1 if target is None else jpeg_reduction(h0, target)
     simple = fmt == "JPEG" and mode in ("RGB", "L", "CMYK")
     if simple:
         flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4,

@@ -15,7 +15,7 @@ from torch.utils.data import Dataset
 from torchvision.ops import box_convert, box_iou
 
 from kzlib.data import DataDir, DataError, parse_labels, read_labels_csv
-from kzlib.images import image_size, read_image
+from kzlib.images import image_size, jpeg_reduction, read_image
 from kzlib.folds import held_out
 from kzlib.training import sample_seed
 
@@ -108,6 +108,7 @@ class CropSpec:
     resample_empty: bool = False   # draw another crop when one holds no box (classifier)
     zoom_range: tuple = ()         # (lo, hi): log-uniform magnification instead of scale_aug
     glyph_height: float = 0.0      # > 0: pages scaled so their median box is this high (glyph_zoom)
+    cache_pages: bool = False      # keep every decoded page in memory (small datasets: the demo's 48 pages)
 
 
 class PageCrops(Dataset):
@@ -127,6 +128,21 @@ class PageCrops(Dataset):
                        for p, (w, h) in zip(self.pages, self.sizes)]
         self.norm_boxes = [normalised_xyxy(p.boxes, *wh) for p, wh in zip(self.pages, self.sizes)]
         self.colour = A.Compose(list(spec.colour)) if spec.colour else None
+        self.cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def decoded(self, k: int, min_height: int) -> np.ndarray:
+        """Page ``k`` decoded with at least ``min_height`` rows (``read_image``); with the spec's
+        ``cache_pages``, kept (read-only) per page and JPEG reduction for the epochs that follow."""
+        page = self.pages[k]
+        if not self.spec.cache_pages:
+            return read_image(page.path, min_height=min_height)
+        key = (k, jpeg_reduction(self.sizes[k][1], min_height))
+        image = self.cache.get(key)
+        if image is None:
+            image = read_image(page.path, min_height=min_height)
+            image.flags.writeable = False  # crops are cut from it: nothing may change it in place
+            self.cache[key] = image
+        return image
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -144,8 +160,8 @@ class PageCrops(Dataset):
         return out
 
     def _crop(self, k: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        spec, page = self.spec, self.pages[k]
-        w0, h0 = self.sizes[k]
+        spec = self.spec
+        h0 = self.sizes[k][1]
         rng = np.random.default_rng(seed)
         # region height in pixels of the page at spec.size, then in original pixels
         if spec.zoom_range:
@@ -154,7 +170,7 @@ class PageCrops(Dataset):
             region_h = spec.crop_height * rng.uniform(1 - spec.scale_aug, 1 + spec.scale_aug)
         region_h0 = region_h / self.scales[k]
         zoom = spec.crop_height / region_h0  # crop pixels per original pixel
-        image = read_image(page.path, min_height=max(1, int(np.ceil(h0 * zoom))))
+        image = self.decoded(k, max(1, int(np.ceil(h0 * zoom))))
         s = image.shape[0] / h0
         rh = max(1, int(round(region_h0 * s)))
         rw = max(1, int(round(region_h0 * s * spec.crop_width / spec.crop_height)))

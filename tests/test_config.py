@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from kzlib.classify.config import ClassifyConfig
 from kzlib.config import ConfigError, config_from_dict, load_config
@@ -119,3 +120,46 @@ def test_a_time_scale_on_a_preset_without_budgets_is_one_line(tmp_path):
                           "--preset", "full", "--time-scale", "2", "--dry-run"], capture_output=True, text=True)
     assert out.returncode == 2 and out.stderr.strip().splitlines() == [
         "error: --time-scale: preset full has no time budgets (time_budget_s) to scale; its epochs are fixed"]
+
+
+def test_resized_resnets_have_the_asked_widths_and_blocks():
+    """trunk_channels/trunk_blocks (classifier) and backbone_channels/backbone_blocks (detector)
+    build a ResNet of those stage widths and depths, from random weights only; left empty, the
+    networks are the architectures their names give."""
+    from kzlib.classify.model import Classifier
+    from kzlib.detect.model import build_model
+
+    c = Classifier(ClassifyConfig(backbone="resnet18", pretrained="", trunk_channels=(24, 48, 96, 192),
+                                  trunk_blocks=(1, 1, 1, 1), hidden=16), 5)
+    assert c.trunk.feature_info.channels() == [48, 96] and c.trunk.layer1[0].conv1.out_channels == 24
+    assert len(c.trunk.layer2) == len(c.trunk.layer3) == 1
+    plain = Classifier(ClassifyConfig(backbone="resnet18", pretrained="", hidden=16), 5)
+    assert plain.trunk.feature_info.channels() == [128, 256] and len(plain.trunk.layer2) == 2
+    d = build_model(DetectConfig(backbone="resnet18", pretrained="", backbone_channels=(32, 64, 128, 256),
+                                 backbone_blocks=(1, 2, 1, 1), fpn_channels=16))
+    body = d.backbone.body
+    assert body.layer1[0].conv1.out_channels == 32 and [len(body[f"layer{i}"]) for i in range(1, 5)] == [1, 2, 1, 1]
+    assert [b[0].in_channels for b in d.backbone.fpn.inner_blocks] == [32, 64, 128, 256]
+    d.eval()
+    assert d(torch.rand(1, 3, 64, 96))[0]["boxes"].shape[1] == 4
+    full = build_model(DetectConfig(backbone="resnet18", pretrained="", fpn_channels=16))
+    assert [b[0].in_channels for b in full.backbone.fpn.inner_blocks] == [64, 128, 256, 512]
+    assert type(full.backbone.body.layer1[0]).__module__.startswith("torchvision")
+    for bad, said in [({"backbone_channels": (32, 64)}, "four positive numbers"),
+                      ({"backbone_blocks": (1, 0, 1, 1)}, "four positive numbers"),
+                      ({"backbone_channels": (8, 8, 8, 8), "pretrained": "auto"}, "no pretrained weights")]:
+        with pytest.raises(ConfigError, match=said):
+            DetectConfig(backbone="resnet18", **{"pretrained": "", **bad})
+    with pytest.raises(ConfigError, match="trunk_channels/trunk_blocks: a ResNet of another size"):
+        ClassifyConfig(trunk_blocks=(1, 1, 1, 1))
+
+
+def test_the_rpn_keeps_the_proposals_asked_in_training():
+    from kzlib.detect.model import build_model
+
+    rpn = build_model(DetectConfig(backbone="resnet18", pretrained="", rpn_pre_nms_train=700,
+                                   rpn_post_nms_train=300, fpn_channels=16)).rpn
+    assert rpn._pre_nms_top_n == {"training": 700, "testing": 1000}
+    assert rpn._post_nms_top_n == {"training": 300, "testing": 1000}
+    assert build_model(DetectConfig(backbone="resnet18", pretrained="", fpn_channels=16)).rpn._pre_nms_top_n[
+        "training"] == 2000  # torchvision's default, as before the setting

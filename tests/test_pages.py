@@ -81,3 +81,30 @@ def test_zoom_range_draws_magnifications_log_uniformly(tmp_path):
     assert abs(np.median(z)) < 0.15 and np.mean(z < 0) == pytest.approx(0.5, abs=0.1)
     with pytest.raises(ConfigError, match="zoom_range"):
         replace(TINY, zoom_range=(2.0, 1.0))
+
+
+def test_cached_pages_give_the_same_crops_and_are_decoded_once(tmp_path, monkeypatch):
+    """cache_pages: every page is decoded once per JPEG reduction, the crops are those without the
+    cache, and nothing can change a cached page in place."""
+    import kzlib.pages
+
+    path = tmp_path / "p.jpg"
+    boxes = _page_of_squares(tmp_path / "p.png", 20)
+    cv2.imwrite(str(path), cv2.imread(str(tmp_path / "p.png")))
+    pages = [Page("p_1", path, boxes)]
+    labels = [np.zeros(len(boxes), np.int64)]
+    cfg = replace(TINY, crops_per_page=12, scale_aug=0.2)
+    decodes = []
+    real = kzlib.pages.read_image
+    monkeypatch.setattr(kzlib.pages, "read_image", lambda *a, **k: decodes.append(k) or real(*a, **k))
+    plain = [CropDataset(pages, labels, cfg).crop(i) for i in range(12)]
+    assert len(decodes) == 12
+    decodes.clear()
+    cached = CropDataset(pages, labels, replace(cfg, cache_pages=True))
+    again = [cached.crop(i) for i in range(12)]
+    assert 1 <= len(decodes) == len(cached.cache) < 12
+    for (a, b, y), (a2, b2, y2) in zip(plain, again):
+        assert np.array_equal(a, a2) and np.array_equal(b, b2) and np.array_equal(y, y2)
+    image = next(iter(cached.cache.values()))
+    with pytest.raises(ValueError, match="read-only"):
+        image[0, 0] = 0

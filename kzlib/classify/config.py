@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kzlib.config import ConfigError, check_choices, check_positive, check_zoom_range
+from kzlib.config import ConfigError, check_choices, check_positive, check_resnet_size, check_zoom_range
 
 
 @dataclass
@@ -16,11 +16,15 @@ class ClassifyConfig:
     ALIASES: ClassVar[dict] = {"base": "backbone", "n_tta": "validate_n_tta"}  # old names, read for one release
     # fields added after work folders existed, with the value that does what was done before them:
     # a stage's fingerprint leaves them out while they hold it (kzlib.stages)
-    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0}
+    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0,
+                             "trunk_channels": (), "trunk_blocks": (), "cache_pages": False}
     # model
     backbone: str = "resnet152"          # any timm ResNet/ResNeXt name, e.g. resnext101_32x8d
     pretrained: str = "auto"             # trunk weights: "auto" (the kit's ImageNet file for the base, see
     #                                      kzlib.weights), a file name or path, or "" for random init
+    trunk_channels: tuple[int, ...] = () # a ResNet trunk resized: its 4 stages' widths (e.g. [32, 64, 128, 256]:
+    #                                      half a resnet18's; the stem unchanged); () as the backbone names it
+    trunk_blocks: tuple[int, ...] = ()   # and blocks per stage (e.g. [1, 1, 1, 1]); both need pretrained ""
     init_from: str = ""                  # checkpoint of a classifier run to fine-tune from
     roi_size: int = 3
     roi_sampling_ratio: int = -1         # torchvision roi_align: -1 adaptive (upstream), or fixed points
@@ -47,6 +51,7 @@ class ClassifyConfig:
     max_targets: int = 0                 # cap on boxes per batch, a multiple of 32 (0 = no cap)
     pseudo_oversample: int = 1           # pseudolabelled pages are repeated this many times
     add_missed_truth: bool = False       # also train on true boxes that no detector box matched
+    cache_pages: bool = False            # keep the decoded pages in memory between crops (small datasets)
     # optimisation
     epochs: int = 50
     batch_size: int = 10
@@ -91,6 +96,7 @@ class ClassifyConfig:
         if not 0 <= self.scale_aug < 1 or not 0 <= self.dropout < 1 or not 0 <= self.min_visibility <= 1:
             raise ConfigError("scale_aug and dropout must lie in [0, 1), min_visibility in [0, 1]")
         check_zoom_range(self.zoom_range)
+        check_resnet_size(self, "trunk_channels", "trunk_blocks")
         if self.frozen_start and not self.pretrained and not self.init_from:
             raise ConfigError("frozen_start: freezes conv1/bn1/layer1 at their pretrained values, but no pretrained "
                               "weights are given (pretrained is empty); set pretrained, or frozen_start false")

@@ -120,7 +120,7 @@ def class_index(pages: Sequence[Page], classes: Sequence[str], source: str) -> l
 def crop_spec(cfg: ClassifyConfig) -> CropSpec:
     return CropSpec(cfg.page_size, cfg.page_side, cfg.crop_height, cfg.crop_width, cfg.scale_aug, cfg.min_visibility,
                     tuple(colour_transforms(cfg.hsv_aug, cfg.brightness_contrast, cfg.gamma_aug)), cfg.resample_empty,
-                    tuple(cfg.zoom_range), cfg.glyph_height)
+                    tuple(cfg.zoom_range), cfg.glyph_height, cfg.cache_pages)
 
 
 class CropDataset(PageCrops):

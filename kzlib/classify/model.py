@@ -11,6 +11,7 @@ from torchvision.ops import roi_align
 
 from kzlib import weights
 from kzlib.classify.config import ClassifyConfig
+from kzlib.config import resnet_size_args
 from kzlib.errors import UsageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -24,7 +25,7 @@ def build_trunk(cfg: ClassifyConfig, load_pretrained: bool = True) -> nn.Module:
     if cfg.backbone not in timm.list_models():
         raise UsageError(f"unknown backbone {cfg.backbone!r}: use a timm ResNet/ResNeXt name such as resnet152 "
                          "or resnext101_32x8d")
-    kwargs = dict(features_only=True, out_indices=(2, 3))
+    kwargs = dict(features_only=True, out_indices=(2, 3), **resnet_size_args(cfg.trunk_channels, cfg.trunk_blocks))
     trunk = timm.create_model(cfg.backbone, pretrained=False, **kwargs)
     if cfg.pretrained and load_pretrained:
         weights.load_into(trunk, weights.require(cfg.pretrained, cfg.backbone, what=f"classifier {cfg.backbone}"))

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from kzlib.config import ConfigError, check_choices, check_positive, check_zoom_range
+from kzlib.config import ConfigError, check_choices, check_positive, check_resnet_size, check_zoom_range
 
 BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 
@@ -18,17 +18,24 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 class DetectConfig:
     # fields added after work folders existed, with the value that does what was done before them:
     # a stage's fingerprint leaves them out while they hold it (kzlib.stages)
-    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0, "validate_every": 1}
+    ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0, "validate_every": 1,
+                             "rpn_pre_nms_train": 2000, "rpn_post_nms_train": 2000, "backbone_channels": (),
+                             "backbone_blocks": (), "cache_pages": False}
     # model
     backbone: str = "resnet152"
     fpn_channels: int = 256
     pretrained: str = "auto"  # ImageNet backbone weights: "auto" (the kit's file for the backbone,
     #                           see kzlib.weights), a file name or path, or "" to train from scratch
+    backbone_channels: tuple[int, ...] = ()  # the ResNet resized: its 4 stages' widths (e.g. [32, 64, 128, 256]:
+    #                                          half a resnet18's; the stem unchanged); () as the backbone names it
+    backbone_blocks: tuple[int, ...] = ()  # and blocks per stage (e.g. [1, 1, 1, 1]); both need pretrained ""
     trainable_layers: int = 3  # with pretrained weights (frozen BatchNorm): layer2-4 train
     init_from: str = ""  # a detector checkpoint (another run's best.pth) to start from
     anchor_sizes: tuple[int, ...] = (12, 24, 32, 64, 96)  # one per FPN level, px at page_size
     aspect_ratios: tuple[float, ...] = (0.5, 1.0, 2.0)
     box_batch_per_image: int = 512  # proposals sampled per image for the box head while training
+    rpn_pre_nms_train: int = 2000  # training: the RPN's best anchors per level before NMS (torchvision's default)
+    rpn_post_nms_train: int = 2000  # training: proposals kept after NMS (torchvision's default); fewer: cheaper steps
     # data
     page_size: int = 1685  # pages are read with this many pixels along page_side (train and test)
     page_side: str = "longest"  # "longest" (LongestMaxSize, as upstream) or "height"
@@ -41,6 +48,7 @@ class DetectConfig:
     brightness_contrast: float = 0.2
     gamma_aug: tuple[int, int] = (80, 120)
     min_visibility: float = 0.5  # boxes cut by the crop keep this fraction of their area or go
+    cache_pages: bool = False  # keep the decoded pages in memory between crops (small datasets, e.g. the demo)
     # training
     epochs: int = 45
     batch_size: int = 16
@@ -81,11 +89,13 @@ class DetectConfig:
                       amp_dtype=("fp16", "bf16"), amp_cpu_dtype=("bf16", "fp16"))
         check_positive(self, "page_size", "crop_width", "crop_height", "crops_per_page", "epochs", "batch_size",
                        "lr", "fpn_channels", "max_detections", "rpn_pre_nms_test", "rpn_post_nms_test",
-                       "n_folds", "box_batch_per_image", "validate_every")
+                       "n_folds", "box_batch_per_image", "validate_every", "rpn_pre_nms_train",
+                       "rpn_post_nms_train")
         check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", "time_budget_s", allow_zero=True)
         if not 0 <= self.scale_aug < 1:
             raise ConfigError(f"scale_aug: must be in [0, 1), got {self.scale_aug}")
         check_zoom_range(self.zoom_range)
+        check_resnet_size(self, "backbone_channels", "backbone_blocks")
         if not 0 <= self.min_visibility <= 1 or not 0 <= self.score_threshold <= 1 or not 0 < self.nms_iou <= 1:
             raise ConfigError("min_visibility, score_threshold and nms_iou must lie in [0, 1]")
         if not 0 <= self.trainable_layers <= 5:

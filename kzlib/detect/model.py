@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -15,6 +16,7 @@ from torchvision.ops import misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from kzlib import weights
+from kzlib.config import resnet_size_args
 from kzlib.detect.config import DetectConfig
 
 
@@ -84,7 +86,14 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
     scratch = not cfg.pretrained
     # From scratch, frozen BatchNorm would do nothing: train ordinary BatchNorm instead.
     norm = nn.BatchNorm2d if scratch else FrozenBatchNorm2d
-    resnet = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm)
+    resized = resnet_size_args(cfg.backbone_channels, cfg.backbone_blocks)
+    if resized:  # timm's ResNet takes other widths and depths; its layers have torchvision's names
+        resnet = timm.create_model(cfg.backbone, pretrained=False, norm_layer=norm, **resized)
+        stages = [info["num_chs"] for info in resnet.feature_info[1:]]
+    else:
+        resnet = torchvision.models.get_model(cfg.backbone, weights=None, norm_layer=norm)
+        c = resnet.inplanes // 8  # channels of layer1 (64 for basic blocks, 256 for bottlenecks)
+        stages = [c, c * 2, c * 4, c * 8]
     if not scratch and load_pretrained:
         weights.load_into(resnet, weights.require(cfg.pretrained, cfg.backbone, what="detector"))
     trainable = 5 if scratch else cfg.trainable_layers
@@ -93,11 +102,10 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
         train_prefixes.append("bn1")
     for name, p in resnet.named_parameters():
         p.requires_grad_(any(name.startswith(t) for t in train_prefixes))
-    c = resnet.inplanes // 8  # channels of layer1 (64 for basic blocks, 256 for bottlenecks)
     backbone = BackboneWithFPN(
         resnet,
         return_layers={"layer1": "0", "layer2": "1", "layer3": "2", "layer4": "3"},
-        in_channels_list=[c, c * 2, c * 4, c * 8],
+        in_channels_list=stages,
         out_channels=cfg.fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
@@ -114,6 +122,8 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
         box_detections_per_img=cfg.max_detections,
         rpn_pre_nms_top_n_test=cfg.rpn_pre_nms_test,
         rpn_post_nms_top_n_test=cfg.rpn_post_nms_test,
+        rpn_pre_nms_top_n_train=cfg.rpn_pre_nms_train,
+        rpn_post_nms_top_n_train=cfg.rpn_post_nms_train,
         box_batch_size_per_image=cfg.box_batch_per_image,
     )
     t = model.transform
