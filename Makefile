@@ -11,9 +11,12 @@ JA_FONT_PACKAGES := fonts-kouzan-mouhitsu fonts-aoyagi-kouzan-t fonts-aoyagi-sos
 venv: $(STAMP)
 
 # uv resolves torch/torchvision from the package registry (pip here would prefer a local
-# CPU-only torch wheel that does not match the registry's torchvision).
+# CPU-only torch wheel that does not match the registry's torchvision). The venv is made anew when
+# requirements.txt changes: installing over an old one would keep what the list no longer has (an
+# old package's copy of a shared file, such as a second NCCL's libnccl.so.2).
 $(STAMP): requirements.txt
-	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip --version >/dev/null 2>&1 || $(VPY) -m ensurepip >/dev/null
 	$(VPY) -m pip install -q --disable-pip-version-check uv
 	$(VENV)/bin/uv pip install -q --python $(VPY) -r requirements.txt

@@ -93,7 +93,7 @@ def sync(device: torch.device) -> None:
 def part_a(report: Report, device: torch.device) -> None:
     versions = {}
     for dist in ("torch", "torchvision", "timm", "albumentations", "opencv-python-headless", "numpy", "pandas",
-                 "lightgbm", "xgboost", "catboost"):
+                 "lightgbm", "xgboost", "xgboost-cpu", "catboost", "nvidia-nccl-cu12", "nvidia-nccl-cu13"):
         try:
             versions[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:

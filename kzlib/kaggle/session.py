@@ -37,7 +37,7 @@ from kzlib.preset import PipelineConfig
 PACKAGES = {"torch": ["torch"], "torchvision": ["torchvision"], "timm": ["timm"], "albumentations": ["albumentations"],
             "cv2": ["opencv-python-headless", "opencv-python", "opencv-contrib-python",
                     "opencv-contrib-python-headless"],
-            "numpy": ["numpy"], "pandas": ["pandas"], "lightgbm": ["lightgbm"], "xgboost": ["xgboost"],
+            "numpy": ["numpy"], "pandas": ["pandas"], "lightgbm": ["lightgbm"], "xgboost": ["xgboost", "xgboost-cpu"],
             "catboost": ["catboost"], "tqdm": ["tqdm"], "matplotlib": ["matplotlib"]}
 
 
