@@ -76,6 +76,20 @@ def split_micro(images: torch.Tensor, boxes: list, labels: list, split: int) -> 
     return out
 
 
+def same_forwards(parts: list[tuple]) -> list[tuple]:
+    """In a distributed run, ``parts`` padded with empty micro-batches (no images, no boxes: they add
+    nothing to the loss, the gradients or the BatchNorm statistics) to the most parts any process has,
+    so every process runs as many forwards and backwards: SyncBatchNorm reduces across the processes
+    in each forward and backward, DDP in the last backward. The counts differ when ``split_micro``
+    merges a small chunk or a micro-batch of an accumulated step has fewer than two boxes (without
+    this the collectives stop matching: an error on gloo, a hang on NCCL)."""
+    most = int(distributed.all_max(len(parts)))
+    if most > len(parts):
+        images, boxes, labels = parts[0]
+        parts = parts + [(images[:0], [boxes[0][:0]], [labels[0][:0]])] * (most - len(parts))
+    return parts
+
+
 def groups(loader, k: int):
     """Consecutive groups of k micro-batches (the last one may be shorter)."""
     group = []
@@ -106,7 +120,7 @@ def train_one_epoch(model, opt: Optimisation, loader, cfg: ClassifyConfig, devic
             while True:
                 opt.optimizer.zero_grad(set_to_none=True)
                 try:
-                    parts = [p for images, b, y in micro for p in split_micro(images, b, y, opt.split)]
+                    parts = same_forwards([p for images, b, y in micro for p in split_micro(images, b, y, opt.split)])
                     loss, n, ok = accumulate_gradients(model, parts, device, opt, cfg.label_smoothing)
                     break
                 except torch.OutOfMemoryError as e:
