@@ -28,7 +28,7 @@ $(STAMP): requirements.txt
 
 # The second environment: requirements.txt with the Kaggle image's versions (requirements-kaggle.txt:
 # torch 2.10, torchvision 0.25 ...), for the tests marked kaggle_image (the tiny chain, the kernel
-# paths). From uv's cache it takes seconds; the first time it downloads about 3.5 GB (torch 2.10
+# paths). From uv's cache it takes seconds; the first time it downloads about 4 GB (torch 2.10
 # and its CUDA 12 libraries).
 kaggle-venv: $(KSTAMP)
 
