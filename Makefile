@@ -3,22 +3,41 @@ PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+KVENV  := .venv-kaggle
+KPY    := $(KVENV)/bin/python
+KSTAMP := $(KVENV)/.installed
 JA_FONT_PACKAGES := fonts-kouzan-mouhitsu fonts-aoyagi-kouzan-t fonts-aoyagi-soseki \
                     fonts-yozvox-yozfont-antique fonts-ipaexfont-mincho
 
-.PHONY: venv fonts test demo clean-venv
+.PHONY: venv kaggle-venv fonts test demo clean-venv
 
 venv: $(STAMP)
 
 # uv resolves torch/torchvision from the package registry (pip here would prefer a local
-# CPU-only torch wheel that does not match the registry's torchvision).
+# CPU-only torch wheel that does not match the registry's torchvision). The venv is made anew when
+# requirements.txt changes: installing over an old one would keep what the list no longer has (an
+# old package's copy of a shared file, such as a second NCCL's libnccl.so.2).
 $(STAMP): requirements.txt
-	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip --version >/dev/null 2>&1 || $(VPY) -m ensurepip >/dev/null
 	$(VPY) -m pip install -q --disable-pip-version-check uv
 	$(VENV)/bin/uv pip install -q --python $(VPY) -r requirements.txt
 	$(VPY) -c "import torch, torchvision; torchvision.ops.nms(torch.rand(4, 4).cumsum(1), torch.rand(4), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ok')"
 	@touch $(STAMP)
+
+# The second environment: requirements.txt with the Kaggle image's versions (requirements-kaggle.txt:
+# torch 2.10, torchvision 0.25 ...), for the tests marked kaggle_image (the tiny chain, the kernel
+# paths). From uv's cache it takes seconds; the first time it downloads about 4 GB (torch 2.10
+# and its CUDA 12 libraries).
+kaggle-venv: $(KSTAMP)
+
+$(KSTAMP): requirements.txt requirements-kaggle.txt $(STAMP)
+	rm -rf $(KVENV)
+	$(PYTHON) -m venv --without-pip $(KVENV)
+	$(VENV)/bin/uv pip install -q --python $(KPY) -r requirements.txt --override requirements-kaggle.txt
+	$(KPY) -c "import torch, torchvision; torchvision.ops.nms(torch.rand(4, 4).cumsum(1), torch.rand(4), 0.5); print('Kaggle image env: torch', torch.__version__, 'torchvision', torchvision.__version__, 'ok')"
+	@touch $(KSTAMP)
 
 # Japanese fonts for synthetic pages. Best effort: Debian packages when apt is usable; without them
 # kzlib.synth falls back to the font file shipped by matplotlib-fontja (in requirements.txt).
@@ -32,8 +51,11 @@ fonts:
 		echo "warning: no Japanese system fonts; using the fallback font (install: $(JA_FONT_PACKAGES))"; \
 	fi
 
-test: $(STAMP) fonts
+# The whole suite, then its kaggle_image tests again under the Kaggle image's versions.
+test: $(STAMP) $(KSTAMP) fonts
 	$(VPY) -m pytest -q -n 2 --durations=5 tests
+	@echo "--- the tests marked kaggle_image under the Kaggle image's versions ($(KVENV): $$($(KPY) -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
+	$(KPY) -m pytest -q -n 2 --dist loadfile -m kaggle_image --durations=5 tests
 
 # The embedded default: a small synthetic dataset (4 books of 12 pages, 5 test pages from a fifth
 # book whose glyphs are 1.7x larger), then the whole chain with the CPU demo preset. Rerunning
@@ -49,4 +71,4 @@ demo: $(STAMP) fonts
 	$(VPY) run_local.py --data $(DEMO)/data --work $(DEMO_RUN) --preset demo --time-scale $(TIME_SCALE)
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(KVENV)

@@ -8,6 +8,7 @@ import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
+from importlib import metadata
 from typing import Iterator
 
 import torch
@@ -49,19 +50,80 @@ def why_no_cuda() -> str:
     return f"the NVIDIA driver {driver} is loaded, but torch (CUDA {built}) sees no usable GPU (CUDA_VISIBLE_DEVICES?)"
 
 
+def build_runs_on(capability: tuple[int, int], arches: list[str]) -> bool:
+    """Whether a torch build with ``arches`` (``torch.cuda.get_arch_list()``) has kernels for a GPU
+    of ``capability``: machine code ``sm_XY`` runs on the same major version at minor Y or later
+    (``sm_90a``-style code on that exact GPU only), PTX ``compute_XY`` is compiled for any GPU of
+    XY or later."""
+    for arch in arches:
+        m = re.fullmatch(r"(sm|compute)_(\d+)(\d)([af]?)", arch)
+        if not m:
+            continue
+        kind, major, minor, variant = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+        if variant == "a":
+            if (major, minor) == capability:
+                return True
+        elif kind == "sm" and major == capability[0] and minor <= capability[1]:
+            return True
+        elif kind == "compute" and (major, minor) <= capability:
+            return True
+    return False
+
+
+def gpu_unsupported(index: int | None = None) -> str | None:
+    """Why this torch build cannot run the visible GPU (``index``; every visible one when None): the
+    GPU's name, its architecture and the build's list, with the install hint, in one line; None
+    when it can (or when the build does not say which architectures it has). Without this check a
+    GPU that ``torch.cuda.is_available()`` accepts dies at its first kernel ("no kernel image is
+    available")."""
+    arches = list(torch.cuda.get_arch_list())
+    if not arches or not torch.version.cuda:
+        return None
+    for i in ([index] if index is not None else range(torch.cuda.device_count())):
+        capability = tuple(torch.cuda.get_device_capability(i))
+        if build_runs_on(capability, arches):
+            continue
+        try:
+            vision = f" torchvision=={metadata.version('torchvision').split('+')[0]}"
+        except metadata.PackageNotFoundError:
+            vision = " torchvision"
+        pair = f"torch=={torch.__version__.split('+')[0]}{vision}"
+        built = [(int(m.group(1)), int(m.group(2))) for m in (re.fullmatch(r"\w+_(\d+)(\d)\w?", a) for a in arches) if m]
+        if built and capability < min(built):  # an older GPU than the build's oldest
+            hint = (f"install the CUDA 12.6 build of the same versions, which still has sm_50 to sm_90: pip install "
+                    f"{pair} --index-url https://download.pytorch.org/whl/cu126")
+        else:
+            hint = (f"install a build for a newer CUDA that has sm_{capability[0]}{capability[1]}: pip install "
+                    f"{pair} --index-url https://download.pytorch.org/whl/cu130")
+        return (f"the GPU {torch.cuda.get_device_name(i)} (sm_{capability[0]}{capability[1]}) cannot run this torch "
+                f"build ({torch.__version__}, CUDA {torch.version.cuda}: {' '.join(arches)}); {hint}")
+    return None
+
+
+def cuda_problem(name: str = "cuda") -> str | None:
+    """Why the GPU ``name`` cannot be used here (no usable CUDA, or a GPU the build has no kernels
+    for), in one line; None when it can."""
+    if not torch.cuda.is_available():
+        return why_no_cuda()
+    return gpu_unsupported(torch.device(name).index)
+
+
 def pick_device(name: str = "auto", log=print) -> torch.device:
-    """``auto``: the GPU when torch can use one (if a driver is there but torch cannot use it, one
-    line says why and the CPU is used); ``cuda``: the GPU or one ``EnvironmentProblem`` line saying
-    why not; ``cpu``: the CPU."""
+    """``auto``: the GPU when torch can use one (if a driver is there but torch cannot use it, or
+    the build has no kernels for the GPU's architecture, one line says why and the CPU is used);
+    ``cuda``: the GPU or one ``EnvironmentProblem`` line saying why not; ``cpu``: the CPU."""
     if name in ("auto", None):
-        if torch.cuda.is_available():
+        problem = cuda_problem()
+        if problem is None:
             return torch.device("cuda")
-        if driver_version() is not None:
-            log(f"warning: {why_no_cuda()}; using the CPU")
+        if torch.cuda.is_available() or driver_version() is not None:
+            log(f"warning: {problem}; using the CPU")
         return torch.device("cpu")
     device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise EnvironmentProblem(f"--device {name} asked for, but {why_no_cuda()} (or use --device cpu)")
+    if device.type == "cuda":
+        problem = cuda_problem(name)
+        if problem:
+            raise EnvironmentProblem(f"--device {name} asked for, but {problem} (or use --device cpu)")
     return device
 
 
@@ -151,6 +213,6 @@ def describe_asked(name: str) -> str:
     if name == "auto":
         return describe_choice(name, pick_device(name, log=lambda *_: None))
     if torch.device(name).type == "cuda":
-        return (f"device: {describe(torch.device(name))}" if torch.cuda.is_available()
-                else f"device: {name} asked, none usable here ({why_no_cuda()})")
+        problem = cuda_problem(name)
+        return f"device: {name} asked, none usable here ({problem})" if problem else f"device: {describe(torch.device(name))}"
     return f"device: {describe(torch.device(name))}"

@@ -18,12 +18,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import torch
-
 from kzlib import weights
 from kzlib.cli import one_line_errors, parser
 from kzlib.data import require_valid
-from kzlib.devices import describe_asked, why_no_cuda
+from kzlib.devices import cuda_problem, describe_asked
 from kzlib.errors import EnvironmentProblem, UsageError
 from kzlib.pipeline import Pipeline
 from kzlib.preset import load_preset, preset_path
@@ -70,8 +68,9 @@ def main(argv=None) -> int:
     cfg = cfg.with_weights_dir(folder)
     print(describe_asked(cfg.device), flush=True)
     if not a.dry_run:
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU, but {why_no_cuda()}; or pass --device cpu "
+        problem = cuda_problem(cfg.device) if cfg.device.startswith("cuda") else None
+        if problem:
+            raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU, but {problem}; or pass --device cpu "
                                      "to run it on the CPU anyway (slow)")
     folds = [int(f) for f in a.folds.split(",") if f] if a.folds else None
     if not a.dry_run:

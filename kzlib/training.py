@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -123,6 +124,23 @@ class Optimisation:
 
 
 MAX_SKIPPED = 25  # fp16 steps in a row with a non-finite loss before the run gives up
+# cuDNN's autotuner in training (the crops have one size, so its tuning pays off); the memory fit's
+# and the time budget's trial steps run with the same setting, so they try the algorithms (and their
+# workspaces) the training will use
+TRAINING_AUTOTUNE = True
+
+# Near full memory cuBLAS and cuDNN report a failed allocation (a handle, a workspace) as a plain
+# RuntimeError naming their status, not as torch.OutOfMemoryError; so does a CUDA call outside
+# torch's allocator
+_LIBRARY_OOM = re.compile(r"CUBLAS_STATUS_(ALLOC_FAILED|NOT_INITIALIZED)|CUDNN_STATUS_(ALLOC_FAILED|NOT_INITIALIZED"
+                          r"|INTERNAL_ERROR_(HOST|DEVICE)_ALLOCATION_FAILED)|CUDA error: out of memory")
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the GPU ran out of memory: torch's ``OutOfMemoryError``, or cuBLAS's or
+    cuDNN's allocation failures."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and _LIBRARY_OOM.search(str(error)) is not None)
 
 
 def chunks(n: int, split: int) -> list[range]:
@@ -154,14 +172,17 @@ def next_split(split: int, per_process: int, error: BaseException, what: str = "
 
 def fit_split(step, per_process: int, start: int = 1, what: str = "") -> int:
     """The fewest micro-batches a step of ``per_process`` crops needs to fit the GPU: ``step(split)``
-    is tried (one forward and backward, gradients thrown away) with 1, 2, 4 ... chunks until it
-    runs without a CUDA out-of-memory error. The processes of a distributed run take the largest."""
+    is tried (a whole training step: forward, backward, the optimizer's step) with 1, 2, 4 ... chunks
+    until it runs without running out of memory (``out_of_memory``). The processes of a distributed
+    run take the largest."""
     split = start
     while True:
         try:
             step(split)
             break
-        except torch.OutOfMemoryError as e:
+        except RuntimeError as e:
+            if not out_of_memory(e):
+                raise
             split = next_split(split, per_process, e, what) if distributed.size() == 1 else _grow(split, per_process, e)
     return int(distributed.all_max(split))
 
@@ -181,11 +202,38 @@ def trial(model: torch.nn.Module):
             np.random.set_state(numpy)
 
 
+def ddp_bucket_bytes(model: torch.nn.Module) -> int:
+    """What DistributedDataParallel adds in memory: its gradient buckets, a copy of every trainable
+    parameter's gradient."""
+    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+
+
+@contextmanager
+def held(nbytes: int, device: torch.device):
+    """``nbytes`` of ``device`` memory taken for the duration (room kept for what a trial leaves out)."""
+    block = torch.empty(nbytes, dtype=torch.uint8, device=device) if nbytes else None
+    try:
+        yield block
+    finally:
+        del block
+
+
 def fit_memory_split(model, step, per_process: int, checkpoint: dict | None, device: torch.device, what: str) -> int:
-    """``fit_split`` for a model's trial steps, starting from the split a checkpoint recorded; the
-    trials leave the model as it was (BatchNorm statistics move) and the peak-memory counter reset."""
+    """``fit_split`` for a model's trial steps (``step(split)``: a whole training step, the
+    optimizer's included: its state, SGD's momentum, takes memory too), starting from the split a
+    checkpoint recorded. First a warm-up step in the smallest micro-batches (one crop each) creates
+    cuBLAS's and cuDNN's handles and workspaces while memory is free; in a distributed run the trials
+    keep room for DDP's gradient buckets (the model is wrapped only after the fit). The trials leave
+    the model as it was (BatchNorm statistics move) and the peak-memory counter reset."""
     start = int(checkpoint.get("micro_split", 1)) if checkpoint else 1
-    with trial(model), cudnn_benchmark(True):
+    buckets = ddp_bucket_bytes(model) if distributed.size() > 1 else 0
+    with trial(model), cudnn_benchmark(TRAINING_AUTOTUNE), held(buckets, device):
+        try:
+            step(per_process)
+        except RuntimeError as e:
+            if not out_of_memory(e):
+                raise
+            next_split(per_process, per_process, e, what)  # not even one crop fits: one line
         split = fit_split(step, per_process, start, what)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -236,7 +284,8 @@ def fit_budget(cfg, model, batch, step, validate_one, n_val: int, steps: int):
         batch(1)
         data_s = time.perf_counter() - t0
         model.train()
-        step_s = time_step(lambda: step(b)) + data_s
+        with cudnn_benchmark(TRAINING_AUTOTUNE):  # the algorithms the training will run
+            step_s = time_step(lambda: step(b)) + data_s
         if n_val:
             model.eval()
             validation_s = time_step(validate_one, repeats=1) * n_val
@@ -296,9 +345,9 @@ class Training:
         return cls(model, ddp, opt, start, best, end)
 
     def train_epoch(self, one_epoch, *args, **kwargs):
-        """``one_epoch(*args)`` with cuDNN's autotuner on (the crops have one size); validation and
-        prediction run with it off."""
-        with cudnn_benchmark(True):
+        """``one_epoch(*args)`` with cuDNN's autotuner on (``TRAINING_AUTOTUNE``: the crops have one
+        size); validation and prediction run with it off."""
+        with cudnn_benchmark(TRAINING_AUTOTUNE):
             return one_epoch(*args, **kwargs)
 
     def end_epoch(self, epoch: int, scores: dict, row: dict, last: bool) -> None:

@@ -13,6 +13,37 @@ FIXTURE = ROOT / "tests" / "fixtures" / "tiny"
 SAMPLE = Path(os.environ.get("KZ_SAMPLE_DIR", ROOT.parent / "shared" / "data" / "kuzushiji-sample"))
 
 
+# What `make test` runs a second time under the Kaggle image's versions (.venv-kaggle/, made from
+# requirements.txt with requirements-kaggle.txt's overrides: torch 2.10, torchvision 0.25 ...), as
+# `pytest -m kaggle_image`: the tiny chain (`finished_run`) with a bundle exported from it and read,
+# the kernels' bootstrap and session, fp16 training with the out-of-memory fallback, the device
+# checks and the one NCCL. Under `-m kaggle_image` a name here that names no test is an error.
+KAGGLE_IMAGE = (
+    "test_read.py::test_bundle_has_every_part_with_hashes",
+    "test_read.py::test_read_without_level2_gives_the_runners_blend",
+    "test_read.py::test_a_tampered_or_foreign_bundle_is_refused",
+    "test_kaggle.py::test_a_kernel_says_what_is_mounted_when_an_input_is_missing",
+    "test_devices.py::test_a_kaggle_training_kernel_on_such_a_gpu_stops_in_one_line",
+    "test_devices.py::test_a_gpu_the_build_cannot_run_is_one_line_and_auto_falls_back_to_the_cpu",
+    "test_precision.py::test_classifier_fp16_with_an_injected_oom_then_resumed_on_another_precision",
+    "test_precision.py::test_detector_fp16_two_epochs_with_an_injected_oom",
+    "test_packaging.py::test_one_nccl_library_and_it_is_for_torchs_cuda_major",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    found = set()
+    for item in items:
+        name = f"{Path(str(item.fspath)).name}::{item.originalname}"
+        if name in KAGGLE_IMAGE:
+            item.add_marker(pytest.mark.kaggle_image)
+            found.add(name)
+    files = {Path(str(item.fspath)).name for item in items}
+    missing = [n for n in KAGGLE_IMAGE if n.split("::")[0] in files and n not in found]
+    if missing and "kaggle_image" in (config.getoption("markexpr") or ""):  # whole files collected
+        raise pytest.UsageError(f"tests/conftest.py KAGGLE_IMAGE names tests that do not exist: {', '.join(missing)}")
+
+
 @pytest.fixture
 def tiny(tmp_path) -> Path:
     """A writable copy of the tiny fixture dataset (6 train pages of 3 books, 2 test pages)."""

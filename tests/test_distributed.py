@@ -189,3 +189,66 @@ def test_the_group_waits_longer_than_nccls_watchdog(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     distributed.init(torch.device("cpu"))
     assert seen == {"backend": "gloo", "timeout": __import__("datetime").timedelta(minutes=120)}
+
+
+def _uneven_step(rank: int, port: int, out: str, split: int, accumulation: int) -> None:
+    """One classifier step on 2 gloo processes whose micro-batches differ: process 0 has boxes [1, 3]
+    (split 2: its 1-box chunk joins the other, one part) against [3, 3] (two parts); with
+    accumulation 2, process 0's second micro-batch has one box (dropped: BatchNorm needs two)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from kzlib import distributed
+    from kzlib.classify.model import Classifier
+    from kzlib.classify.train import train_one_epoch
+    from kzlib.training import Optimisation
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    cfg = ClassifyConfig(**{**config_dict(CLS), "batch_size": 4, "accumulation_steps": accumulation, "hidden": 16})
+    torch.manual_seed(0)
+    model = distributed.sync_batchnorm(Classifier(cfg, 5, load_pretrained=False), cpu)
+    ddp = distributed.wrap(model, cpu)
+    opt = Optimisation(model, cfg, cpu, 1)
+    opt.split = split
+    g = torch.Generator().manual_seed(rank)
+
+    def batch(counts):
+        boxes = [torch.tensor([[8.0 + 4 * i, 8.0, 40.0 + 4 * i, 48.0] for i in range(n)]) for n in counts]
+        return (torch.rand(len(counts), 3, cfg.crop_height, cfg.crop_width, generator=g), boxes,
+                [torch.randint(0, 5, (n,), generator=g) for n in counts])
+
+    loader = [batch([1, 3] if rank == 0 else [3, 3])]
+    if accumulation > 1:
+        loader.append(batch([1, 0] if rank == 0 else [2, 2]))
+    try:
+        stats = train_one_epoch(ddp, opt, loader, cfg, cpu, 0, "test")
+        result = {"boxes": stats["train_boxes"], "weights": float(sum(p.double().sum() for p in model.parameters()))}
+    except Exception as e:  # noqa: BLE001  (what went wrong is the test's answer)
+        result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+    Path(out, f"{rank}.json").write_text(json.dumps(result))
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("split,accumulation,boxes", [(2, 1, 10), (1, 2, 14)])
+def test_processes_that_split_a_step_differently_still_match_their_collectives(tmp_path, split, accumulation, boxes):
+    """Every process runs as many forwards a step (SyncBatchNorm reduces in each): without that,
+    gloo reports a collective mismatch or a process waits until the timeout (NCCL: a hang)."""
+    import torch.multiprocessing as mp
+
+    context = mp.spawn(_uneven_step, args=(_free_port(), str(tmp_path), split, accumulation), nprocs=2, join=False)
+    deadline = time.time() + 240
+    try:
+        while not context.join(timeout=5):
+            assert time.time() < deadline, "the processes did not finish"
+    finally:
+        for p in context.processes:
+            if p.is_alive():
+                p.kill()
+    results = [json.loads((tmp_path / f"{r}.json").read_text()) for r in (0, 1)]
+    assert all("error" not in r for r in results), results
+    assert results[0]["boxes"] == results[1]["boxes"] == boxes  # the step counted every box of both
+    assert results[0]["weights"] == results[1]["weights"]  # and both stepped alike

@@ -5,7 +5,11 @@ import os
 import subprocess
 import sys
 import zipfile
+from importlib import metadata
 from pathlib import Path
+
+import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,3 +49,16 @@ def test_wheel_has_every_module_and_runs_installed(tmp_path):
                              "--preset", "demo", "--out", str(tmp_path / "k")], capture_output=True, text=True,
                             cwd=tmp_path, env=env)
     assert render.returncode == 0 and (tmp_path / "k" / "kzlib-stack" / "kernel.py").is_file(), render.stderr
+
+
+def test_one_nccl_library_and_it_is_for_torchs_cuda_major():
+    """NCCL ships as nvidia-nccl-cu12 or -cu13, and both own nvidia/nccl/lib/libnccl.so.2: two of them
+    in one venv leave whichever installed last (the full xgboost pulled -cu12 beside torch's -cu13).
+    The venv holds one, for the CUDA major torch is built with, and torch loads its version."""
+    if not torch.version.cuda:
+        pytest.skip(f"torch {torch.__version__} is a CPU build: no NCCL")
+    owners = sorted({(d.metadata["Name"], d.version) for d in metadata.distributions()
+                     if any(Path(str(f)).name.startswith("libnccl.so") for f in (d.files or []))})
+    major = torch.version.cuda.split(".")[0]
+    assert len(owners) == 1 and owners[0][0] == f"nvidia-nccl-cu{major}", owners
+    assert ".".join(map(str, torch.cuda.nccl.version()[:3])) == ".".join(owners[0][1].split(".")[:3])

@@ -1,8 +1,8 @@
 """The CUDA training logic on the CPU: fp16 autocast with GradScaler("cpu") (scaled steps, a
 skipped overflow step, gradient accumulation and micro-batches equal to the whole batch), the
-scaler's state saved and resumed across a change of device or precision, a CUDA out-of-memory
-error injected (the step's batch is cut into micro-batches, said once, kept on resume), the
-detector's frozen BatchNorm and box decoding in fp16."""
+scaler's state saved and resumed across a change of device or precision, an out-of-memory error
+as cuBLAS and cuDNN report it injected (the step's batch is cut into micro-batches, said once, kept
+on resume), the detector's frozen BatchNorm and box decoding in fp16."""
 
 import json
 import shutil
@@ -19,7 +19,7 @@ from kzlib.classify.train import accumulate_gradients, split_micro
 from kzlib.data import labels_table, read_labels_csv
 from kzlib.detect.config import DetectConfig
 from kzlib.devices import Precision
-from kzlib.training import Optimisation, chunks, next_split
+from kzlib.training import Optimisation, chunks, next_split, out_of_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 FP16 = dict(amp_cpu=True, amp_cpu_dtype="fp16")
@@ -108,6 +108,19 @@ def test_out_of_memory_halves_the_micro_batches_then_gives_up(capsys):
         next_split(12, 12, torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
 
 
+def test_out_of_memory_is_torchs_error_or_a_cublas_cudnn_allocation_failure():
+    assert out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    for said in ("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`",
+                 "CUDA error: CUBLAS_STATUS_NOT_INITIALIZED when calling `cublasLtMatmul(...)`",
+                 "cuDNN error: CUDNN_STATUS_NOT_INITIALIZED", "cuDNN error: CUDNN_STATUS_ALLOC_FAILED",
+                 "cuDNN error: CUDNN_STATUS_INTERNAL_ERROR_DEVICE_ALLOCATION_FAILED", "CUDA error: out of memory"):
+        assert out_of_memory(RuntimeError(said)), said
+    for said in ("cuDNN error: CUDNN_STATUS_BAD_PARAM", "CUDA error: an illegal memory access was encountered",
+                 "mat1 and mat2 shapes cannot be multiplied"):
+        assert not out_of_memory(RuntimeError(said)), said
+    assert not out_of_memory(ValueError("CUBLAS_STATUS_ALLOC_FAILED"))
+
+
 def _boxes(data: Path, path: Path) -> Path:
     t = labels_table(read_labels_csv(data / "train.csv")).rename(columns={"code": "true"}).assign(score=1.0)
     t[["image_id", "x", "y", "w", "h", "score", "true"]].to_csv(path, index=False)
@@ -124,9 +137,9 @@ def test_classifier_fp16_with_an_injected_oom_then_resumed_on_another_precision(
     boxes = _boxes(tiny, tmp_path / "b.csv")
     real = cls_model.Classifier.forward
 
-    def small_gpu(self, images, b):
+    def small_gpu(self, images, b):  # as cuBLAS says it near full memory: a RuntimeError, not OutOfMemoryError
         if self.training and images.shape[0] > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.50 GiB")
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
         return real(self, images, b)
 
     run = tmp_path / "run"
@@ -162,9 +175,9 @@ def test_detector_fp16_two_epochs_with_an_injected_oom(tiny, tmp_path, monkeypat
 
     real = GeneralizedRCNN.forward
 
-    def small_gpu(self, images, targets=None):
+    def small_gpu(self, images, targets=None):  # cuDNN's handle or workspace near full memory
         if self.training and len(images) > 1:
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 800 MiB")
+            raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_INITIALIZED")
         return real(self, images, targets)
 
     monkeypatch.setattr(GeneralizedRCNN, "forward", small_gpu)

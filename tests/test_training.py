@@ -1,8 +1,12 @@
 import time
 
 import pytest
+import torch
 
-from kzlib.training import Epochs, epochs_within, lr_factor
+from kzlib import training
+from kzlib.errors import EnvironmentProblem
+from kzlib.training import Epochs, epochs_within, fit_memory_split, lr_factor
+from test_precision import CLS, DET
 
 
 def test_epochs_stop_before_the_deadline():
@@ -37,25 +41,124 @@ def test_epochs_within_a_budget_count_training_and_validations():
     assert epochs_within(1, 8, 10, 5) == 1  # never fewer than one
 
 
-def test_the_memory_fit_finds_the_split_and_leaves_the_model_as_it_was():
-    """Trial steps that run out of memory below 4 micro-batches: 4 chosen (from a checkpoint's 2 as
-    well), the BatchNorm statistics the trials moved put back."""
-    import torch
-
-    from kzlib.training import fit_memory_split
-
+def test_the_memory_fit_warms_up_then_finds_the_split_and_leaves_the_model_as_it_was():
+    """A warm-up step in one-crop micro-batches (cuBLAS/cuDNN handles made while memory is free), then
+    trial steps that run out of memory below 4 micro-batches — as torch, cuBLAS or cuDNN say it: 4
+    chosen (from a checkpoint's 2 as well), the BatchNorm statistics the trials moved put back; an
+    error that is not about memory goes through, and a warm-up that does not fit is one line."""
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4)).train()
     before = {k: v.clone() for k, v in model.state_dict().items()}
     tried = []
+    errors = iter([torch.OutOfMemoryError("CUDA out of memory (a test)"),
+                   RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")] * 2)
 
     def step(split: int) -> None:
         tried.append(split)
         model(torch.randn(8, 3) * 5 + 3)  # moves the running statistics
         if split < 4:
-            raise torch.OutOfMemoryError("CUDA out of memory (a test)")
+            raise next(errors)
 
-    assert fit_memory_split(model, step, 8, None, torch.device("cpu"), "test: ") == 4 and tried == [1, 2, 4]
+    assert fit_memory_split(model, step, 8, None, torch.device("cpu"), "test: ") == 4 and tried == [8, 1, 2, 4]
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     tried.clear()
-    assert fit_memory_split(model, step, 8, {"micro_split": 2}, torch.device("cpu"), "test: ") == 4 and tried == [2, 4]
+    assert fit_memory_split(model, step, 8, {"micro_split": 2}, torch.device("cpu"), "test: ") == 4 and tried == [8, 2, 4]
+
+    def broken(split: int) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
+        fit_memory_split(model, broken, 8, None, torch.device("cpu"), "test: ")
+
+    def too_big(split: int) -> None:
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_INITIALIZED")
+
+    with pytest.raises(EnvironmentProblem, match="test: out of GPU memory even with one crop a micro-batch"):
+        fit_memory_split(model, too_big, 8, None, torch.device("cpu"), "test: ")
+
+
+def test_in_a_distributed_run_the_fit_keeps_room_for_ddps_buckets(monkeypatch):
+    """The model is wrapped in DDP only after the fit: the trials hold the gradient buckets' bytes."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    model[1].weight.requires_grad_(False)
+    assert training.ddp_bucket_bytes(model) == (12 + 4 + 4) * 4  # the trainable parameters, float32
+    seen = []
+
+    def holding(nbytes, device):
+        seen.append(nbytes)
+        return training_held(nbytes, device)
+
+    training_held = training.held
+    monkeypatch.setattr(training, "held", holding)
+    fit_memory_split(model, lambda split: None, 8, None, torch.device("cpu"), "")
+    monkeypatch.setattr(training.distributed, "size", lambda: 2)
+    fit_memory_split(model, lambda split: None, 8, None, torch.device("cpu"), "")
+    assert seen == [0, 80]
+    with training.held(80, torch.device("cpu")) as block:
+        assert block.numel() == 80
+
+
+@pytest.mark.parametrize("stage", ["classify", "detect"])
+def test_the_memory_fits_trial_step_includes_the_optimizer_step(stage, tiny, monkeypatch):
+    """SGD's momentum buffers (0.31 GB for ResNeXt-101) are allocated at the first optimizer step:
+    a trial without it fits a split that the training's first step then runs out of memory in."""
+    from dataclasses import replace
+
+    steps = []
+    real = torch.optim.SGD.step
+    monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
+    cpu = torch.device("cpu")
+    if stage == "classify":
+        from kzlib.classify.dataset import CropDataset, class_index, pages_from_boxes, read_boxes
+        from kzlib.classify.model import Classifier
+        from kzlib.classify.train import one_batch, trial_step
+        from kzlib.data import labels_table, read_labels_csv
+        from kzlib.pages import split_pages
+
+        train_pages, _ = split_pages(tiny, 0, 3, None)
+        t = labels_table(read_labels_csv(tiny / "train.csv")).rename(columns={"code": "true"}).assign(score=1.0)
+        t[["image_id", "x", "y", "w", "h", "score", "true"]].to_csv(tiny / "b.csv", index=False)
+        pages = pages_from_boxes(read_boxes(tiny / "b.csv", list(t["image_id"].unique()), need_true=True),
+                                 [p.image_id for p in train_pages], {p.image_id: p.path for p in train_pages})
+        classes = sorted({c for p in pages for c in p.codes})
+        model = Classifier(CLS, len(classes), load_pretrained=False)
+        cfg = CLS
+        dataset = CropDataset(pages, class_index(pages, classes, "b.csv"), cfg)
+        batch = one_batch(dataset, cfg)
+    else:
+        from kzlib.detect.dataset import CropDataset
+        from kzlib.detect.model import build_model
+        from kzlib.detect.train import one_batch, trial_step
+        from kzlib.pages import split_pages
+
+        cfg = replace(DET, batch_size=2)
+        model = build_model(cfg, load_pretrained=False)
+        batch = one_batch(CropDataset(split_pages(tiny, 0, 3, None)[0], cfg), cfg, cpu)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    step = trial_step(model, cfg, cpu)
+    model.train()
+    assert fit_memory_split(model, lambda split: step(batch, split), cfg.batch_size, None, cpu, "") == 1
+    assert len(steps) == 2  # the warm-up's and the trial's
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # and the trials left no trace
+
+
+def test_the_time_budgets_trial_steps_run_with_the_trainings_autotuner_setting():
+    """The budget times the algorithms the training will run: cuDNN's autotuner as in training."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Cfg:
+        time_budget_s: float = 100.0
+        epochs: int = 5
+
+    model = torch.nn.Linear(2, 2)
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = not training.TRAINING_AUTOTUNE
+    seen = []
+    try:
+        training.fit_budget(Cfg(), model, lambda k: None, lambda b: seen.append(torch.backends.cudnn.benchmark),
+                            lambda: None, 0, 10)
+    finally:
+        torch.backends.cudnn.benchmark = before
+    assert seen and all(s == training.TRAINING_AUTOTUNE for s in seen)

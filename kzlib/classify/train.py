@@ -27,7 +27,7 @@ from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
 from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_memory_split, next_split,
-                            sample_seed, seed_everything, steps_per_epoch)
+                            out_of_memory, sample_seed, seed_everything, steps_per_epoch)
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, opt: Optimisation,
@@ -76,6 +76,20 @@ def split_micro(images: torch.Tensor, boxes: list, labels: list, split: int) -> 
     return out
 
 
+def same_forwards(parts: list[tuple]) -> list[tuple]:
+    """In a distributed run, ``parts`` padded with empty micro-batches (no images, no boxes: they add
+    nothing to the loss, the gradients or the BatchNorm statistics) to the most parts any process has,
+    so every process runs as many forwards and backwards: SyncBatchNorm reduces across the processes
+    in each forward and backward, DDP in the last backward. The counts differ when ``split_micro``
+    merges a small chunk or a micro-batch of an accumulated step has fewer than two boxes (without
+    this the collectives stop matching: an error on gloo, a hang on NCCL)."""
+    most = int(distributed.all_max(len(parts)))
+    if most > len(parts):
+        images, boxes, labels = parts[0]
+        parts = parts + [(images[:0], [boxes[0][:0]], [labels[0][:0]])] * (most - len(parts))
+    return parts
+
+
 def groups(loader, k: int):
     """Consecutive groups of k micro-batches (the last one may be shorter)."""
     group = []
@@ -106,10 +120,12 @@ def train_one_epoch(model, opt: Optimisation, loader, cfg: ClassifyConfig, devic
             while True:
                 opt.optimizer.zero_grad(set_to_none=True)
                 try:
-                    parts = [p for images, b, y in micro for p in split_micro(images, b, y, opt.split)]
+                    parts = same_forwards([p for images, b, y in micro for p in split_micro(images, b, y, opt.split)])
                     loss, n, ok = accumulate_gradients(model, parts, device, opt, cfg.label_smoothing)
                     break
-                except torch.OutOfMemoryError as e:
+                except RuntimeError as e:
+                    if not out_of_memory(e):
+                        raise
                     opt.optimizer.zero_grad(set_to_none=True)
                     opt.split = next_split(opt.split, n_images, e, f"{desc}: ")
             opt.step()
@@ -129,12 +145,13 @@ def one_batch(dataset: CropDataset, cfg: ClassifyConfig, k: int = 0) -> tuple:
     return (images, *cap_targets(b, y, cap, torch.Generator().manual_seed(0)))
 
 
-def budget_step(model, cfg: ClassifyConfig, device: torch.device, split: int):
-    """A training step on one loader batch in ``split`` micro-batches (what fits the GPU), for
-    ``kzlib.training.fit_budget`` to time."""
+def trial_step(model, cfg: ClassifyConfig, device: torch.device):
+    """``step(batch, split)``: a whole training step on one loader batch in ``split`` micro-batches,
+    the optimizer's step included (on an optimisation of its own), for the memory fit and the time
+    budget to try (``kzlib.training.trial`` puts the weights back)."""
     probe = Optimisation(model, cfg, device, 1)
 
-    def step(batch) -> None:
+    def step(batch, split: int) -> None:
         probe.optimizer.zero_grad(set_to_none=True)
         accumulate_gradients(model, split_micro(*batch, split), device, probe, cfg.label_smoothing)
         probe.step()
@@ -147,15 +164,11 @@ def fit_memory(model, dataset: CropDataset, cfg: ClassifyConfig, device: torch.d
     allows; elsewhere 1."""
     if device.type != "cuda":
         return 1
-    n = distributed.per_process_batch(cfg.batch_size)
-    images, b, y = one_batch(dataset, cfg)
-    probe = Optimisation(model, cfg, device, 1)
+    batch = one_batch(dataset, cfg)
+    step = trial_step(model, cfg, device)
     model.train()
-
-    def step(split: int) -> None:
-        accumulate_gradients(model, split_micro(images, b, y, split), device, probe, cfg.label_smoothing)
-        probe.optimizer.zero_grad(set_to_none=True)
-    return fit_memory_split(model, step, n, checkpoint, device, "classifier: ")
+    return fit_memory_split(model, lambda split: step(batch, split), distributed.per_process_batch(cfg.batch_size),
+                            checkpoint, device, "classifier: ")
 
 
 def add_missed(page: Page, truth: Page, iou: float = 0.5) -> Page:
@@ -244,7 +257,8 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
     steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
     split = fit_memory(model, dataset, cfg, device, checkpoint)  # first: the budget's steps must fit too
     if saved is None:
-        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, k), budget_step(model, cfg, device, split),
+        step = trial_step(model, cfg, device)
+        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, k), lambda batch: step(batch, split),
                          lambda: validate(model, val_pages[:1], val_truth[:1], classes, cfg, device), len(val_pages),
                          steps_per_epoch(len(dataset), cfg.batch_size))
         if distributed.is_main():

@@ -22,7 +22,7 @@ from kzlib.errors import UsageError
 from kzlib.pages import split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
 from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_memory_split, next_split,
-                            seed_everything, steps_per_epoch)
+                            out_of_memory, seed_everything, steps_per_epoch)
 
 
 def detector_step(model, images: list, targets: list, seeds: list[int] | None, opt: Optimisation) -> dict:
@@ -66,7 +66,9 @@ def train_one_epoch(model, opt: Optimisation, loader, device, desc: str) -> dict
             try:
                 losses = detector_step(model, images, targets, seeds, opt)
                 break
-            except torch.OutOfMemoryError as e:
+            except RuntimeError as e:
+                if not out_of_memory(e):
+                    raise
                 opt.optimizer.zero_grad(set_to_none=True)
                 opt.split = next_split(opt.split, len(images), e, f"{desc}: ")
         opt.step()
@@ -90,13 +92,14 @@ def one_batch(dataset: CropDataset, cfg: DetectConfig, device: torch.device, k: 
     return [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets], seeds
 
 
-def budget_step(model, cfg: DetectConfig, device: torch.device, split: int):
-    """A training step on one batch in ``split`` micro-batches (what fits the GPU), for
-    ``kzlib.training.fit_budget`` to time."""
+def trial_step(model, cfg: DetectConfig, device: torch.device):
+    """``step(batch, split)``: a whole training step on one batch in ``split`` micro-batches, the
+    optimizer's step included (on an optimisation of its own), for the memory fit and the time budget
+    to try (``kzlib.training.trial`` puts the weights back)."""
     probe = Optimisation(model, cfg, device, 1)
-    probe.split = split
 
-    def step(batch) -> None:
+    def step(batch, split: int) -> None:
+        probe.split = split
         probe.optimizer.zero_grad(set_to_none=True)
         detector_step(model, *batch, probe)
         probe.step()
@@ -108,16 +111,11 @@ def fit_memory(model, dataset: CropDataset, cfg: DetectConfig, device: torch.dev
     (``kzlib.training.fit_memory_split``), tried on one batch of the largest crops; elsewhere 1."""
     if device.type != "cuda":
         return 1
-    n = distributed.per_process_batch(cfg.batch_size)
-    images, targets, seeds = one_batch(dataset, cfg, device)
-    probe = Optimisation(model, cfg, device, 1)
+    batch = one_batch(dataset, cfg, device)
+    step = trial_step(model, cfg, device)
     model.train()
-
-    def step(split: int) -> None:
-        probe.split = split
-        detector_step(model, images, targets, seeds, probe)
-        probe.optimizer.zero_grad(set_to_none=True)
-    return fit_memory_split(model, step, n, checkpoint, device, "detector: ")
+    return fit_memory_split(model, lambda split: step(batch, split), distributed.per_process_batch(cfg.batch_size),
+                            checkpoint, device, "detector: ")
 
 
 def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None, val_images: Sequence[str] | None = None,
@@ -147,7 +145,8 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
     dataset = CropDataset(train_pages, cfg)
     split = fit_memory(model, dataset, cfg, device, checkpoint)  # first: the budget's steps must fit too
     if saved is None:
-        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, device, k), budget_step(model, cfg, device, split),
+        step = trial_step(model, cfg, device)
+        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, device, k), lambda batch: step(batch, split),
                          lambda: detect_pages(model, val_pages[:1], cfg, device), len(val_pages),
                          steps_per_epoch(len(dataset), cfg.batch_size))
         if distributed.is_main():

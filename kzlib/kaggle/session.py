@@ -37,7 +37,7 @@ from kzlib.preset import PipelineConfig
 PACKAGES = {"torch": ["torch"], "torchvision": ["torchvision"], "timm": ["timm"], "albumentations": ["albumentations"],
             "cv2": ["opencv-python-headless", "opencv-python", "opencv-contrib-python",
                     "opencv-contrib-python-headless"],
-            "numpy": ["numpy"], "pandas": ["pandas"], "lightgbm": ["lightgbm"], "xgboost": ["xgboost"],
+            "numpy": ["numpy"], "pandas": ["pandas"], "lightgbm": ["lightgbm"], "xgboost": ["xgboost", "xgboost-cpu"],
             "catboost": ["catboost"], "tqdm": ["tqdm"], "matplotlib": ["matplotlib"]}
 
 
@@ -155,6 +155,23 @@ class Status:
         self.write()
 
 
+def check_gpu() -> None:
+    """A training kernel's GPU: there, and of an architecture the image's torch build has kernels
+    for (Kaggle's image has no sm_60: on a P100 ``is_available()`` says yes and the first kernel
+    fails); else one ``KernelError`` line, before anything runs."""
+    import torch  # only once the kit's wheels are installed (``Session.__init__``)
+
+    from kzlib.devices import gpu_unsupported
+
+    if not torch.cuda.is_available():
+        raise KernelError("this kernel trains on a GPU and none is available: turn on the GPU "
+                          "accelerator (machine_shape in kernel-metadata.json)")
+    problem = gpu_unsupported()
+    if problem:
+        raise KernelError(f"{problem}; or choose the T4 accelerator (machine_shape NvidiaTeslaT4 in "
+                          "kernel-metadata.json, the kit's default)")
+
+
 class Session:
     def __init__(self, kernel: str, stages: list[str], upstream: list[str], gpu: bool, continuation: bool,
                  budget_hours: float, preset: dict, kit: Path):
@@ -195,6 +212,8 @@ class Session:
         if missing:
             raise KernelError(f"packages missing from this image: {', '.join(missing)}; add their wheels to the "
                               "dataset with `kzlib dataset --wheels ...` and push a new dataset version")
+        if gpu and str(preset.get("device", "cuda")).startswith("cuda"):
+            check_gpu()
 
     @classmethod
     def open(cls, kernel: str, stages, upstream, gpu: bool, continuation: bool, budget_hours: float, preset: dict,
@@ -234,12 +253,6 @@ class Session:
             if self.gpu:  # the training kernels: the preset's pretrained backbones, from the kit's dataset
                 cfg.check_weights(self.kit / "pretrained", fix="python -m kzlib dataset --preset PRESET --push")
                 cfg = cfg.with_weights_dir(self.kit / "pretrained")
-                if cfg.device.startswith("cuda"):
-                    import torch  # after the wheels, as above
-
-                    if not torch.cuda.is_available():
-                        raise KernelError("this kernel trains on a GPU and none is available: turn on the GPU "
-                                          "accelerator (machine_shape in kernel-metadata.json)")
             else:
                 cfg = replace(cfg, device="cpu", gpus=1)  # pseudolabels and level 2: no GPU attached, none needed
             self.pipe = Pipeline(self.data, self.working, cfg, deadline=self.deadline)
