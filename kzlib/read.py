@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import glob
-import hashlib
 import html
 import json
 import os
@@ -178,6 +177,8 @@ def upright(path: Path, cache: Path, image_id: str, frame: int = 0) -> Path:
     the source differs); other files are used as they are. A page under ``MIN_SIDE`` pixels, or
     whose sides differ more than ``MAX_ASPECT`` times, is an ``ImageError``."""
     with open_header(path) as im:
+        if frame:
+            im.seek(frame)  # a TIFF's pages may differ in size
         w, h = im.size
         if min(w, h) < MIN_SIDE:
             raise ImageError(f"{path}: {w}x{h} px is too small to be a page (at least {MIN_SIDE}x{MIN_SIDE})")
@@ -197,8 +198,6 @@ def upright(path: Path, cache: Path, image_id: str, frame: int = 0) -> Path:
                         return out
             except ImageError:
                 pass  # made again
-        if frame:
-            im.seek(frame)
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I;16L", "I"):
             im = Image.fromarray(to_8bit(np.asarray(im)))
