@@ -36,7 +36,7 @@ from typing import Any, Sequence, TypeVar
 import pandas as pd
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_bytes
 
 from kzlib import distributed
 from kzlib.config import config_dict, config_from_dict, read_json, save_config
@@ -105,8 +105,9 @@ def save_bundle_run(state: dict, folder: str | Path, extra: dict) -> list[Path]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}  # channels_last runs: strided
+    data = safetensors_bytes(tensors, metadata={"format": "pt"})  # written here: a full disk is the OSError it is
     with atomic_path(folder / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        tmp.write_bytes(data)
     write_json_atomic({"format": 1, **extra}, folder / RUN_FILE)
     return [folder / WEIGHTS_FILE, folder / RUN_FILE]
 

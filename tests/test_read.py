@@ -530,6 +530,20 @@ def test_export_to_a_full_disk_names_the_destination_and_leaves_nothing(finished
     err = capsys.readouterr().err
     assert f"error: export: {out}: No space left on device" in err and len(err.strip().splitlines()) == 1
     assert str(data) not in err and not out.exists() and not (tmp_path / ".B.building").exists()
+    # the disk full while the weights are written (safetensors' own writer made it a traceback)
+    write_bytes = Path.write_bytes
+
+    def full_weights(self, data):
+        if ".model.safetensors." in self.name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(self))
+        return write_bytes(self, data)
+
+    monkeypatch.undo()
+    monkeypatch.setattr(Path, "write_bytes", full_weights)
+    assert export_main([str(work), "--out", str(out), "--folds", "best"]) == 3
+    err = capsys.readouterr().err
+    assert f"error: export: {out}: No space left on device" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / ".B.building").exists()
 
 
 def test_device_names_are_checked_by_the_parser(capsys):
