@@ -22,9 +22,11 @@ The characters come from the runner's own functions, page by page: each detector
 (``detect_page``), the test-box rule (fold 0's boxes, or the folds' vote), each classifier's TTA
 logits (``page_logits``), the detailed rows, the blend of each kind's folds, level 2's candidate
 rows and models, the best candidate per box — so on the competition's test pages the submission is
-the runner's. Pages already read (their JSON exists) are skipped on a rerun; a page that cannot be
-read (damaged, too small, a link that loops) is reported in ``pages.csv`` and on one line, and the
-others are still read; the exit code is 1 when any page failed. Decoding runs in a background
+the runner's. Pages already read from the same source (their JSON records the file, its size and
+time, and the page of a multi-page TIFF, each of whose pages is read) are skipped on a rerun; a page
+that cannot be read (damaged, too small, a strip beyond ``MAX_ASPECT``, a link that loops) is
+reported in ``pages.csv`` and on one line, and the others are still read; the exit code is 1 when
+any page failed. A full disk stops the run at the first page it cannot write (one line). Decoding runs in a background
 thread while the models work. Page ids are the file names' stems, the whole name when two stems
 are the same (``p.jpg``, ``p.png``), the folder's name before it when two names are; a name that is
 not UTF-8 is kept with its odd bytes escaped. Files in OUT_DIR are never read as pages.
