@@ -33,6 +33,7 @@ from kzlib.io import write_csv_atomic
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 LABEL_FIELDS = 5  # U+XXXX x y w h
+MAX_COORD = 2**31 - 1  # pixels: any coordinate, width or height of a box beyond it is out of range
 _CODE_RE = re.compile(r"^U\+[0-9A-F]{4,6}$")
 
 
@@ -157,10 +158,15 @@ def parse_labels(
     table = np.array(tokens, dtype=object).reshape(-1, LABEL_FIELDS)
     codes = table[:, 0]
     try:
-        boxes = np.array([int(t) for t in table[:, 1:].ravel()], dtype=np.int64).reshape(-1, 4)
+        values = [int(t) for t in table[:, 1:].ravel()]
     except ValueError:
         bad = next(t for t in table[:, 1:].ravel() if not _is_int(t))
         raise DataError(f"{where}: non-integer coordinate {bad!r}") from None
+    out_of_range = next((v for v in values if not -MAX_COORD <= v <= MAX_COORD), None)
+    if out_of_range is not None:  # 1e20 overflows int64; 2**62 fits, but x + w wraps around
+        raise DataError(f"{where}: coordinate {out_of_range} out of range (a page's pixels are within "
+                        f"+-{MAX_COORD:,})")
+    boxes = np.array(values, dtype=np.int64).reshape(-1, 4)
     bad_code = next((c for c in codes if not _CODE_RE.match(c) and not (allow_seg_fp and c == SEG_FP)), None)
     if bad_code is not None:
         raise DataError(f"{where}: bad class code {bad_code!r} (expected U+XXXX)")

@@ -3,13 +3,20 @@
     kzlib export WORK_DIR --out MODEL_DIR [--folds all|best] [--no-level2] [--force]
                  [--kaggle-model OWNER/MODEL/pytorch/VARIATION]
 
-``WORK_DIR`` is a runner's work folder (``kzlib run --work``). The bundle holds::
+``WORK_DIR`` is a runner's work folder (``kzlib run --work``). The bundle holds no pickle, only
+data formats (no file in it can run code when it is read)::
 
     manifest.json                what is in it and how to use it (the runner's test-box rule, TTA
-                                 scales, kinds), kit and library versions, every file's SHA-256
-    detect/foldK/best.pth        each detector the test-box rule reads (config inside)
-    classify/KIND/foldK/best.pth each classifier (config and class list inside)
-    level2/                      the level-2 models (when the run has them and every fold is kept)
+                                 scales, kinds), its file formats, kit and library versions, and
+                                 every file's SHA-256
+    detect/foldK/model.safetensors, run.json
+                                 each detector the test-box rule reads: its weights (safetensors) and
+                                 its config, validation scores and epoch (JSON)
+    classify/KIND/foldK/model.safetensors, run.json
+                                 each classifier: weights; config, class list, scores (JSON)
+    level2/                      the level-2 models in their libraries' own formats (LightGBM's text
+                                 model, XGBoost's JSON, CatBoost's binary model) and stack.json
+                                 (when the run has them and every fold is kept)
     unicode_translation.csv      code point -> character
 
 ``--folds all`` (default) keeps exactly what the runner's submission used, so ``kzlib read`` on the
@@ -17,11 +24,16 @@ test pages writes the same submission; a work folder whose stages are not all do
 unfinished run, or one whose preset or data changed since) is refused, unless ``--force`` (the
 manifest then says so). ``--folds best`` keeps the best detector fold and the best fold of each
 kind, and the plain blend instead of level 2: a smaller, faster bundle for reading books on a CPU.
+The weights in a bundle are the run's checkpoints' tensors, bit for bit; the checkpoints themselves
+are loaded with ``torch.load(weights_only=True)`` (a work folder's file that needs more is refused).
 
-Loading a bundle checks its manifest — a format and a kit version this kit knows, a torch version
-not newer than the one installed — and the SHA-256 of every file; a mismatch is one line naming the
-file (``--trust`` in ``kzlib read`` skips the checks). ``kzlib read --model`` takes a bundle, or a
-work folder directly (the same as ``--folds all``).
+Loading a bundle checks its manifest: its keys, a format this kit knows (an older bundle, whose
+weights were pickled torch files, is refused with the export command that makes a new one), and
+every file it names: listed with its SHA-256, inside the bundle, not a link, and the same bytes. A
+mismatch is one line naming the file. ``--trust`` in ``kzlib read`` skips only the version checks (a
+kit or torch newer than this one); it never loads a file the manifest does not vouch for, and
+nothing is ever unpickled. ``kzlib read --model`` takes a bundle, or a work folder directly (the
+same as ``--folds all``; its checkpoints loaded with ``weights_only=True``).
 """
 
 from __future__ import annotations
@@ -34,24 +46,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import safetensors
 import torch
 
 from kzlib import __version__
 from kzlib.cli import one_line_errors, parser
 from kzlib.config import config_from_dict, read_json
 from kzlib.detect.config import TestBoxRule
-from kzlib.errors import DataError, UsageError
-from kzlib.io import file_sha256, write_json_atomic
+from kzlib.errors import DataError, EnvironmentProblem, UsageError
+from kzlib.io import file_sha256, io_message, write_json_atomic
 from kzlib.kaggle.inputs import find_bundle
 from kzlib.kaggle.models import parse_handle, publish
 from kzlib.pipeline import Pipeline
 from kzlib.preset import PipelineConfig
-from kzlib.runs import RunDir, load_checkpoint
+from kzlib.runs import RUN_FILE, WEIGHTS_FILE, RunDir, load_checkpoint, save_bundle_run
+from kzlib.stack.models import read_models
 from kzlib.stages import classifier_kinds
 from kzlib.work import WorkDir
 
 MANIFEST = "manifest.json"
-FORMATS = (1, 2)  # 1: the test-box rule under "test_boxes"; 2: "test_box_rule", forced exports said
+# 1: the test-box rule under "test_boxes"; 2: "test_box_rule", forced exports said (both: pickled best.pth);
+# 3: weights as safetensors, configs, class lists and scores as JSON: no pickle
+FORMAT = 3
+OLD_FORMATS = (1, 2)
+FORMATS_OF_FILES = {"weights": "safetensors", "run": "json",
+                    "level2": "lightgbm text model, xgboost json, catboost cbm; stack.json"}
 
 
 class BundleError(DataError):
@@ -119,36 +138,123 @@ def from_work(work: Path, force: bool = False) -> Bundle:
                   unicode_csv if unicode_csv.is_file() else None, info)
 
 
-def verify(path: Path, m: dict) -> None:
-    """A bundle's manifest is one this kit knows, and every file is the one export wrote."""
-    if m.get("format") not in FORMATS:
-        raise BundleError(f"{path / MANIFEST}: bundle format {m.get('format')!r} is not one this kit reads "
-                          f"({', '.join(map(str, FORMATS))}); export it again with this kit, or pass --trust")
-    try:
-        kit, made_with = _version(__version__), _version(str(m.get("kit_version")))
-        made_torch, have_torch = _version(str(m.get("torch"))), _version(torch.__version__)
-    except ValueError:
-        raise BundleError(f"{path / MANIFEST}: unreadable kit or torch version ({m.get('kit_version')!r}, "
-                          f"{m.get('torch')!r}); pass --trust to read it anyway") from None
-    if made_with > kit:
-        raise BundleError(f"{path / MANIFEST}: made by kzlib {m['kit_version']}, newer than this kit ({__version__}); "
-                          "update the kit, or pass --trust")
-    if made_torch > have_torch:
-        raise BundleError(f"{path / MANIFEST}: made with torch {m['torch']}, newer than this one ({torch.__version__}); "
-                          "update torch, or pass --trust")
-    for rel, sha in m.get("files", {}).items():
-        f = path / rel
+def _key(path: Path, m: dict, key: str, kind: type | tuple, what: str, optional: bool = False):
+    """``m[key]``, of ``kind``: missing or of another type is one ``BundleError`` line."""
+    if key not in m:
+        if optional:
+            return None
+        raise BundleError(f"{path / MANIFEST}: no {key!r} ({what}); export the bundle again")
+    value = m[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BundleError(f"{path / MANIFEST}: {key!r} is {json.dumps(value)[:80]}, not {what}; export the bundle again")
+    return value
+
+
+def _inside(path: Path, rel: str, key: str) -> Path:
+    """``path / rel`` when ``rel`` is a plain relative path that stays inside the bundle and passes
+    through no link; else one ``BundleError`` line."""
+    parts = Path(rel).parts
+    if not rel or Path(rel).is_absolute() or ".." in parts or rel != Path(*parts).as_posix():
+        raise BundleError(f"{path / MANIFEST}: {key} names {rel!r}, not a path inside the bundle; a bundle is read "
+                          "only from its own folder")
+    for i in range(1, len(parts) + 1):
+        if (path / Path(*parts[:i])).is_symlink():
+            raise BundleError(f"{path / Path(*parts[:i])}: a link ({key} {rel!r}); a bundle's files must lie in it, "
+                              "not be links; copy the bundle with its files")
+    return path / rel
+
+
+def check_manifest(path: Path, m) -> dict:
+    """The manifest's structure: every key the reader uses, of its type (one line naming the key)."""
+    if not isinstance(m, dict):
+        raise BundleError(f"{path / MANIFEST}: a JSON {type(m).__name__}, not an object; not a bundle manifest")
+    fmt = m.get("format")
+    if fmt in OLD_FORMATS:
+        source = m.get("source") if isinstance(m.get("source"), str) else "WORK_DIR"
+        raise BundleError(f"{path / MANIFEST}: bundle format {fmt} keeps its weights in pickled torch files, which "
+                          f"this kit does not load from a bundle; make a new bundle from its work folder: "
+                          f"kzlib export {source} --out NEW_BUNDLE")
+    if fmt != FORMAT:
+        raise BundleError(f"{path / MANIFEST}: bundle format {fmt!r} is not one this kit reads ({FORMAT}); made by "
+                          "a newer kit? update kzlib, or export the bundle again with this one")
+    detectors = _key(path, m, "detectors", list, "a list of detector folders")
+    classifiers = _key(path, m, "classifiers", dict, "an object: kind -> classifier folders")
+    if not detectors or not all(isinstance(d, str) for d in detectors):
+        raise BundleError(f"{path / MANIFEST}: 'detectors' must name at least one detector folder; export the bundle again")
+    if not classifiers or not all(isinstance(v, list) and v and all(isinstance(r, str) for r in v)
+                                  for v in classifiers.values()):
+        raise BundleError(f"{path / MANIFEST}: 'classifiers' must name at least one classifier folder per kind; "
+                          "export the bundle again")
+    n_tta = _key(path, m, "n_tta", int, "a whole number of TTA scales")
+    if n_tta < 1:
+        raise BundleError(f"{path / MANIFEST}: 'n_tta' is {n_tta}, not at least 1; export the bundle again")
+    _key(path, m, "test_box_rule", str, "the test-box rule")
+    _key(path, m, "test_votes", int, "a number of votes")
+    _key(path, m, "n_folds", int, "a number of folds")
+    _key(path, m, "level2", (str, type(None)), "a folder or null", optional=True)
+    files = _key(path, m, "files", dict, "an object: file -> SHA-256")
+    if not all(isinstance(v, str) for v in files.values()):
+        raise BundleError(f"{path / MANIFEST}: 'files' must map each file to its SHA-256; export the bundle again")
+    return m
+
+
+def needed_files(path: Path, m: dict) -> dict[str, str]:
+    """Every file the reader opens, relative, by the manifest key that names it; level 2's models
+    are read from its stack.json (hashed before it is read)."""
+    need = {}
+    for d in m["detectors"]:
+        need.update({f"{d}/{WEIGHTS_FILE}": "detectors", f"{d}/{RUN_FILE}": "detectors"})
+    for kind, runs in m["classifiers"].items():
+        for r in runs:
+            need.update({f"{r}/{WEIGHTS_FILE}": f"classifiers.{kind}", f"{r}/{RUN_FILE}": f"classifiers.{kind}"})
+    if m.get("level2"):
+        need[f"{m['level2']}/stack.json"] = "level2"
+    return need
+
+
+def verify(path: Path, m: dict, trust: bool = False) -> None:
+    """A bundle's manifest is one this kit reads, and every file the reader opens is listed with its
+    SHA-256, lies inside the bundle, is no link and is the file export wrote. ``trust`` skips only
+    the versions (a kit or torch newer than this one)."""
+    check_manifest(path, m)
+    if not trust:
+        try:
+            kit, made_with = _version(__version__), _version(str(m.get("kit_version")))
+            made_torch, have_torch = _version(str(m.get("torch"))), _version(torch.__version__)
+        except ValueError:
+            raise BundleError(f"{path / MANIFEST}: unreadable kit or torch version ({m.get('kit_version')!r}, "
+                              f"{m.get('torch')!r}); pass --trust to read it anyway") from None
+        if made_with > kit:
+            raise BundleError(f"{path / MANIFEST}: made by kzlib {m['kit_version']}, newer than this kit "
+                              f"({__version__}); update the kit, or pass --trust")
+        if made_torch > have_torch:
+            raise BundleError(f"{path / MANIFEST}: made with torch {m['torch']}, newer than this one "
+                              f"({torch.__version__}); update torch, or pass --trust")
+    files = m["files"]
+    for rel, sha in files.items():
+        f = _inside(path, rel, "files")
         if not f.is_file():
             raise BundleError(f"{f}: missing from the bundle (manifest.json lists it); copy the whole bundle again")
         if file_sha256(f) != sha:
-            raise BundleError(f"{f}: its SHA-256 differs from manifest.json (altered or damaged); copy it again, "
-                              "or pass --trust")
+            raise BundleError(f"{f}: its SHA-256 differs from manifest.json (altered or damaged); copy it again")
+    need = needed_files(path, m)
+    level2 = m.get("level2")
+    if level2 and f"{level2}/stack.json" in files:  # hashed above: what it names is read next
+        meta, cfg = read_models(path / level2)
+        if not isinstance(meta.get("folds"), int):
+            raise BundleError(f"{path / level2 / 'stack.json'}: 'folds' is not a number; export the bundle again")
+        need.update({f"{level2}/fold{k}_{lib}.model": "level2" for k in range(meta["folds"]) for lib in cfg.libraries})
+    for rel, key in need.items():
+        _inside(path, rel, key)
+        if rel not in files:
+            raise BundleError(f"{path / MANIFEST}: {key} names {rel}, which 'files' does not list with its SHA-256; "
+                              "export the bundle again")
 
 
 def load(path: Path, trust: bool = False) -> Bundle:
-    """A bundle folder (checked unless ``trust``), a folder holding one (a Kaggle Model mounted under
-    /kaggle/input/models/OWNER/MODEL/FRAMEWORK/VARIATION: its newest version), or a work folder (its
-    stages must be current unless ``trust``)."""
+    """A bundle folder (``verify``: ``trust`` skips its version checks only), a folder holding one (a
+    Kaggle Model mounted under /kaggle/input/models/OWNER/MODEL/FRAMEWORK/VARIATION: its newest
+    version), or a work folder (its stages must be current unless ``trust``)."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         if (path / "preset.json").is_file():
@@ -161,19 +267,23 @@ def load(path: Path, trust: bool = False) -> Bundle:
             return from_work(path, force=trust)
         path = inner
     m = read_json(path / MANIFEST)
-    if not trust:
-        verify(path, m)
-    rule = TestBoxRule(m.get("test_box_rule", m.get("test_boxes", "fold0")), m.get("test_votes", 0), m.get("n_folds", 0)
-                       or len(m["detectors"]))
+    verify(path, m, trust)
+    rule = TestBoxRule(m["test_box_rule"], m["test_votes"], m["n_folds"] or len(m["detectors"]))
+    unicode_csv = "unicode_translation.csv" in m["files"]
     return Bundle(path, [path / d for d in m["detectors"]], {k: [path / p for p in v] for k, v in m["classifiers"].items()},
                   rule, m["n_tta"], path / m["level2"] if m.get("level2") else None,
-                  path / "unicode_translation.csv" if (path / "unicode_translation.csv").is_file() else None, m)
+                  path / "unicode_translation.csv" if unicode_csv else None, m)
 
 
 def _best(runs: Sequence[Path]) -> Path:
     """The run of the best validation score (``best.pth``'s scores)."""
     def f1(run: Path) -> float:
-        return float(load_checkpoint(RunDir(run).best).get("scores", {}).get("f1", -1.0))
+        path = RunDir(run).best
+        try:
+            return float(load_checkpoint(path).get("scores", {}).get("f1", -1.0))
+        except Exception as e:
+            raise BundleError(f"{path}: does not load ({str(e).splitlines()[0][:200]}); retrain that run, or "
+                              "restore the file") from None
     return max(runs, key=f1)
 
 
@@ -195,32 +305,51 @@ def export(work: Path, out: Path, folds: str = "all", level2: bool = True, force
         b.level2 = None
     out = Path(out)
     stage = out.parent / f".{out.name}.building"
-    if stage.exists():
-        shutil.rmtree(stage)
-    files: list[tuple[Path, str]] = []
     rel_det = [f"detect/{d.name}" for d in b.detectors]
-    files += [(RunDir(d).best, f"{rel}/best.pth") for d, rel in zip(b.detectors, rel_det)]
     rel_cls = {kind: [f"classify/{kind}/{r.name}" for r in runs] for kind, runs in b.classifiers.items()}
-    files += [(RunDir(r).best, f"{rel}/best.pth") for kind, runs in b.classifiers.items()
-              for r, rel in zip(runs, rel_cls[kind])]
+    runs = list(zip(b.detectors, rel_det)) + [(r, rel) for kind, rs in b.classifiers.items()
+                                               for r, rel in zip(rs, rel_cls[kind])]
+    copies: list[tuple[Path, str]] = []
     if b.level2 is not None:
-        files += [(p, f"level2/{p.name}") for p in sorted(b.level2.iterdir())
-                  if p.name == "stack.json" or p.suffix == ".model"]
+        copies += [(p, f"level2/{p.name}") for p in sorted(b.level2.iterdir())
+                   if p.name == "stack.json" or p.suffix == ".model"]
     if b.unicode_csv is not None:
-        files.append((b.unicode_csv, "unicode_translation.csv"))
-    for src, rel in files:
-        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, stage / rel)
-    manifest = {"format": 2, "kit_version": __version__, "torch": torch.__version__,
-                "created": time.strftime("%Y-%m-%d %H:%M:%S"), "source": b.info["source"], "folds": folds,
-                "detectors": rel_det, "test_box_rule": b.rule.rule, "test_votes": b.rule.votes,
-                "n_folds": b.rule.n_folds, "n_tta": b.n_tta, "classifiers": rel_cls,
-                "level2": "level2" if b.level2 is not None else None, **({"forced": b.info["forced"]} if force else {}),
-                "files": {rel: file_sha256(stage / rel) for _, rel in files}}
-    write_json_atomic(manifest, stage / MANIFEST)
-    if out.exists():
-        shutil.rmtree(out)
-    stage.rename(out)
+        copies.append((b.unicode_csv, "unicode_translation.csv"))
+    states = {}
+    for run, rel in runs:  # every checkpoint loads (weights_only) before anything is written
+        path = RunDir(run).best
+        try:
+            states[rel] = load_checkpoint(path)
+        except Exception as e:
+            raise BundleError(f"{path}: does not load ({str(e).splitlines()[0][:200]}); retrain that run, or restore "
+                              "the file") from None
+    try:
+        if stage.exists():
+            shutil.rmtree(stage)
+        written = []
+        for rel, state in states.items():
+            extra = {k: state[k] for k in ("config", "classes", "scores", "epoch") if k in state}
+            written += save_bundle_run(state["model"], stage / rel, extra)
+        for src, rel in copies:
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, stage / rel)
+            written.append(stage / rel)
+        manifest = {"format": FORMAT, "formats": FORMATS_OF_FILES, "kit_version": __version__,
+                    "torch": torch.__version__, "safetensors": safetensors.__version__,
+                    "created": time.strftime("%Y-%m-%d %H:%M:%S"), "source": b.info["source"], "folds": folds,
+                    "detectors": rel_det, "test_box_rule": b.rule.rule, "test_votes": b.rule.votes,
+                    "n_folds": b.rule.n_folds, "n_tta": b.n_tta, "classifiers": rel_cls,
+                    "level2": "level2" if b.level2 is not None else None,
+                    **({"forced": b.info["forced"]} if force else {}),
+                    "files": {f.relative_to(stage).as_posix(): file_sha256(f) for f in written}}
+        write_json_atomic(manifest, stage / MANIFEST)
+        if out.exists():
+            shutil.rmtree(out)
+        stage.rename(out)
+    except OSError as e:  # a full disk, a read-only folder: the destination named, nothing left half-made
+        shutil.rmtree(stage, ignore_errors=True)
+        e.filename = str(out)
+        raise EnvironmentProblem(io_message(e, "export")) from None
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     log(f"{out}: {len(rel_det)} detector(s), {sum(len(v) for v in rel_cls.values())} classifier(s) of "
         f"{len(rel_cls)} kind(s), level 2 {'yes' if b.level2 is not None else 'no'}, {size / 2**20:.1f} MiB"

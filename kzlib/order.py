@@ -41,6 +41,7 @@ JOIN_GAP = 4.0      # character heights a column may skip (a picture, a wide gap
 MIN_OVERLAP = 0.3   # horizontal overlap, as a fraction of the narrower box
 SMALL = 0.6         # a box (or chain) under this fraction of the page's typical size is "small"
 SIZE_RATIO = 3.0    # two columns joined across a gap differ in character size by less than this factor
+CANDIDATES = 64     # boxes looked at below each box, per strip (the nearest by top): pairs grow as n, not n^2
 
 
 @dataclass
@@ -80,9 +81,11 @@ class _Strips:
         last = np.maximum(np.floor(np.asarray(hi, np.float64) / self.width).astype(np.int64), first)
         return first, last - first + 1
 
-    def pairs(self, lo, hi, top_min, top_max) -> tuple[np.ndarray, np.ndarray]:
+    def pairs(self, lo, hi, top_min, top_max, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(query, item) of every item touching [lo[q], hi[q]] whose top is in (top_min[q],
-        top_max[q]), each pair once, sorted by query then item."""
+        top_max[q]), each pair once, sorted by query then item; with ``limit``, only the first
+        ``limit`` items by top in each strip (a page of thousands of overlapping boxes in one
+        column stays linear)."""
         lo, hi = np.atleast_1d(np.asarray(lo, np.float64)), np.atleast_1d(np.asarray(hi, np.float64))
         first, counts = self._strips_of(lo, hi)
         q = np.repeat(np.arange(len(lo)), counts)
@@ -96,14 +99,16 @@ class _Strips:
         b = np.searchsorted(self.keys, rank * self.span + np.clip(np.atleast_1d(top_max)[q] - self.low, -half, 2 * half),
                             "left")
         n = np.maximum(b - a, 0)
+        if limit is not None:
+            n = np.minimum(n, limit)
         hits = np.repeat(a, n) + _ranks_within(n)
         m = len(self.items) + 1
         found = np.unique(np.repeat(q, n) * m + self.items[hits])  # an item found through two strips: once
         return found // m, found % m
 
-    def query(self, lo: float, hi: float, top_min: float, top_max: float) -> np.ndarray:
+    def query(self, lo: float, hi: float, top_min: float, top_max: float, limit: int | None = None) -> np.ndarray:
         """Items touching [lo, hi] whose top is in (top_min, top_max), ascending, each once."""
-        return self.pairs(lo, hi, top_min, top_max)[1]
+        return self.pairs(lo, hi, top_min, top_max, limit)[1]
 
 
 def _ranks_within(counts: np.ndarray) -> np.ndarray:
@@ -122,7 +127,7 @@ def _chains(x0, x1, y0, y1, H, small) -> list[list[int]]:
     n = len(x0)
     w, h = x1 - x0, y1 - y0
     strips = _Strips(x0, x1, y0, np.median(w) if n else 1.0)
-    i, j = strips.pairs(x0, x1, y1 - 0.5 * h, y1 + LINK_GAP * H)
+    i, j = strips.pairs(x0, x1, y1 - 0.5 * h, y1 + LINK_GAP * H, CANDIDATES)
     keep = i != j
     i, j = i[keep], j[keep]
     gap = y0[j] - y1[i]
@@ -175,7 +180,7 @@ def _join_across_gaps(chains: list[list[int]], x0, x1, y0, y1, H, size, typical)
         medians = [float(np.median(size[c])) for c in chains]
         strips = _Strips(x0[first], x1[first], y0[first], np.median(w) if len(w) else 1.0)
         ends = np.array([c[-1] for c in chains])
-        q, found = strips.pairs(x0[ends], x1[ends], y1[ends] - 1e-9, y1[ends] + JOIN_GAP * H)
+        q, found = strips.pairs(x0[ends], x1[ends], y1[ends] - 1e-9, y1[ends] + JOIN_GAP * H, CANDIDATES)
         near = np.split(found, np.searchsorted(q, np.arange(1, len(chains))))  # candidates of each end, once
         for a in range(len(chains)):
             if not chains[a]:
@@ -184,7 +189,7 @@ def _join_across_gaps(chains: list[list[int]], x0, x1, y0, y1, H, size, typical)
             while True:
                 end = chains[a][-1]
                 cand = near[a] if end == ends[a] else strips.query(x0[end], x1[end], y1[end] - 1e-9,
-                                                                    y1[end] + JOIN_GAP * H)
+                                                                    y1[end] + JOIN_GAP * H, CANDIDATES)
                 joined = None
                 for b in cand[cand > after]:
                     b = int(b)

@@ -158,6 +158,10 @@ class Pipeline:
                     skipped.append(s.name)
                     log(f"{head}  running in another process ({held.owner}); skipped here")
                     continue
+                if self.statuses()[s.name] == "done":
+                    # another runner finished it after this one looked: the state is read again under the lock
+                    log(f"{head}  done by another process meanwhile")
+                    continue
                 if s.name in redo:
                     self.set_aside(s)
                 log(f"{head}  running (log: {self.work.log(s.name)})")

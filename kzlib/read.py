@@ -22,9 +22,11 @@ The characters come from the runner's own functions, page by page: each detector
 (``detect_page``), the test-box rule (fold 0's boxes, or the folds' vote), each classifier's TTA
 logits (``page_logits``), the detailed rows, the blend of each kind's folds, level 2's candidate
 rows and models, the best candidate per box — so on the competition's test pages the submission is
-the runner's. Pages already read (their JSON exists) are skipped on a rerun; a page that cannot be
-read (damaged, too small, a link that loops) is reported in ``pages.csv`` and on one line, and the
-others are still read; the exit code is 1 when any page failed. Decoding runs in a background
+the runner's. Pages already read from the same source (their JSON records the file, its size and
+time, and the page of a multi-page TIFF, each of whose pages is read) are skipped on a rerun; a page
+that cannot be read (damaged, too small, a strip beyond ``MAX_ASPECT``, a link that loops) is
+reported in ``pages.csv`` and on one line, and the others are still read; the exit code is 1 when
+any page failed. A full disk stops the run at the first page it cannot write (one line). Decoding runs in a background
 thread while the models work. Page ids are the file names' stems, the whole name when two stems
 are the same (``p.jpg``, ``p.png``), the folder's name before it when two names are; a name that is
 not UTF-8 is kept with its odd bytes escaped. Files in OUT_DIR are never read as pages.
@@ -32,29 +34,32 @@ not UTF-8 is kept with its odd bytes escaped. Files in OUT_DIR are never read as
 
 from __future__ import annotations
 
+import errno
 import glob
 import html
 import json
 import os
 import sys
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, PngImagePlugin
 from tqdm import tqdm
 
 from kzlib.classify.predict import TrainedClassifier, detailed_frame, load_run as load_classifier, page_logits, tta_sizes
-from kzlib.cli import one_line_errors, parser
+from kzlib.cli import device_arg, one_line_errors, parser, printable
 from kzlib.data import SEG_FP, code_to_char
 from kzlib.detailed import blend
 from kzlib.detect.predict import TrainedDetector, combine_test_boxes, detect_page, load_run as load_detector, round_boxes
 from kzlib.devices import describe_choice
 from kzlib.errors import DataError, KzError
 from kzlib.export import load
-from kzlib.images import ImageError, console, image_size, open_header, prefetch_images, read_image, write_png
+from kzlib.images import (ImageError, console, frame_count, image_size, open_header, prefetch_images, read_image,
+                          to_8bit, write_png)
 from kzlib.io import atomic_path, ensure_writable, write_csv_atomic, write_json_atomic
 from kzlib.metric import submission_from_points, write_submission
 from kzlib.order import reading_order
@@ -67,6 +72,8 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 
 
 MIN_SIDE = 32  # pixels: a smaller image is not a page scan
+MAX_ASPECT = 8  # a longer side more than this many times the shorter: a strip, not a page (it would not fit memory)
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)  # the output folder fails for every page alike: stop
 
 
 def expand_inputs(inputs: Sequence[str], exclude: Path | None = None) -> list[Path]:
@@ -105,8 +112,42 @@ def _resolved(p: Path) -> Path:
 
 
 def _printable(name: str) -> str:
-    """A file name as text: bytes that are not UTF-8 escaped (``\\xe9``), so outputs can carry it."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    """A file name as text: bytes that are not UTF-8 and control characters (a terminal's escape
+    codes) escaped (``\\xe9``, ``\\x1b``), so outputs and the console can carry it."""
+    return printable(os.fsencode(name).decode("utf-8", "backslashreplace"))
+
+
+def with_frames(paths: Sequence[Path], ids: Sequence[str]) -> list[tuple[str, Path, int]]:
+    """(page id, file, image index) of every page: each image of a multi-page TIFF is a page of its
+    own (``scan-1``, ``scan-2`` ...; ids kept unique); other files are one page."""
+    out = []
+    for path, image_id in zip(paths, ids):
+        n = 1
+        if path.suffix.lower() in (".tif", ".tiff"):
+            try:
+                n = frame_count(path)
+            except (KzError, OSError, RuntimeError):
+                n = 1  # the page's own turn reports it
+        out += [(image_id, path, 0)] if n == 1 else [(f"{image_id}-{k + 1}", path, k) for k in range(n)]
+    seen = {i for i, _, _ in out}
+    if len(seen) < len(out):  # a page of a TIFF named like another file's stem: number the repeats
+        count: dict[str, int] = {}
+        for k, (i, path, frame) in enumerate(out):
+            count[i] = count.get(i, 0) + 1
+            if count[i] > 1:
+                out[k] = (f"{i}_{count[i]}", path, frame)
+    return out
+
+
+def source_of(path: Path, frame: int = 0) -> dict | None:
+    """What a page was read from: the file (resolved), its size and modification time, and the image
+    in it; a page whose JSON records another source is read again. None when the file cannot be
+    looked at (its own turn reports it)."""
+    try:
+        st = path.stat()
+    except (OSError, RuntimeError):
+        return None
+    return {"path": _printable(str(_resolved(path))), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "frame": frame}
 
 
 def page_ids(paths: Sequence[Path]) -> list[str]:
@@ -131,34 +172,47 @@ def page_ids(paths: Sequence[Path]) -> list[str]:
     return out
 
 
-def upright(path: Path, cache: Path, image_id: str) -> Path:
-    """The page as OpenCV reads it right: files whose EXIF orientation turns them, or whose mode
-    OpenCV reads differently (palette, 16-bit grey, TIFF variants), are written once to ``cache``
-    as an upright RGB PNG; other files are used as they are. A page under ``MIN_SIDE`` pixels is an
-    ``ImageError``."""
+def upright(path: Path, cache: Path, image_id: str, frame: int = 0) -> Path:
+    """The page as OpenCV reads it right: files whose EXIF orientation turns them, whose mode OpenCV
+    reads differently (palette, TIFF variants) or that hold several pages (``frame``: which one),
+    are written once to ``cache`` as an upright RGB PNG that records its source (made again when
+    the source differs); other files are used as they are. A page under ``MIN_SIDE`` pixels, or
+    whose sides differ more than ``MAX_ASPECT`` times, is an ``ImageError``."""
     with open_header(path) as im:
-        if min(im.size) < MIN_SIDE:
-            raise ImageError(f"{path}: {im.size[0]}x{im.size[1]} px is too small to be a page (at least "
-                             f"{MIN_SIDE}x{MIN_SIDE})")
+        if frame:
+            im.seek(frame)  # a TIFF's pages may differ in size
+        w, h = im.size
+        if min(w, h) < MIN_SIDE:
+            raise ImageError(f"{path}: {w}x{h} px is too small to be a page (at least {MIN_SIDE}x{MIN_SIDE})")
+        if max(w, h) > MAX_ASPECT * min(w, h):
+            raise ImageError(f"{path}: {w}x{h} px, sides {max(w, h) / min(w, h):.0f} times as long as each other, "
+                             f"more than the {MAX_ASPECT} of a page; cut the strip into pages")
         turned = im.getexif().get(0x0112, 1) not in (1, None)
         plain = im.format in ("JPEG", "PNG") and im.mode in ("RGB", "L", "RGBA", "CMYK", "I;16", "I;16B")
-        if plain and not turned:
+        if plain and not turned and frame == 0:
             return path
         out = cache / f"{image_id}.png"
-        if out.is_file() and out.stat().st_mtime >= path.stat().st_mtime:
-            return out
+        source = json.dumps(source_of(path, frame), sort_keys=True)
+        if out.is_file():
+            try:
+                with open_header(out) as made:
+                    if made.info.get("kzlib-source") == source:
+                        return out
+            except ImageError:
+                pass  # made again
         im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I"):
-            im = Image.fromarray((np.asarray(im, dtype=np.float64) / max(1.0, float(np.asarray(im).max())) * 255)
-                                 .astype(np.uint8))
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            im = Image.fromarray(to_8bit(np.asarray(im)))
         if im.mode in ("RGBA", "LA", "P"):
             im = im.convert("RGBA")
             background = Image.new("RGBA", im.size, (255, 255, 255, 255))
             im = Image.alpha_composite(background, im)
         im = im.convert("RGB")
         cache.mkdir(parents=True, exist_ok=True)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("kzlib-source", source)
         with atomic_path(out) as tmp:
-            im.save(tmp, format="PNG")
+            im.save(tmp, format="PNG", pnginfo=info)
         return out
 
 
@@ -218,7 +272,8 @@ class Reader:
         return best[["image_id", "x", "y", "w", "h", "cls", "score"]].reset_index(drop=True)
 
 
-def page_outputs(image_id: str, file: Path, chars: pd.DataFrame, names: dict, size: tuple[int, int]) -> tuple[dict, str]:
+def page_outputs(image_id: str, file: Path, chars: pd.DataFrame, names: dict, size: tuple[int, int],
+                 source: dict | None = None) -> tuple[dict, str]:
     """The page's JSON and text, in reading order."""
     o = reading_order(chars[["x", "y", "w", "h"]].to_numpy())
     items = []
@@ -232,8 +287,8 @@ def page_outputs(image_id: str, file: Path, chars: pd.DataFrame, names: dict, si
     notes = [c for c in items if c["small"]]
     lines = ["".join(c["char"] for c in text if c["column"] == col) for col in sorted({c["column"] for c in text})]
     note_lines = ["".join(c["char"] for c in notes if c["column"] == col) for col in sorted({c["column"] for c in notes})]
-    doc = {"image_id": image_id, "file": _printable(str(file)), "width": size[0], "height": size[1], "characters": text,
-           "annotations": notes, "text": lines}
+    doc = {"image_id": image_id, "file": _printable(str(file)), "source": source, "width": size[0], "height": size[1],
+           "characters": text, "annotations": notes, "text": lines}
     return doc, "\n".join(lines) + ("\n\n" + "\n".join(note_lines) if note_lines else "") + "\n"
 
 
@@ -257,7 +312,8 @@ def write_index(out: Path, pages: pd.DataFrame) -> None:
         if isinstance(r.error, str) and r.error:
             parts.append(f"<p class='err'>{html.escape(r.error)}</p></div></section>")
             continue
-        picture = f"{r.page}.png" if (out / f"{r.page}.png").is_file() else Path(r.file).resolve().as_uri()
+        picture = (urllib.parse.quote(f"{r.page}.png") if (out / f"{r.page}.png").is_file()
+                   else Path(r.file).resolve().as_uri())  # a name with # % ? is a path, not a fragment or query
         text = (out / f"{r.page}.txt").read_text(encoding="utf-8") if (out / f"{r.page}.txt").is_file() else ""
         parts.append(f"<p>{r.characters} characters, mean score {r.mean_score:.3f}</p></div>"
                      f"<img src='{html.escape(str(picture))}'><pre>{html.escape(text)}</pre></section>")
@@ -277,10 +333,24 @@ def read_earlier(json_path: Path) -> pd.DataFrame:
                          for c in doc["characters"] + doc["annotations"]], columns=CHAR_COLUMNS)
 
 
-def read_one(reader: Reader, image_id: str, path: Path, src: Path, out: Path, png: bool) -> pd.DataFrame:
+def read_earlier_if_same(json_path: Path, source: dict | None) -> pd.DataFrame | None:
+    """The characters of a page read before from the same source (file, size, time, image in it);
+    None when it must be read (not read yet, read from another file of the same name, or the file
+    changed since)."""
+    if source is None or not json_path.is_file():
+        return None
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return read_earlier(json_path) if isinstance(doc, dict) and doc.get("source") == source else None
+
+
+def read_one(reader: Reader, image_id: str, path: Path, src: Path, out: Path, png: bool,
+             source: dict | None = None) -> pd.DataFrame:
     """Read one page and write its text, picture and JSON (the JSON last: it marks the page done)."""
     chars = reader.read(image_id, src)
-    doc, text = page_outputs(image_id, path, chars, reader.chars, image_size(src))
+    doc, text = page_outputs(image_id, path, chars, reader.chars, image_size(src), source)
     with atomic_path(out / f"{image_id}.txt") as tmp:
         tmp.write_text(text, encoding="utf-8")
     if png:
@@ -296,7 +366,8 @@ def read_pages(inputs: Sequence[str], model_dir: Path, out: Path, png: bool = Fa
     paths = expand_inputs(inputs, exclude=out)
     if not paths:
         raise DataError(f"no images in {', '.join(inputs)}")
-    ids = page_ids(paths)
+    pages_in = with_frames(paths, page_ids(paths))
+    ids = [i for i, _, _ in pages_in]
     ensure_writable(out)
     reader = Reader(model_dir, device, trust)
     log(describe_choice(device, reader.device))
@@ -306,36 +377,39 @@ def read_pages(inputs: Sequence[str], model_dir: Path, out: Path, png: bool = Fa
         seconds_before = dict(zip(before["page"], before["seconds"]))
     rows, subs, upcoming = [], {}, {}
     cache = out / ".pages"
-    todo = list(zip(ids, paths))
+    todo = pages_in
+    sources = [source_of(path, frame) for _, path, frame in todo]
+    earlier = [read_earlier_if_same(out / f"{i}.json", src) for (i, _, _), src in zip(todo, sources)]
 
     def prepare(k: int, prefetch) -> None:
-        """Page k made upright and, unless read before, decoded ahead at every size the models read."""
-        if k < len(todo) and k not in upcoming:
-            image_id, path = todo[k]
+        """Page k, unless read before, made upright and decoded ahead at every size the models read."""
+        if k < len(todo) and k not in upcoming and earlier[k] is None:
+            image_id, path, frame = todo[k]
             try:
-                upcoming[k] = upright(path, cache, image_id)
-                if not (out / f"{image_id}.json").is_file():
-                    prefetch(upcoming[k], reader.heights(upcoming[k]))
+                upcoming[k] = upright(path, cache, image_id, frame)
+                prefetch(upcoming[k], reader.heights(upcoming[k]))
             except PAGE_ERRORS:
                 upcoming[k] = None  # the page's own turn reports it
 
     with prefetch_images() as prefetch:
         prepare(0, prefetch)
-        for k, (image_id, path) in enumerate(tqdm(todo, unit="page", desc="read", disable=None, file=console())):
+        for k, (image_id, path, frame) in enumerate(tqdm(todo, unit="page", desc="read", disable=None, file=console())):
             prepare(k + 1, prefetch)
             t0 = time.time()
-            json_path = out / f"{image_id}.json"
             try:
-                if json_path.is_file():
-                    chars, seconds = read_earlier(json_path), float(seconds_before.get(image_id, 0.0))
+                if earlier[k] is not None:
+                    chars, seconds = earlier[k], float(seconds_before.get(image_id, 0.0))
                 else:
-                    chars = read_one(reader, image_id, path, upcoming.get(k) or upright(path, cache, image_id), out, png)
+                    chars = read_one(reader, image_id, path, upcoming.get(k) or upright(path, cache, image_id, frame), out,
+                                     png, sources[k])
                     seconds = time.time() - t0
                 rows.append({"page": image_id, "file": str(path), "characters": len(chars),
                              "mean_score": round(float(chars["score"].mean()), 4) if len(chars) else 0.0,
                              "seconds": round(seconds, 3), "error": ""})
                 subs[image_id] = chars
             except PAGE_ERRORS as e:
+                if isinstance(e, OSError) and e.errno in FULL_DISK:
+                    raise  # every page after it would fail the same way: one line, the pages done are kept
                 message = _printable(str(e).splitlines()[0] if str(e) else type(e).__name__)
                 where = _printable(str(path))
                 tqdm.write(f"error: {message}" if where in message else f"error: {where}: {message}", file=console())
@@ -366,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True, help="a bundle (kzlib export) or a runner's work folder")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--png", action="store_true", help="also draw every page with its characters")
-    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (a GPU when there is one)")
+    p.add_argument("--device", type=device_arg, default="auto", help="cpu, cuda, or auto (a GPU when there is one)")
     p.add_argument("--trust", action="store_true",
                    help="read a bundle without checking its manifest and SHA-256s (or a work folder whose stages "
                         "are not current)")

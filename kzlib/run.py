@@ -19,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from kzlib import weights
-from kzlib.cli import one_line_errors, parser
+from kzlib.cli import device_arg, folds_arg, one_line_errors, parser
 from kzlib.data import require_valid
 from kzlib.devices import cuda_problem, describe_asked
 from kzlib.errors import EnvironmentProblem, UsageError
@@ -34,10 +34,10 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, required=True, help="competition-layout data folder")
     p.add_argument("--work", type=Path, required=True, help="work folder (runs, logs, state, submission)")
     p.add_argument("--preset", default="demo", help="full, demo, or a preset JSON file")
-    p.add_argument("--folds", help="comma-separated folds whose per-fold stages this process runs")
+    p.add_argument("--folds", type=folds_arg, help="comma-separated folds whose per-fold stages this process runs")
     p.add_argument("--only", help="run only this stage (or stage prefix, e.g. detect, classify-resnet18)")
     p.add_argument("--dry-run", action="store_true", help="print the plan with each stage's status")
-    p.add_argument("--device", help="override the preset's device (cpu, cuda)")
+    p.add_argument("--device", type=device_arg, help="override the preset's device (cpu, cuda)")
     p.add_argument("--pretrained-dir", type=Path,
                    help="folder of the pretrained weights (default $KZLIB_PRETRAINED or pretrained/)")
     p.add_argument("--rerun-changed", action="store_true",
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
         if problem:
             raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU, but {problem}; or pass --device cpu "
                                      "to run it on the CPU anyway (slow)")
-    folds = [int(f) for f in a.folds.split(",") if f] if a.folds else None
+    folds = a.folds or None
     if not a.dry_run:
         print(f"checking {a.data} ...", flush=True)
         require_valid(a.data, cfg.n_folds)

@@ -12,6 +12,14 @@ A run folder holds::
     log.csv, curves.png  one row per epoch, and its plot
     oof_boxes.csv / test_boxes.csv, detailed.csv.gz / test_detailed.csv.gz, scores.json  predictions
 
+Checkpoints hold tensors and plain values only (dicts, lists, numbers, strings) and are loaded with
+``torch.load(weights_only=True)`` everywhere (resume, ``init_from``, export, read): a file that would
+need anything else unpickled is refused, never run. Each carries ``format`` (``CHECKPOINT_FORMAT``;
+none: 1, the kit before versions), checked on load.
+
+A bundle's run folder (``kzlib export``) holds no checkpoint: ``model.safetensors`` (the weights)
+and ``run.json`` (config, class list, scores, epoch); ``trained_state`` reads either layout.
+
 The models are detectron2's ``resume_or_load`` and timm's ``CheckpointSaver``.
 """
 
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +35,8 @@ from typing import Any, Sequence, TypeVar
 
 import pandas as pd
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save as safetensors_bytes
 
 from kzlib import distributed
 from kzlib.config import config_dict, config_from_dict, read_json, save_config
@@ -33,6 +44,10 @@ from kzlib.errors import DataError, UsageError
 from kzlib.io import atomic_path, file_sha256, write_csv_atomic, write_json_atomic
 
 C = TypeVar("C")
+
+CHECKPOINT_FORMAT = 2  # 1: no "format" key (the kit before versions; the same contents); 2: "format": 2
+CHECKPOINT_FORMATS = (1, 2)
+WEIGHTS_FILE, RUN_FILE = "model.safetensors", "run.json"  # a bundle's run folder
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -61,7 +76,56 @@ def _os_error(e: BaseException | None) -> OSError | None:
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
-    return torch.load(path, map_location=device, weights_only=False)
+    """A checkpoint of this kit, loaded with ``weights_only=True``: tensors and plain values only; a
+    file that holds any other object is an error (nothing in it runs). Its format must be one this
+    kit knows (``CheckpointFormatError``, one line)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except RuntimeError as e:
+        cause = _os_error(e)
+        if cause is not None:
+            raise cause from None
+        raise
+    except pickle.UnpicklingError:  # the restricted unpickler met something else: nothing of it ran
+        raise ValueError("it holds objects other than tensors and plain values, which this kit does not "
+                         "unpickle (a checkpoint of another program, or a planted payload)") from None
+    if isinstance(state, dict):
+        version = state.get("format", 1)
+        if version not in CHECKPOINT_FORMATS:
+            raise CheckpointFormatError(f"{path}: checkpoint format {version!r} is not one this kit reads "
+                                        f"({', '.join(map(str, CHECKPOINT_FORMATS))}); it was made by a newer kit: "
+                                        "update kzlib, or train into another folder")
+    return state
+
+
+def save_bundle_run(state: dict, folder: str | Path, extra: dict) -> list[Path]:
+    """A trained run as a bundle holds it: its weights in ``model.safetensors`` and what is not a
+    tensor (``extra``: config, class list, scores, epoch) in ``run.json``; the same tensors, bit for
+    bit. Returns the files written."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}  # channels_last runs: strided
+    data = safetensors_bytes(tensors, metadata={"format": "pt"})  # written here: a full disk is the OSError it is
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        tmp.write_bytes(data)
+    write_json_atomic({"format": 1, **extra}, folder / RUN_FILE)
+    return [folder / WEIGHTS_FILE, folder / RUN_FILE]
+
+
+def load_bundle_run(folder: str | Path, device: torch.device | str = "cpu") -> dict:
+    """What ``save_bundle_run`` wrote, as a checkpoint dict (``model`` and the ``run.json`` keys)."""
+    folder = Path(folder)
+    try:
+        info = read_json(folder / RUN_FILE)
+    except UsageError as e:  # read_json's one line names the file
+        raise DataError(str(e)) from None
+    if not isinstance(info, dict) or info.get("format") != 1 or not isinstance(info.get("config"), dict):
+        raise DataError(f"{folder / RUN_FILE}: not a run description of this kit (format 1 with a config)")
+    try:
+        model = load_file(str(folder / WEIGHTS_FILE), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DataError(f"{folder / WEIGHTS_FILE}: does not load ({str(e).splitlines()[0][:160]})") from None
+    return {**{k: v for k, v in info.items() if k != "format"}, "model": model}
 
 
 class EpochLog:
@@ -106,6 +170,10 @@ class EpochLog:
 class RunStateError(UsageError):
     """A run folder that cannot be used the way it was asked (resume without a run, a start over a
     run, flags that conflict with the run's saved config, a damaged checkpoint)."""
+
+
+class CheckpointFormatError(RunStateError):
+    """A checkpoint of a format this kit does not know (made by a newer kit)."""
 
 
 @dataclass
@@ -267,6 +335,8 @@ class RunDir:
                 state = load_checkpoint(path)
                 if not isinstance(state, dict) or "model" not in state or "epoch" not in state:
                     raise ValueError("not a training checkpoint of this kit")
+            except CheckpointFormatError:
+                raise
             except Exception as e:  # torch raises many kinds for damaged files
                 errors.append(f"{path.name}: {str(e).splitlines()[0][:160] if str(e) else type(e).__name__}")
                 continue
@@ -287,11 +357,16 @@ class RunDir:
         save_checkpoint(state, self.best)
 
     def trained_state(self) -> tuple[dict, Path]:
-        """The weights inference uses: ``best.pth``, else the last checkpoint."""
+        """The weights inference uses: a bundle's ``model.safetensors`` with its ``run.json`` (then
+        no other file of the folder is read), else ``best.pth``, else the last checkpoint."""
+        if (self.root / WEIGHTS_FILE).exists():
+            return load_bundle_run(self.root), self.root / WEIGHTS_FILE
         for path in (self.best, self.checkpoint):
             if path.exists():
                 try:
                     return load_checkpoint(path), path
+                except CheckpointFormatError:
+                    raise
                 except Exception as e:
                     raise RunStateError(f"{path}: does not load ({str(e).splitlines()[0][:160]}); retrain the run, "
                                         "or restore the file") from None
@@ -310,6 +385,8 @@ def load_other_checkpoint(path: str | Path, what: str) -> dict:
         raise DataError(f"{path}: {what} not found")
     try:
         state = load_checkpoint(path)
+    except CheckpointFormatError:
+        raise
     except Exception as e:  # torch raises many kinds for damaged files
         raise DataError(f"{path}: {what} does not load ({str(e).splitlines()[0][:160] if str(e) else type(e).__name__})") from None
     if not isinstance(state, dict) or "model" not in state:
@@ -363,10 +440,10 @@ class EpochEnd:
         cfg = dataclasses.asdict(self.cfg)
         if f1 > best or (self.keep_last_as_best and last):
             best = max(best, f1)
-            self.run.save_best({"model": model.state_dict(), "config": cfg, "epoch": epoch, "scores": scores,
-                                **self.extra})
-        self.run.save_epoch({"model": model.state_dict(), **opt.state_dict(), "epoch": epoch, "best_f1": best,
-                             "config": cfg, **self.extra})
+            self.run.save_best({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": cfg, "epoch": epoch,
+                                "scores": scores, **self.extra})
+        self.run.save_epoch({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), **opt.state_dict(),
+                             "epoch": epoch, "best_f1": best, "config": cfg, **self.extra})
         self.log.append(row)
         self.log.plot(self.run.curves, self.metrics)
         return best
@@ -380,16 +457,17 @@ class PagesInParts:
     """Predictions over many pages written in resumable parts: a Kaggle session can end in the
     middle of 4,900 test pages, and the next one continues after the last finished part.
 
-    ``folder/NAME-00000.pkl`` holds the rows of pages ``size*i .. size*(i+1)`` (with their ids, so
-    a part made for other pages is not reused); ``run`` returns every page's rows in order and
-    removes the parts, or raises ``Stopped`` before a part that the slowest part so far says would
-    end after ``deadline``."""
+    ``folder/NAME-00000.parquet`` holds the rows of pages ``size*i .. size*(i+1)`` (with their ids,
+    so a part made for other pages is not reused): a format that holds data only. ``run`` returns
+    every page's rows in order, or raises ``Stopped`` before a part that the slowest part so far
+    says would end after ``deadline``; ``clean`` removes the parts (and an older kit's ``.pkl``
+    parts, which are never read)."""
 
     def __init__(self, folder: Path, name: str, ids: Sequence[str], size: int = 100):
         self.folder, self.name, self.ids, self.size = Path(folder), name, list(ids), max(1, size)
 
     def parts(self) -> list[tuple[Path, list[str]]]:
-        return [(self.folder / f"{self.name}-{i // self.size:05d}.pkl", self.ids[i: i + self.size])
+        return [(self.folder / f"{self.name}-{i // self.size:05d}.parquet", self.ids[i: i + self.size])
                 for i in range(0, len(self.ids), self.size)]
 
     def run(self, fn, deadline: float | None = None, log=print):
@@ -398,12 +476,14 @@ class PagesInParts:
         for path, ids in self.parts():
             if path.exists():
                 try:
-                    saved = pd.read_pickle(path)
+                    saved = pd.read_parquet(path)
+                except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+                    log(f"warning: {path}: a damaged part ({str(e).splitlines()[0][:120] if str(e) else type(e).__name__}); "
+                        "made again")
+                else:
                     if saved.attrs.get("ids") == ids:
                         frames.append(saved)
                         continue
-                except Exception:  # a damaged part is made again
-                    pass
             if deadline is not None and time.time() + slowest > deadline:
                 log(f"time budget: stopping before pages {self.ids.index(ids[0]) + 1}-{self.ids.index(ids[-1]) + 1} "
                     f"of {len(self.ids)} (a part takes up to {slowest:.0f} s); rerun to resume")
@@ -413,7 +493,7 @@ class PagesInParts:
             frame.attrs["ids"] = ids
             self.folder.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                frame.to_pickle(tmp)
+                frame.to_parquet(tmp, index=False)
             frames.append(frame)
             slowest = max(slowest, time.time() - t0)
         out = pd.concat(frames, ignore_index=True) if frames else None
@@ -422,5 +502,7 @@ class PagesInParts:
     def clean(self) -> None:
         for path, _ in self.parts():
             path.unlink(missing_ok=True)
+        for old in self.folder.glob(f"{self.name}-*.pkl"):  # an older kit's parts: never read
+            old.unlink(missing_ok=True)
         if self.folder.is_dir() and not any(self.folder.iterdir()):
             self.folder.rmdir()

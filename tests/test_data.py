@@ -37,6 +37,8 @@ def test_parse_labels_empty_means_no_characters(empty):
         ("3042 10 20 30 40", "bad class code"),
         ("U+3042 10 20 0 40", "non-positive width or height"),
         ("U+9999 10 20 30 40", "U+9999 is not in unicode_translation.csv"),
+        ("U+3042 100000000000000000000 20 30 40", "coordinate 100000000000000000000 out of range"),  # overflowed int64
+        (f"U+3042 {2**62} 20 {2**62} 40", f"coordinate {2**62} out of range"),  # x + w wrapped around
     ],
 )
 def test_parse_labels_errors_name_file_image_and_problem(labels, problem):
@@ -143,3 +145,16 @@ def test_check_real_sample_figures(sample):
     assert r.returncode == 0, r.stderr
     for line in ("train pages: 5", "characters: 464", "classes: 179", "books: 1", "test pages: 19"):
         assert line in r.stdout
+
+
+def test_check_says_a_box_at_2_62_is_out_of_range(tiny):
+    """Defect 13: a box at 2**62 passed `data check` (x + w wrapped around in int64) and training
+    took it; 10**20 was an OverflowError traceback. Both are one line: out of range."""
+    train = pd.read_csv(tiny / "train.csv", keep_default_na=False)
+    code = next(labels.split()[0] for labels in train["labels"] if labels)  # a class the data knows
+    train.loc[0, "labels"] = f"{code} {2**62} 10 {2**62} 10 " + train.loc[0, "labels"]
+    train.loc[1, "labels"] = f"{code} 100000000000000000000 10 10 10"
+    train.to_csv(tiny / "train.csv", index=False)
+    report = data.check_dataset(tiny, n_folds=3)
+    said = [p for p in report.problems if "out of range" in p]
+    assert not report.ok and len(said) == 2 and all("train.csv: row" in p for p in said)

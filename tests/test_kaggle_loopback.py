@@ -254,7 +254,7 @@ def test_a_bundle_as_a_kaggle_model_read_back_and_in_a_kernel(kaggle, finished_r
     published = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kaggle_model"]
     assert published == "test/kzlib-tiny/pytorch/two-folds/1"
     mounted = kaggle.root / "models" / "test" / "kzlib-tiny" / "pytorch" / "two-folds"  # as Kaggle mounts it
-    assert (mounted / "1" / "detect" / "fold0" / "best.pth").is_file()
+    assert (mounted / "1" / "detect" / "fold0" / "model.safetensors").is_file()
     assert read_main([str(data / "test_images"), "--model", str(mounted), "--out", str(tmp_path / "read")]) == 0
     mine = (tmp_path / "read" / "submission.csv").read_text()
     assert mine == (work / "submission.csv").read_text()  # the runner's own submission

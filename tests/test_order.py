@@ -113,3 +113,25 @@ def test_the_fast_order_equals_the_quadratic_one():
         fast, slow = reading_order(boxes), reference_order.reading_order(boxes)
         assert fast.order.tolist() == slow.order.tolist() and fast.column.tolist() == slow.column.tolist()
         assert fast.small.tolist() == slow.small.tolist()
+
+
+def test_one_column_of_many_tall_overlapping_boxes_keeps_the_candidates_linear(monkeypatch):
+    """Defect 8: 10**5 tall overlapping boxes in one column made ~n**2/2 candidate pairs (killed at
+    6 GB). Each box now looks at a bounded number of boxes below it (benchmarks/nothing_silent.py
+    runs the 10**5 case)."""
+    from kzlib import order
+
+    n = 3000
+    boxes = np.c_[np.zeros(n), np.arange(n, dtype=float), np.full(n, 10.0), np.full(n, 1000.0)]
+    found = []
+    real = order._Strips.pairs
+
+    def counted(self, *args, **kwargs):
+        q, items = real(self, *args, **kwargs)
+        found.append(len(items))
+        return q, items
+
+    monkeypatch.setattr(order._Strips, "pairs", counted)
+    o = reading_order(boxes)
+    assert sorted(o.order.tolist()) == list(range(n))
+    assert max(found) <= 2 * order.CANDIDATES * n  # unbounded: ~2,000 a box, 6 million pairs here

@@ -190,3 +190,35 @@ def test_a_stage_trained_from_scratch_is_changed_once_weights_are_present(tiny, 
     assert run_main(base + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "detect-f0  changed" in out and "changed or stale: a run refuses them unless --rerun-changed" in out
+
+
+def test_a_stage_another_runner_finished_meanwhile_is_not_run_again(finished_run, monkeypatch):
+    """Defect 9: two runners on one fresh work folder each repeated the other's finished stages: the
+    state was read once, before the lock. It is read again once a stage's lock is taken."""
+    from kzlib.pipeline import Pipeline
+
+    data, work = finished_run
+    pipe = Pipeline(data, work, load_preset(work / "preset.json"))
+    real = pipe.statuses
+    seen = iter([{name: "to do" for name in real()}])  # what this runner saw before the other finished
+    monkeypatch.setattr(pipe, "statuses", lambda: next(seen, None) or real())
+
+    def ran_again(s):
+        raise AssertionError(f"{s.name} ran again")
+
+    monkeypatch.setattr(pipe, "run_stage", ran_again)
+    said = []
+    result = pipe.run(log=said.append)
+    assert result["ran"] == {} and said and all(line.endswith("done by another process meanwhile") for line in said)
+
+
+def test_folds_that_are_not_numbers_are_the_parsers_one_line(capsys):
+    """Defect 14: `kzlib run --folds a` (or 0-1) was a ValueError traceback."""
+    from kzlib.run import main as run_main
+
+    for folds in ("a", "0-1"):
+        with pytest.raises(SystemExit) as e:
+            run_main(["--data", "d", "--work", "w", "--folds", folds])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"argument --folds: '{folds}': comma-separated fold numbers" in err
+        assert "Traceback" not in err

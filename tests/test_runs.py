@@ -125,3 +125,48 @@ def test_a_full_disk_under_torchs_zip_writer_is_the_oserror_naming_the_file(tmp_
     monkeypatch.undo()
     runs.save_checkpoint({"model": torch.zeros(10)}, tmp_path / "ok.pth")  # a disk with room: saved
     assert runs.load_checkpoint(tmp_path / "ok.pth")["model"].shape == (10,)
+
+
+class _Payload:
+    """Unpickling it opens (creates) ``marker``: what a planted checkpoint object would run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoints_load_weights_only_and_carry_a_format_checked_on_load(tmp_path):
+    """Every checkpoint loads with weights_only=True: an object planted in one is refused, nothing of
+    it runs (resume, init_from, inference). A checkpoint of the kit before versions (no "format")
+    resumes; an unknown format is one line saying what to do."""
+    from kzlib.runs import CHECKPOINT_FORMAT, load_other_checkpoint
+    from kzlib.errors import DataError
+
+    run = started(tmp_path)
+    state = {"format": CHECKPOINT_FORMAT, "model": {"w": torch.ones(2)}, "epoch": 0, "best_f1": 0.1,
+             "config": config_dict(TINY), "scores": {"f1": 0.1}}
+    run.save_epoch(state)
+    run.save_best(state)
+    assert torch.load(run.checkpoint, weights_only=True)["format"] == CHECKPOINT_FORMAT
+    old = {k: v for k, v in state.items() if k != "format"}  # written by the kit before versions
+    run.save_epoch(old)
+    assert run.load_checkpoint()["epoch"] == 0 and run.trained_state()[0]["model"]["w"].sum() == 2
+    marker = tmp_path / "PWNED"
+    for path in (run.checkpoint, run.previous, run.best):
+        torch.save({**state, "evil": _Payload(marker)}, path)
+    with pytest.raises(RunStateError, match="holds objects other than tensors and plain values"):
+        run.load_checkpoint()
+    with pytest.raises(RunStateError, match="best.pth: does not load .*does not unpickle"):
+        run.trained_state()
+    with pytest.raises(DataError, match="does not load .*does not unpickle"):
+        load_other_checkpoint(run.best, "the checkpoint to start from")
+    assert not marker.exists()
+    run.save_epoch({**state, "format": 99})
+    run.previous.unlink()
+    with pytest.raises(RunStateError, match=r"checkpoint.pth: checkpoint format 99 is not one this kit reads "
+                                            r"\(1, 2\); it was made by a newer kit: update kzlib"):
+        run.load_checkpoint()
+    with pytest.raises(RunStateError, match="checkpoint format 99"):
+        load_other_checkpoint(run.checkpoint, "the checkpoint to start from")

@@ -3,7 +3,7 @@ import json
 import sys
 from pathlib import Path
 
-from kzlib.cli import add_training_flags, one_line_errors, parser
+from kzlib.cli import add_training_flags, device_arg, one_line_errors, parser
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
 from kzlib.config import add_config_flags, config_from_args, given_flags
@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     pr.add_argument("--split", choices=("valid", "test"), required=True)
     pr.add_argument("--n-tta", type=int, default=4, help="number of scales (default 4)")
     pr.add_argument("--out", type=Path, help="output folder (default RUN_DIR)")
-    pr.add_argument("--device", help="override the run's device (cpu, cuda)")
+    pr.add_argument("--device", type=device_arg, help="override the run's device (cpu, cuda)")
     a = p.parse_args(argv)
 
     if a.cmd == "train":

@@ -2,7 +2,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from kzlib.cli import add_training_flags, one_line_errors, parser
+from kzlib.cli import add_training_flags, device_arg, one_line_errors, parser
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig, TestBoxRule
 from kzlib.config import add_config_flags, config_from_args, given_flags
@@ -25,7 +25,7 @@ def main(argv=None) -> int:
     pr.add_argument("--split", choices=("valid", "test", "oof"), required=True,
                     help="valid: the run's held-out train pages (-> oof_boxes.csv; oof is an old name of it), or test")
     pr.add_argument("--out", type=Path, help="default: RUN_DIR/oof_boxes.csv (valid) or RUN_DIR/test_boxes.csv")
-    pr.add_argument("--device", help="override the run's device (cpu, cuda)")
+    pr.add_argument("--device", type=device_arg, help="override the run's device (cpu, cuda)")
     pr.add_argument("--score-threshold", type=float, help="override the run's inference score threshold")
     m = sub.add_parser("merge-oof", help="concatenate the folds' OOF boxes")
     m.add_argument("run_dirs", type=Path, nargs="+")
