@@ -296,7 +296,7 @@ def test_a_403_on_one_status_read_leaves_a_running_kernel_pushed(kaggle, trivial
     assert e.state in ("pushed", "running") and "its status cannot be read" in e.message and e.pushes == 1
     assert "still pushed on Kaggle" in logs[-1] and f"kzlib kaggle push --kernels {kernels}" in logs[-1]
     assert json.loads((kernels / "push_state.json").read_text())["kzlib-detect-f0"]["state"] in ("pushed", "running")
-    kaggle.output_lag = 2  # and the listing of a finished session lags behind: read again
+    kaggle.output_lag = 1  # and the listing of a finished session lags behind: read again
     again = scheduler(kernels, api)
     assert again.run(max_cycles=500) == 0
     assert pushes(kaggle, "kzlib-detect-f0") == 1 and all(pushes(kaggle, slug) == 1 for slug in kaggle.kernels)

@@ -94,13 +94,13 @@ def check_docker_image(image: str) -> str:
 
 
 def pin_docker_image(folder: Path, image: str) -> str:
-    """Pin the kernel in ``folder`` to ``image`` (its ``kernel-metadata.json``); returns the image it
-    named before ("" for none)."""
+    """Pin the kernel in ``folder`` to ``image`` (its ``kernel-metadata.json``; an image Kaggle named,
+    or one ``check_docker_image`` passed); returns the image it named before ("" for none)."""
     path = Path(folder) / "kernel-metadata.json"
     meta = json.loads(path.read_text())
     before = meta.get("docker_image", "")
     if before != image:
-        meta["docker_image"] = check_docker_image(image)
+        meta["docker_image"] = image
         write_json_atomic(meta, path)
     return before
 
