@@ -1,6 +1,6 @@
 """kzlib kaggle render|push|emulate|download
 
-  render  --user NAME [--preset full|demo|FILE] [--out build/kernels] [--dataset-slug kzlib-kit]
+  render  --user NAME [--preset kaggle_week|kaggle_month|full|demo|FILE] [--out build/kernels] [--dataset-slug kzlib-kit]
           [--prefix kzlib] [--budget-hours 11] [--continue SLUG ...] [--only SLUG ...] [--gpus 1|2]
           [--docker-image IMAGE] [--read-model OWNER/MODEL/pytorch/VARIATION/VERSION]
       one folder per kernel (kernel.py from kernels/*.py with its values filled in, and
@@ -8,10 +8,13 @@
       per kernel, the total, the account's quota (when the API answers) and the weeks it takes.
       --read-model renders one kernel instead: the test pages read with a bundle from Kaggle Models.
   push    [--kernels build/kernels] [--max-gpu 2] [--max-cpu 4] [--poll 60] [--max-continuations 3]
-          [--retry SLUG ...] [--max-weeks 8] [--force]
+          [--retry SLUG ...] [--max-weeks 8] [--force] [--max-quota-wait 24]
       pushes the kernels in dependency order with at most 2 GPU sessions, waits for each, continues
       the ones stopped by the time budget; rerun it to carry on (push_state.json). Before the first
-      push: the bill, refused beyond --max-weeks unless --force. --retry: failed kernels again.
+      push: the bill, refused beyond --max-weeks unless --force. A used-up weekly GPU quota: no GPU
+      push before its refresh (waited for up to --max-quota-wait hours, else exit 1 with the time).
+      A status or output that cannot be read never changes a kernel's state. --retry: failed
+      kernels again, unless Kaggle says they are running or complete.
   emulate --data DATA_DIR --root DIR [--preset FILE] [--user test] [--layout kind|flat] [--only SLUG ...]
       renders the kernels and builds the dataset under DIR, runs every kernel in push order with
       the Kaggle folder layout rebuilt under DIR, and scores the final submission when the data
@@ -33,7 +36,7 @@ from kzlib.cli import one_line_errors, parser
 from kzlib.data import print_report
 from kzlib.errors import EnvironmentProblem
 from kzlib.kaggle.api import real_api
-from kzlib.kaggle.bill import bill, format_bill, quota
+from kzlib.kaggle.bill import bill_text, quota
 from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user
 from kzlib.kaggle.download import download
 from kzlib.kaggle.emulate import LAYOUTS, EmulationError, emulate
@@ -67,14 +70,15 @@ def render_cmd(a) -> int:
     except EnvironmentProblem:
         pass  # no credentials here: the bill without the account's quota
     cfg = replace(cfg, gpus=a.gpus) if a.gpus else cfg
-    print("\n" + format_bill(bill(kernels, cfg, a.budget_hours), quota(api) if api else None, cfg.gpus))
+    print("\n" + bill_text(kernels, cfg, a.budget_hours, quota(api) if api else None, a.prefix))
     print(f"\nthen: kzlib kaggle push --kernels {a.out}")
     return 0
 
 
 def push_cmd(a) -> int:
     s = Scheduler(a.kernels, real_api(), max_gpu=a.max_gpu, max_cpu=a.max_cpu, poll=a.poll,
-                  max_continuations=a.max_continuations, continue_stopped=not a.no_continue)
+                  max_continuations=a.max_continuations, continue_stopped=not a.no_continue,
+                  max_quota_wait=a.max_quota_wait * 3600)
     if a.retry:
         s.retry(a.retry)
     return s.run(max_weeks=a.max_weeks, force=a.force)
@@ -106,7 +110,8 @@ def main(argv=None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("render", help="write the kernel folders and the push order")
     r.add_argument("--user", help="Kaggle user name (default: KAGGLE_USERNAME or ~/.kaggle/kaggle.json)")
-    r.add_argument("--preset", default="full", help="full, demo, or a preset JSON file")
+    r.add_argument("--preset", default="full",
+                   help="kaggle_week (a week of free GPU quota), kaggle_month, full, demo, or a preset JSON file")
     r.add_argument("--out", type=Path, default=Path("build") / "kernels")
     r.add_argument("--continue", dest="continue_", nargs="*", default=[], metavar="SLUG",
                    help="render these as continuations: they read and resume their own previous output")
@@ -118,8 +123,9 @@ def main(argv=None) -> int:
     r.add_argument("--prefix", default="kzlib", help="first word of every kernel slug")
     r.add_argument("--gpus", type=int, choices=(1, 2), default=None,
                    help="train on both T4s of a session (data-parallel, torchrun) instead of the preset's gpus")
-    r.add_argument("--docker-image", default="",
-                   help="the Docker image every kernel runs in (default: each kernel keeps its first version's)")
+    r.add_argument("--docker-image", default="", metavar="gcr.io/kaggle-gpu-images/python@sha256:DIGEST",
+                   help="the Kaggle image every kernel runs in (default: the one Kaggle gives the first kernel "
+                        "pushed, which push then pins for the rest of the chain)")
     r.add_argument("--read-model", metavar="OWNER/MODEL/pytorch/VARIATION/VERSION",
                    help="render one kernel that reads the test pages with this bundle from Kaggle Models")
     ps = sub.add_parser("push", help="push the kernels in order, at most N GPU sessions, and see them through")
@@ -129,7 +135,10 @@ def main(argv=None) -> int:
     ps.add_argument("--poll", type=float, default=60.0, help="seconds between status checks")
     ps.add_argument("--max-continuations", type=int, default=3)
     ps.add_argument("--no-continue", action="store_true", help="report budget-stopped kernels instead of continuing them")
-    ps.add_argument("--retry", nargs="+", metavar="SLUG", help="push these failed kernels again")
+    ps.add_argument("--retry", nargs="+", metavar="SLUG",
+                    help="push these failed kernels again (Kaggle is asked first: a running or complete one is followed)")
+    ps.add_argument("--max-quota-wait", type=float, default=24.0, metavar="HOURS",
+                    help="wait this long at most for a used-up weekly GPU quota to refresh, else exit 1 with its time")
     ps.add_argument("--max-weeks", type=float, default=8.0,
                     help="refuse a plan that takes more weeks of GPU quota than this (before the first push)")
     ps.add_argument("--force", action="store_true", help="push even a plan beyond --max-weeks")

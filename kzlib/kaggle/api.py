@@ -4,8 +4,10 @@ underneath), authenticated — and what its failures mean.
 The client raises ``ValueError`` for what it refuses itself (a bad metadata file, a slug, a
 permission the server denied it) and ``requests.HTTPError`` for any 4xx/5xx answer; the network
 raises ``requests.ConnectionError`` or ``Timeout``. Transient: no connection, a timeout, HTTP 408,
-429 and 5xx — asked again, with backoff, a bounded number of times. Everything else is permanent:
-it fails at once with the client's own message.
+429 and 5xx — asked again, with backoff, a bounded number of times (a 429 after the wait its
+``Retry-After`` names). Everything else is permanent: it fails at once with the client's own
+message. HTTP 401 is the credentials: the key or token was refused (the client turns a 401 or 403
+on a kernel's status or output into a ``ValueError`` that cannot tell the two apart).
 """
 
 from __future__ import annotations
@@ -57,6 +59,27 @@ def is_transient(error: BaseException) -> bool:
         return True
     code = http_status(error)
     return code is not None and (code in (408, 429) or code >= 500)
+
+
+def retry_after(error: BaseException) -> float | None:
+    """Seconds an HTTP 429 answer asks to wait (its ``Retry-After``, in seconds or as a date), else None."""
+    response = getattr(error, "response", None)
+    value = getattr(response, "headers", {}).get("Retry-After") if response is not None else None
+    if value is None:
+        return None
+    from urllib3.util.retry import Retry  # requests' own transport parses the header
+
+    try:
+        return max(0.0, float(Retry().parse_retry_after(value)))
+    except Exception:  # noqa: BLE001  (an unreadable header: the caller's own backoff)
+        return None
+
+
+def credentials_refused(error: BaseException) -> str | None:
+    """One line when ``error`` is Kaggle refusing the credentials themselves (HTTP 401), else None."""
+    if http_status(error) != 401:
+        return None
+    return f"Kaggle refused the credentials ({describe(error)}): the API key or token is wrong or expired; {CREDENTIALS}"
 
 
 def describe(error: BaseException) -> str:

@@ -8,14 +8,26 @@ measures them): every rate is an estimate from the original solution's own logs
 (lopuhin/kaggle-kuzushiji-2019 ``_runs/*/json-log-plots.log``: the first and last timestamps of a
 fold's training, on the GPU its README names), converted to a T4 by the ratio the bill says. Other
 backbones and crops are scaled by their FLOPs (torchvision/timm figures at 224 px) and crop area.
+
+Those timestamps include the validation upstream ran after every epoch, so a rate covers an epoch
+and its validation. With ``gpus`` > 1 only the training part is shared (data-parallel, 90% per
+GPU): validation runs on the first process while the others wait, and the prediction stages run in
+one process on one GPU.
+
+Each kernel is also costed as upstream's recipe (``preset_full``, on the same sessions) would run
+it: the line says what the preset changes and the GPU-hours that saves, and the bill ends with
+upstream's kernels the preset leaves out.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
-from kzlib.preset import PipelineConfig
+from kzlib.kaggle.plan import kernel_plan
+from kzlib.preset import PipelineConfig, load_preset, preset_path
 
 # Pages of the competition's data (train.csv and sample_submission.csv rows); a kernel holds out one
 # fold of the train pages and predicts all test pages.
@@ -56,12 +68,26 @@ def _gpus(cfg: PipelineConfig) -> float:
     return 1.0 if cfg.gpus == 1 else cfg.gpus * 0.9
 
 
+def _training_seconds(epochs: int, crops: int, pages: float, held_out: float, page_crops: float, speed: float,
+                      cfg: PipelineConfig, validate_every: int) -> float:
+    """Seconds of a training at ``speed``, a rate that covers an epoch and its validation (upstream's
+    logs validated after every epoch). An epoch's share of validation (``held_out`` pages of
+    ``page_crops`` crops, forward only, against ``crops`` x ``pages`` training crops) runs on one GPU,
+    once every ``validate_every`` epochs; the rest is shared over the session's GPUs."""
+    epoch = crops * pages / speed
+    validation = held_out * page_crops * FORWARD_SHARE
+    share = validation / (validation + crops * pages)
+    return epochs * epoch * (1 - share) / _gpus(cfg) + math.ceil(epochs / max(1, validate_every)) * epoch * share
+
+
 @dataclass
 class Line:
     kernel: str
     gpu_hours: float
     sessions: int
     what: str
+    saves: float = 0.0      # GPU-hours this kernel saves against upstream's recipe of it
+    changes: str = ""       # what differs from upstream's recipe of it
 
 
 def kernel_hours(kernel, cfg: PipelineConfig, train_pages: int, test_pages: int) -> tuple[float, str]:
@@ -72,11 +98,12 @@ def kernel_hours(kernel, cfg: PipelineConfig, train_pages: int, test_pages: int)
     held_out = train_pages / cfg.n_folds
     if kernel.template == "detect":
         c = cfg.detect_config()
-        speed = rate("detector", c.backbone, (c.crop_height, c.crop_width))[0] * _gpus(cfg)
-        train = c.epochs * c.crops_per_page * per_fold / speed
-        page = c.page_size ** 2 * 0.65  # a page's pixels at its longest side (pages are about 0.65 as wide)
-        predict = (held_out + test_pages) * page / (c.crop_height * c.crop_width) * FORWARD_SHARE / speed
-        return (train + predict) / 3600, f"{c.epochs} epochs x {c.crops_per_page} crops at {speed:.1f} crops/s"
+        speed = rate("detector", c.backbone, (c.crop_height, c.crop_width))[0]
+        page = c.page_size ** 2 * 0.65 / (c.crop_height * c.crop_width)  # a page's crops at its longest side
+        train = _training_seconds(c.epochs, c.crops_per_page, per_fold, held_out, page, speed, cfg, c.validate_every)
+        predict = (held_out + test_pages) * page * FORWARD_SHARE / speed
+        return (train + predict) / 3600, (f"{c.epochs} epochs x {c.crops_per_page} crops at "
+                                          f"{speed * _gpus(cfg):.1f} crops/s")
     kind = kernel.values["KIND"]
     base = kind.removesuffix("-pl-ft").removesuffix("-pl")
     c = cfg.classify_config(base)
@@ -86,26 +113,80 @@ def kernel_hours(kernel, cfg: PipelineConfig, train_pages: int, test_pages: int)
         epochs, crops, pages = cfg.finetune_epochs, cfg.finetune_crops_per_page, per_fold + test_pages * cfg.pseudo_oversample
     elif kind.endswith("-pl"):
         crops, pages = cfg.refit_crops_per_page, per_fold + test_pages * cfg.pseudo_oversample
-    speed = rate("classifier", c.backbone, (c.crop_height, c.crop_width))[0] * _gpus(cfg)
-    train = epochs * crops * pages / speed
+    speed = rate("classifier", c.backbone, (c.crop_height, c.crop_width))[0]
+    page = c.test_size ** 2 * 0.65 / (c.crop_height * c.crop_width)
+    train = _training_seconds(epochs, crops, pages, held_out, page * c.validate_n_tta, speed, cfg, c.validate_every)
     scales = sum((1 + s) ** 2 for s in [c.scale_aug * i / max(1, cfg.n_tta - 1) for i in range(cfg.n_tta)])
-    page = c.test_size ** 2 * 0.65
-    predict = (held_out + test_pages) * scales * page / (c.crop_height * c.crop_width) * FORWARD_SHARE / speed
-    return (train + predict) / 3600, f"{epochs} epochs x {crops} crops of {pages:.0f} pages at {speed:.1f} crops/s"
+    predict = (held_out + test_pages) * scales * page * FORWARD_SHARE / speed
+    return (train + predict) / 3600, (f"{epochs} epochs x {crops} crops of {pages:.0f} pages at "
+                                      f"{speed * _gpus(cfg):.1f} crops/s")
+
+
+def upstream_preset(cfg: PipelineConfig) -> PipelineConfig:
+    """Upstream's recipe (``preset_full``) on the sessions ``cfg`` trains on (its ``gpus``)."""
+    return replace(load_preset(preset_path("full")), gpus=cfg.gpus)
+
+
+def _settings(kernel, cfg: PipelineConfig) -> dict:
+    """The settings of a kernel that its GPU-hours depend on, by name."""
+    if kernel.template == "detect":
+        c = cfg.detect_config()
+        return {"folds": cfg.n_folds, "backbone": c.backbone, "epochs": c.epochs, "crops a page": c.crops_per_page,
+                "page size": c.page_size, "validations": math.ceil(c.epochs / c.validate_every)}
+    kind = kernel.values["KIND"]
+    base = kind.removesuffix("-pl-ft").removesuffix("-pl")
+    c = cfg.classify_config(base)
+    epochs, crops = c.epochs, c.crops_per_page
+    if kind.endswith("-pl-ft"):
+        epochs, crops = cfg.finetune_epochs, cfg.finetune_crops_per_page
+    elif kind.endswith("-pl"):
+        crops = cfg.refit_crops_per_page
+    return {"folds": cfg.n_folds, "backbone": c.backbone, "epochs": epochs, "crops a page": crops,
+            "page size": c.test_size, "TTA scales": cfg.n_tta, "validations": math.ceil(epochs / c.validate_every)}
 
 
 def bill(kernels, cfg: PipelineConfig, budget_hours: float, train_pages: int = TRAIN_PAGES,
-         test_pages: int = TEST_PAGES) -> list[Line]:
+         test_pages: int = TEST_PAGES, upstream: PipelineConfig | None = None, prefix: str = "kzlib") -> list[Line]:
+    """One line per kernel: its GPU-hours and sessions, and what it changes and saves against
+    ``upstream`` (default: upstream's recipe, ``preset_full``, on the same sessions)."""
+    ref = upstream or upstream_preset(cfg)
+    ref_kernels = {k.slug: k for k in kernel_plan(ref, prefix)}
     out = []
     for k in kernels:
         hours, what = kernel_hours(k, cfg, train_pages, test_pages)
-        out.append(Line(k.slug, hours, max(1, math.ceil(hours / budget_hours)) if hours else 1, what))
+        line = Line(k.slug, hours, max(1, math.ceil(hours / budget_hours)) if hours else 1, what)
+        twin = ref_kernels.get(k.slug)
+        if twin is not None and k.gpu:
+            theirs, ours = _settings(twin, ref), _settings(k, cfg)
+            line.changes = ", ".join(f"{name} {theirs[name]}->{ours[name]}" for name in ours if ours[name] != theirs[name])
+            line.saves = kernel_hours(twin, ref, train_pages, test_pages)[0] - hours
+        out.append(line)
     return out
 
 
+def left_out(cfg: PipelineConfig, prefix: str = "kzlib", train_pages: int = TRAIN_PAGES,
+             test_pages: int = TEST_PAGES, upstream: PipelineConfig | None = None) -> list[tuple[str, int, float]]:
+    """Upstream's kernels that ``cfg``'s chain does not run, by group (the slug with its fold as
+    ``f*``): (group, kernels, GPU-hours upstream's recipe spends on them)."""
+    ref = upstream or upstream_preset(cfg)
+    mine = {k.slug for k in kernel_plan(cfg, prefix)}
+    groups: dict[str, list[float]] = {}
+    for k in kernel_plan(ref, prefix):
+        if k.slug not in mine:
+            groups.setdefault(re.sub(r"-f\d+$", "-f*", k.slug), []).append(
+                kernel_hours(k, ref, train_pages, test_pages)[0])
+    return [(g, len(h), sum(h)) for g, h in groups.items()]
+
+
+def bill_text(kernels, cfg: PipelineConfig, budget_hours: float, q: dict | None, prefix: str = "kzlib") -> str:
+    """The bill of ``kernels`` (of ``cfg``'s chain) against the quota ``q`` and upstream's recipe."""
+    return format_bill(bill(kernels, cfg, budget_hours, prefix=prefix), q, cfg.gpus, left_out(cfg, prefix))
+
+
 def quota(api) -> dict | None:
-    """The account's weekly GPU quota from the API (``quota_view``): hours allowed, used, left; None
-    when the API does not answer."""
+    """The account's weekly GPU quota from the API (``quota_view``): hours allowed, used, left, and
+    when it refreshes (``refresh`` as the API says it, ``refresh_at`` in seconds since the epoch, None
+    when not given); None when the API does not answer."""
     try:
         q = api.quota_view()
     except Exception:  # noqa: BLE001  (any failure: the bill says the quota is unknown)
@@ -115,8 +196,12 @@ def quota(api) -> dict | None:
         return None
     allowed = gpu.total_time_allowed.total_seconds() / 3600
     used = gpu.time_used.total_seconds() / 3600 if gpu.time_used is not None else 0.0
-    return {"allowed": allowed, "used": used, "left": max(0.0, allowed - used),
-            "refresh": str(getattr(q, "quota_refresh_time", "") or "")}
+    refresh = getattr(q, "quota_refresh_time", None)
+    at = None
+    if isinstance(refresh, datetime):  # kagglesdk gives UTC without a zone
+        at = (refresh if refresh.tzinfo else refresh.replace(tzinfo=timezone.utc)).timestamp()
+    return {"allowed": allowed, "used": used, "left": max(0.0, allowed - used), "refresh": str(refresh or ""),
+            "refresh_at": at}
 
 
 def weeks(total: float, q: dict | None, weekly: float = 30.0) -> float:
@@ -126,14 +211,28 @@ def weeks(total: float, q: dict | None, weekly: float = 30.0) -> float:
     return 0.0 if total <= 0 else (1.0 if total <= left else 1.0 + (total - left) / max(allowed, 1e-9))
 
 
-def format_bill(lines: list[Line], q: dict | None, gpus: int = 1) -> str:
+def format_bill(lines: list[Line], q: dict | None, gpus: int = 1,
+                dropped: list[tuple[str, int, float]] = ()) -> str:
+    """The bill as a table; with a ``saves`` column and upstream's left-out kernels (``dropped``,
+    from ``left_out``) when the plan differs from upstream's recipe."""
     width = max(len(x.kernel) for x in lines)
-    rows = [f"{'kernel':<{width}}  {'GPU-h':>6}  {'sessions':>8}  how"]
+    compared = any(x.changes for x in lines) or bool(dropped)
+    rows = [f"{'kernel':<{width}}  {'GPU-h':>6}  {'sessions':>8}  " + ("saves  " if compared else "") + "how"]
     for x in lines:
-        rows.append(f"{x.kernel:<{width}}  {x.gpu_hours:6.1f}  {x.sessions:>8}  {x.what}")
+        saves = (f"{x.saves:5.1f}  " if x.changes else f"{'':5}  ") if compared else ""
+        vs = f"; against upstream: {x.changes}" if x.changes else ""
+        rows.append(f"{x.kernel:<{width}}  {x.gpu_hours:6.1f}  {x.sessions:>8}  {saves}{x.what}{vs}")
     total = sum(x.gpu_hours for x in lines)
     sessions = sum(x.sessions for x in lines if x.gpu_hours)
-    rows.append(f"{'total':<{width}}  {total:6.1f}  {sessions:>8}  GPU sessions (T4{' x2' if gpus > 1 else ''})")
+    rows.append(f"{'total':<{width}}  {total:6.1f}  {sessions:>8}  " + ("       " if compared else "")
+                + f"GPU sessions (T4 x2, training on {gpus} GPU{'s' if gpus > 1 else ''})")
+    if compared:
+        saved = sum(x.saves for x in lines if x.changes)
+        gone = sum(h for _, _, h in dropped)
+        rows.append(f"against upstream's recipe (preset full on the same sessions): the kernels above save "
+                    f"{saved:.1f} GPU-h" + (f"; left out: " + ", ".join(f"{g} ({n} kernel{'s' if n > 1 else ''}, "
+                                                                            f"{h:.1f} GPU-h)" for g, n, h in dropped)
+                                            + f" = {gone:.1f} GPU-h" if dropped else ""))
     if q:
         rows.append(f"quota: {q['left']:.1f} of {q['allowed']:.1f} GPU-hours left this week (refresh {q['refresh']}); "
                     f"the plan takes about {weeks(total, q):.1f} week(s)")

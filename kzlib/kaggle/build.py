@@ -265,11 +265,19 @@ def push(out: Path, user: str, slug: str = DATASET_SLUG, api=None, wait: float =
 
     exists = status() is not None
     log(f"{'adding a version to' if exists else 'creating'} the dataset {ref} from {out} ...")
+
+    def version():
+        return api.dataset_create_version(str(out), "kzlib build", dir_mode="zip", quiet=True)
+
     try:
-        if exists:
-            response = api.dataset_create_version(str(out), "kzlib build", dir_mode="zip", quiet=True)
-        else:
-            response = api.dataset_create_new(str(out), dir_mode="zip", quiet=True)
+        try:
+            response = version() if exists else api.dataset_create_new(str(out), dir_mode="zip", quiet=True)
+        except Exception as e:  # noqa: BLE001
+            if exists or http_status(e) != 409:
+                raise
+            # it exists though its status was not found (Kaggle still processing its first version)
+            log(f"{ref} exists already ({describe(e)}); adding a version to it ...")
+            response = version()
     except Exception as e:  # noqa: BLE001
         raise BuildError(f"--push: the Kaggle API refused the dataset ({describe(e)})") from None
     error = getattr(response, "error", "") or ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 from kzlib.errors import EnvironmentProblem, UsageError
@@ -48,9 +49,11 @@ def metadata(bundle: Path, owner: str, model: str, framework: str, variation: st
                                 "--out OUT"}, bundle / "model-instance-metadata.json")
 
 
-def publish(bundle: Path, handle: str, api=None, notes: str = "", log=print) -> str:
+def publish(bundle: Path, handle: str, api=None, notes: str = "", log=print, wait: float = 900.0,
+            poll: float = 2.0) -> str:
     """Publish ``bundle`` as a new version of the Kaggle Model variation ``handle`` (the model and
-    the variation are made when missing); returns OWNER/MODEL/pytorch/VARIATION/VERSION."""
+    the variation are made when missing); returns OWNER/MODEL/pytorch/VARIATION/VERSION once Kaggle
+    lists that version (a new version is processed after the upload; at most ``wait`` seconds)."""
     owner, model, framework, variation = parse_handle(handle)
     bundle = Path(bundle)
     metadata(bundle, owner, model, framework, variation)
@@ -78,15 +81,26 @@ def publish(bundle: Path, handle: str, api=None, notes: str = "", log=print) -> 
     if not exists(api.model_get, f"{owner}/{model}"):
         log(f"creating the model {owner}/{model}")
         call("creating the model", api.model_create_new, str(bundle))
+    before = 0
     if exists(api.model_instance_get, handle):
+        before = call("reading the variation", api.model_instance_get, handle).version_number or 0
         log(f"adding a version to {handle}")
         call("the new version", api.model_instance_version_create, handle, str(bundle), notes or "kzlib export",
              quiet=True, dir_mode="zip")
     else:
         log(f"creating the variation {handle}")
         call("creating the variation", api.model_instance_create, str(bundle), quiet=True, dir_mode="zip")
-    instance = call("reading the variation back", api.model_instance_get, handle)
-    version = f"{handle}/{instance.version_number}"
+    deadline, number = time.time() + wait, before
+    while number <= before:  # Kaggle lists the new version once it has processed the upload
+        if exists(api.model_instance_get, handle):
+            number = call("reading the variation back", api.model_instance_get, handle).version_number or 0
+        if number > before:
+            break
+        if time.time() > deadline:
+            raise EnvironmentProblem(f"Kaggle Models: {handle} still lists version {before or 'none'} {wait:.0f} s after "
+                                     "the upload; look at the model's page, then run again")
+        time.sleep(poll)
+    version = f"{handle}/{number}"
     log(f"published {bundle} as {version}; a kernel attaches it with model_sources [{version!r}] "
         f"(kzlib kaggle render --read-model {version})")
     return version

@@ -19,6 +19,7 @@ kernel                      stages                                              
 
 from __future__ import annotations
 
+import json
 import pprint
 import re
 import shutil
@@ -38,6 +39,9 @@ END = "# ---- end of the rendered values ----"
 BOOTSTRAP = "# ---- bootstrap"  # the line of a template where kernels/bootstrap.py goes
 MACHINE_SHAPE = "NvidiaTeslaT4"  # Kaggle's GPU machine shape (T4s; kaggle-cli docs: "GPU T4 x2", the default GPU)
 KAGGLE_MAX_GPUS = 2              # the most GPUs a Kaggle session has (T4 x2)
+# Kaggle's images as kagglesdk documents ``docker_image``: gcr.io/kaggle-images/python@sha256:<digest>
+# (GPU sessions: kaggle-gpu-images); a tag (":v160") names one too
+DOCKER_IMAGE_RE = re.compile(r"^gcr\.io/kaggle-(?:gpu-)?images/python(?:@sha256:[0-9a-f]{64}|:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})$")
 
 
 def template_dir() -> Path:
@@ -78,6 +82,27 @@ def check_slug(slug: str, what: str = "kernel") -> str:
         raise PlanError(f"{what} slug {slug!r} is not valid on Kaggle (lowercase letters, digits and single "
                         "hyphens, 5-50 characters); use a shorter --prefix or model kind name")
     return slug
+
+
+def check_docker_image(image: str) -> str:
+    """``image`` when it names a Kaggle image (or is empty: Kaggle's own choice), else one PlanError line."""
+    if image and not DOCKER_IMAGE_RE.match(image):
+        raise PlanError(f"--docker-image {image!r} is not a Kaggle image: give gcr.io/kaggle-gpu-images/python@sha256:"
+                        "DIGEST (or gcr.io/kaggle-images/python@sha256:DIGEST, or :TAG); the image a kernel ran on is "
+                        "in `kaggle kernels pull USER/SLUG -m` (docker_image)")
+    return image
+
+
+def pin_docker_image(folder: Path, image: str) -> str:
+    """Pin the kernel in ``folder`` to ``image`` (its ``kernel-metadata.json``; an image Kaggle named,
+    or one ``check_docker_image`` passed); returns the image it named before ("" for none)."""
+    path = Path(folder) / "kernel-metadata.json"
+    meta = json.loads(path.read_text())
+    before = meta.get("docker_image", "")
+    if before != image:
+        meta["docker_image"] = image
+        write_json_atomic(meta, path)
+    return before
 
 
 def kernel_plan(cfg: PipelineConfig, prefix: str = "kzlib") -> list[Kernel]:
@@ -186,6 +211,7 @@ def render(cfg: PipelineConfig, user: str, out: Path, dataset_slug: str = DATASE
     if not re.match(r"^[A-Za-z0-9_-]+$", user or ""):
         raise PlanError(f"Kaggle user name {user!r} is not valid")
     check_slug(dataset_slug, "dataset")
+    check_docker_image(docker_image)
     if not 0 < budget_hours <= 12:
         raise PlanError(f"--budget-hours {budget_hours}: Kaggle sessions end at 12 h; give a budget in (0, 12]")
     if not 1 <= (gpus or cfg.gpus) <= KAGGLE_MAX_GPUS:
@@ -224,6 +250,7 @@ def render_read(model: str, user: str, out: Path, dataset_slug: str = DATASET_SL
     if len(model.split("/")) != 5:
         raise PlanError(f"--model {model!r}: give OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (kzlib export --kaggle-model "
                         "prints it)")
+    check_docker_image(docker_image)
     k = Kernel(check_slug(f"{prefix}-read"), "the test pages read with a bundle from Kaggle Models", [], [], gpu, "read",
                {"MODEL": model})
     folder = Path(out) / k.slug
