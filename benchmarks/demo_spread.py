@@ -42,8 +42,8 @@ def cpu_line() -> str:
     model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "unknown")
     flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), []))
     have = [f for f in ("avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return (f"CPU: {model}; {torch.get_num_threads()} torch threads; flags: {', '.join(have) or 'none of avx512f, '
-            f'avx512_bf16, amx'}; bf16 native: {cpu_has_bf16()}")
+    listed = ", ".join(have) or "none of avx512f, avx512_bf16, amx"
+    return f"CPU: {model}; {torch.get_num_threads()} torch threads; flags: {listed}; bf16 native: {cpu_has_bf16()}"
 
 
 def seeded_preset(preset: dict, seed: int, bf16: bool) -> dict:

@@ -100,19 +100,24 @@ def test_presets_with_several_gpus_are_checked_when_loaded(tmp_path):
     assert load_preset(path).gpus == 2
 
 
-def test_a_time_scale_multiplies_every_budget_and_nothing_else():
+def test_a_time_scale_multiplies_every_budget_and_nothing_else(tmp_path):
     from kzlib.preset import preset_path
 
-    demo = load_preset(preset_path("demo"))
-    x3 = demo.with_time_scale(3)
-    assert x3.detect_config().time_budget_s == 3 * demo.detect_config().time_budget_s > 0
-    assert x3.classify_config("resnet18").time_budget_s == 3 * demo.classify_config("resnet18").time_budget_s > 0
-    assert x3.finetune_config("resnet18", "c.pth").time_budget_s == 3 * demo.finetune_time_budget_s > 0
-    assert x3.detect_config().epochs == demo.detect_config().epochs and x3.n_folds == demo.n_folds
-    full = load_preset(preset_path("full"))
-    assert full.with_time_scale(3) == full  # no budget: nothing to scale
+    preset = json.loads(preset_path("demo").read_text())
+    preset["detect"]["time_budget_s"], preset["kinds"]["resnet18"]["time_budget_s"] = 100.0, 150.0
+    preset["finetune_time_budget_s"] = 40.0
+    (tmp_path / "timed.json").write_text(json.dumps(preset))
+    timed = load_preset(tmp_path / "timed.json")
+    x3 = timed.with_time_scale(3)
+    assert x3.detect_config().time_budget_s == 3 * 100
+    assert x3.classify_config("resnet18").time_budget_s == 3 * 150
+    assert x3.finetune_config("resnet18", "c.pth").time_budget_s == 3 * 40
+    assert x3.detect_config().epochs == timed.detect_config().epochs and x3.n_folds == timed.n_folds
+    for name in ("full", "demo"):  # fixed epochs: nothing to scale (make demo gives the same figures on every run)
+        fixed = load_preset(preset_path(name))
+        assert fixed.with_time_scale(3) == fixed
     with pytest.raises(ConfigError, match="time scale"):
-        demo.with_time_scale(0)
+        timed.with_time_scale(0)
 
 
 def test_a_time_scale_on_a_preset_without_budgets_is_one_line(tmp_path):
