@@ -24,8 +24,9 @@ output DIR/gpu_demo.log. ``--parts`` reruns some. The parts, in the order they r
   D  prediction of the full networks on pages of distinct sizes near 2400x3870 (4 TTA scales),
      seconds a page with cuDNN's autotuner off (the kit's choice) and on.
   E  the demo cut to what is left of ``--minutes``: both detector folds (``--only detect``), then one
-     classifier fold, with the preset's time budgets scaled to fit (``--time-scale``), on
-     ``--demo-data`` (made beforehand on a CPU): stage times and F1. It stops when the time is up.
+     classifier fold, at the preset's fixed epochs (a preset with time budgets has them scaled to
+     fit, ``--time-scale``), on ``--demo-data`` (made beforehand on a CPU): stage times and F1. It
+     stops when the time is up.
 
 A part that would start with less time left than it needs is reported as skipped.
 ``--cpu`` is a reduced mode for machines without a GPU (CI runs it so that the script cannot rot):
@@ -434,8 +435,8 @@ DEMO_OVERHEAD_S = 120  # the demo cut's start-up, validations and predictions be
 
 def part_e(report: Report, device: torch.device, demo_data: Path | None, out: Path, seconds_left: float) -> None:
     """The demo cut to ``seconds_left``: ``--only detect`` (both folds, their boxes, the merge), then
-    the first classifier fold, the preset's time budgets scaled so that their trainings and the
-    overhead fit; stage output streamed to out/gpu_demo.log, the work folder out/demo. Stops when
+    the first classifier fold, at the preset's epochs (its time budgets, where it has them, scaled so
+    that their trainings and the overhead fit); stage output streamed to out/gpu_demo.log, the work folder out/demo. Stops when
     the time is up; its checkpoints are removed at the end (out stays small)."""
     if demo_data is None or not (demo_data / "train.csv").is_file():
         report("E", skipped="no --demo-data (make it on a CPU: python -m kzlib synth ... as make demo does)")
