@@ -13,7 +13,8 @@ import torch
 from kzlib.data import DataError
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset
-from kzlib.detect.predict import SEG_FP, match_true, merge_oof
+from kzlib.detect.config import TestBoxRule
+from kzlib.detect.predict import SEG_FP, combine_test_boxes, match_true, merge_oof, merge_test, round_boxes
 from kzlib.detect.train import train
 from kzlib.pages import Page, split_pages
 from kzlib.runs import RunStateError
@@ -198,6 +199,19 @@ def test_init_from_another_run(tiny, tmp_path):
     assert loss(warm) < loss(first)  # starts where the first run ended, not from scratch
     with pytest.raises(ValueError, match="cannot start from this checkpoint"):
         train(tiny, tmp_path / "bad", replace(TINY, fpn_channels=32, init_from=str(first / "checkpoint.pth")), fold=0)
+
+
+def test_boxes_that_round_to_no_width_or_height_are_dropped(tmp_path):
+    """An untrained detector at 192 px wrote a box of w=0.0 into test_boxes.csv, which the
+    classifier then refused: the boxes files hold no box without a width and a height."""
+    xywh = np.array([[10, 10, 0.04, 8], [10, 10, 5, 6], [3, 3, 7, 0.0], [1, 1, 0.06, 0.06], [2, 2, 4, -1]])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
+    boxes, kept = round_boxes(xywh, scores)
+    assert boxes.tolist() == [[10, 10, 5, 6], [1, 1, 0.1, 0.1]] and kept.tolist() == pytest.approx([0.8, 0.6])
+    assert combine_test_boxes([(xywh, scores)], TestBoxRule("fold0"))[0].tolist() == boxes.tolist()
+    pd.DataFrame({"image_id": "p", "x": [1.0, 5.0], "y": [1.0, 5.0], "w": [0.0, 3.0], "h": [4.0, 3.0],
+                  "score": [0.9, 0.8]}).to_csv(tmp_path / "t.csv", index=False)  # as an older kit wrote it
+    assert merge_test([tmp_path / "t.csv"], tmp_path / "m.csv", TestBoxRule("fold0"))["w"].tolist() == [3.0]
 
 
 def test_vote_boxes_keeps_majority_clusters_and_averages_them():

@@ -45,6 +45,27 @@ def test_kernels_cover_every_stage_in_push_order(tiny, tmp_path):
     assert kernels[-1].slug == "kzlib-stack" and len(kernels[-1].upstream) == 3 * 4  # a, b, a-pl-ft, a-pl
 
 
+def test_only_the_test_box_rules_detectors_predict_the_test_pages(tmp_path):
+    """With ``test_box_rule: fold0`` only fold 0's test boxes are read: the other folds' detectors
+    predict no test pages, in the runner's plan, in their kernels and in the bill's GPU-hours."""
+    from kzlib.kaggle.bill import kernel_hours
+
+    fold0 = _preset(tmp_path, test_box_rule="fold0")
+    names = [s.name for s in plan_stages(fold0)]
+    assert [n for n in names if n.startswith("detect-test")] == ["detect-test-f0"]
+    merge = next(s for s in plan_stages(fold0) if s.name == "detect-merge")
+    assert merge.deps == ("detect-oof-f0", "detect-oof-f1", "detect-oof-f2", "detect-test-f0")
+    detectors = {k.slug: k for k in kernel_plan(fold0) if k.template == "detect"}
+    assert detectors["kzlib-detect-f0"].stages == ["detect-f0", "detect-oof-f0", "detect-test-f0"]
+    assert detectors["kzlib-detect-f1"].stages == ["detect-f1", "detect-oof-f1"]
+    assert "test boxes" not in detectors["kzlib-detect-f1"].what
+    h0, h1 = (kernel_hours(detectors[f"kzlib-detect-f{k}"], fold0, 3000, 4000)[0] for k in (0, 1))
+    assert h1 < h0
+    vote = _preset(tmp_path, test_box_rule="vote")
+    assert [n for n in map(lambda s: s.name, plan_stages(vote)) if n.startswith("detect-test")] == [
+        "detect-test-f0", "detect-test-f1", "detect-test-f2"]
+
+
 def rendered_values(script: str) -> dict:
     """The values block of a rendered kernel script, as Python values."""
     block = script.split(BEGIN)[1].split(END)[0]
