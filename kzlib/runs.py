@@ -364,21 +364,25 @@ class RunDir:
     def save_best(self, state: dict) -> None:
         save_checkpoint(state, self.best)
 
+    def require_trained(self) -> None:
+        """One ``RunStateError`` line unless the folder holds trained weights (``trained_state``'s)."""
+        if not ((self.root / WEIGHTS_FILE).exists() or self.trained()):
+            raise RunStateError(f"{self.root}: not a trained run (no best.pth or checkpoint.pth); train it first")
+
     def trained_state(self) -> tuple[dict, Path]:
         """The weights inference uses: a bundle's ``model.safetensors`` with its ``run.json`` (then
         no other file of the folder is read), else ``best.pth``, else the last checkpoint."""
+        self.require_trained()
         if (self.root / WEIGHTS_FILE).exists():
             return load_bundle_run(self.root), self.root / WEIGHTS_FILE
-        for path in (self.best, self.checkpoint):
-            if path.exists():
-                try:
-                    return load_checkpoint(path), path
-                except CheckpointFormatError:
-                    raise
-                except Exception as e:
-                    raise RunStateError(f"{path}: does not load ({str(e).splitlines()[0][:160]}); retrain the run, "
-                                        "or restore the file") from None
-        raise RunStateError(f"{self.root}: not a trained run (no best.pth or checkpoint.pth); train it first")
+        path = self.best if self.best.exists() else self.checkpoint
+        try:
+            return load_checkpoint(path), path
+        except CheckpointFormatError:
+            raise
+        except Exception as e:
+            raise RunStateError(f"{path}: does not load ({str(e).splitlines()[0][:160]}); retrain the run, "
+                                "or restore the file") from None
 
 
 PATH_KEYS = ("pretrained", "init_from")

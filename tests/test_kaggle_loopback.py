@@ -546,14 +546,18 @@ def test_a_bundle_as_a_kaggle_model_read_back_and_in_a_kernel(kaggle, finished_r
     the version printed is the one uploaded; a kernel attaches it through model_sources and reads
     the competition's test pages into the runner's own submission."""
     from kzlib.export import main as export_main
+    from kzlib.kaggle.__main__ import main as kaggle_main
     from kzlib.kaggle.models import publish
     from kzlib.kaggle.plan import render_read
 
     data, work = finished_run
     kaggle.model_delay = 0.5
-    assert export_main([str(work), "--out", str(tmp_path / "bundle"), "--kaggle-model",
-                        "test/kzlib-tiny/pytorch/two-folds"]) == 0
-    published = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kaggle_model"]
+    assert export_main([str(work), "--out", str(tmp_path / "bundle")]) == 0
+    capsys.readouterr()
+    assert kaggle_main(["publish", str(work), "--model", "test/kzlib-tiny/pytorch/two-folds"]) == 2  # not a bundle
+    assert "not a bundle (no manifest.json)" in capsys.readouterr().err
+    assert kaggle_main(["publish", str(tmp_path / "bundle"), "--model", "test/kzlib-tiny/pytorch/two-folds"]) == 0
+    published = capsys.readouterr().out.strip().splitlines()[-1]
     assert published == "test/kzlib-tiny/pytorch/two-folds/1"
     mounted = kaggle.root / "models" / "test" / "kzlib-tiny" / "pytorch" / "two-folds"  # as Kaggle mounts it
     assert (mounted / "1" / "detect" / "fold0" / "model.safetensors").is_file()

@@ -252,7 +252,7 @@ def render_read(model: str, user: str, out: Path, dataset_slug: str = DATASET_SL
     as a Kaggle Model (``model``: OWNER/MODEL/FRAMEWORK/VARIATION/VERSION, attached through
     ``model_sources``), writing ``submission.csv``."""
     if len(model.split("/")) != 5:
-        raise PlanError(f"--model {model!r}: give OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (kzlib export --kaggle-model "
+        raise PlanError(f"--model {model!r}: give OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (kzlib kaggle publish "
                         "prints it)")
     check_docker_image(docker_image)
     k = Kernel(check_slug(f"{prefix}-read"), "the test pages read with a bundle from Kaggle Models", [], [], gpu, "read",
