@@ -1,4 +1,5 @@
-# Two entry points (see README): `make demo` and `make test`. Both build .venv/ first.
+# Two entry points (see README): `make demo` and `make test`. Both build .venv/ first. `make test-fast`
+# leaves out the tests marked slow (whole chains, several processes, kernels), for development.
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
@@ -9,7 +10,7 @@ KSTAMP := $(KVENV)/.installed
 JA_FONT_PACKAGES := fonts-kouzan-mouhitsu fonts-aoyagi-kouzan-t fonts-aoyagi-soseki \
                     fonts-yozvox-yozfont-antique fonts-ipaexfont-mincho
 
-.PHONY: venv kaggle-venv fonts test demo clean-venv
+.PHONY: venv kaggle-venv fonts test test-fast demo clean-venv
 
 venv: $(STAMP)
 
@@ -56,6 +57,10 @@ test: $(STAMP) $(KSTAMP) fonts
 	$(VPY) -m pytest -q -n 2 --durations=5 tests
 	@echo "--- the tests marked kaggle_image under the Kaggle image's versions ($(KVENV): $$($(KPY) -c 'import torch, torchvision; print("torch", torch.__version__, "torchvision", torchvision.__version__)'))"
 	$(KPY) -m pytest -q -n 2 --dist loadfile -m kaggle_image --durations=5 tests
+
+# The tests not marked slow, in the main venv only.
+test-fast: $(STAMP) fonts
+	$(VPY) -m pytest -q -n 2 -m "not slow" --durations=5 tests
 
 # The embedded default: a small synthetic dataset (4 books of 12 pages, 5 test pages from a fifth
 # book whose glyphs are 1.7x larger), then the whole chain with the CPU demo preset. Rerunning

@@ -9,8 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import PRESET
+
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
 PAGE = next((ROOT / "tests" / "fixtures" / "tiny" / "test_images").iterdir())
 
 # argv, exit code, what the one line says

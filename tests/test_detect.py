@@ -1,7 +1,5 @@
 import json
 import re
-import subprocess
-import sys
 from dataclasses import replace
 
 import cv2
@@ -19,10 +17,10 @@ from kzlib.detect.train import train
 from kzlib.pages import Page, split_pages
 from kzlib.runs import RunStateError
 from kzlib.config import config_from_dict
+from helpers import run_main, tiny_detect
+from kzlib.detect.__main__ import main as detect_cli
 
-TINY = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=256, crop_width=160, crop_height=128,
-                    crops_per_page=1, batch_size=2, epochs=2, lr=0.005, workers=0, device="cpu",
-                    anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05)
+TINY = tiny_detect(epochs=2)
 
 
 def test_crops_keep_boxes_aligned(tmp_path):
@@ -119,9 +117,9 @@ def _params(run):
     return torch.load(run / "checkpoint.pth", weights_only=False)
 
 
-def test_resume_continues_exactly(tiny, tmp_path):
-    straight, split = tmp_path / "a", tmp_path / "b"
-    train(tiny, straight, TINY, fold=0)
+def test_resume_continues_exactly(trained_detector, tmp_path):
+    tiny, straight = trained_detector  # two epochs of TINY on fold 0, straight through
+    split = tmp_path / "b"
     train(tiny, split, TINY, fold=0, max_epochs=1)  # "killed" after epoch 1
     with pytest.raises(RunStateError, match="--resume"):
         train(tiny, split, TINY, fold=0)
@@ -142,21 +140,21 @@ def test_train_predict_cli_end_to_end(tiny, tmp_path):
     cfg.write_text(json.dumps({"backbone": "resnet18", "fpn_channels": 16, "pretrained": "", "page_side": "height", "page_size": 256, "crop_width": 160,
                                "crop_height": 128, "crops_per_page": 1, "batch_size": 2, "workers": 0,
                                "anchor_sizes": [8, 16, 32, 64, 128], "device": "cpu", "score_threshold": 0.0}))
-    cli = lambda *a: subprocess.run([sys.executable, "-m", "kzlib.detect", *map(str, a)], capture_output=True, text=True)
-    r = cli("train", tiny, "--fold", "1", "--n-folds", "3", "--out", run, "--config", cfg, "--epochs", "1")
-    assert r.returncode == 0, r.stderr
+    cli = lambda *a: run_main(detect_cli, *a)
+    code, _, err = cli("train", tiny, "--fold", "1", "--n-folds", "3", "--out", run, "--config", cfg, "--epochs", "1")
+    assert code == 0, err
     saved = json.loads((run / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["fpn_channels"] == 16  # flag over file over defaults
     split = json.loads((run / "split.json").read_text())
-    r = cli("predict", run, tiny, "--split", "oof")
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli("predict", run, tiny, "--split", "oof")
+    assert code == 0, err
     oof = pd.read_csv(run / "oof_boxes.csv", dtype={"image_id": str})
     assert list(oof.columns) == ["image_id", "x", "y", "w", "h", "score", "true"]
     assert set(oof["image_id"]) <= set(split["val_ids"]) and len(oof) > 0
     classes = set(pd.read_csv(tiny / "unicode_translation.csv")["Unicode"]) | {SEG_FP}
     assert set(oof["true"]) <= classes
-    r = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t.csv")
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t.csv")
+    assert code == 0, err
     test = pd.read_csv(tmp_path / "t.csv", dtype={"image_id": str})
     assert list(test.columns) == ["image_id", "x", "y", "w", "h", "score"]
     assert set(test["image_id"]) <= set(pd.read_csv(tiny / "sample_submission.csv")["image_id"])
@@ -164,8 +162,8 @@ def test_train_predict_cli_end_to_end(tiny, tmp_path):
     # a corrupt test image: one-line error naming the file, nothing written
     bad = sorted((tiny / "test_images").iterdir())[0]
     bad.write_bytes(b"broken")
-    r = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t2.csv")
-    assert r.returncode == 1 and bad.name in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    code, _, err = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t2.csv")
+    assert code == 1 and bad.name in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "t2.csv").exists()
 
 
@@ -190,9 +188,8 @@ def test_merge_oof_checks_every_page_once(tiny, tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_init_from_another_run(tiny, tmp_path):
-    first = tmp_path / "first"
-    train(tiny, first, TINY, fold=0)
+def test_init_from_another_run(trained_detector, tmp_path):
+    tiny, first = trained_detector
     warm = tmp_path / "warm"
     train(tiny, warm, replace(TINY, init_from=str(first / "checkpoint.pth"), epochs=1), fold=0)
     loss = lambda run: pd.read_csv(run / "log.csv")["loss"].iloc[0]

@@ -10,6 +10,7 @@ import pytest
 from kaggle.api.kaggle_api_extended import KaggleApi
 from slugify import slugify
 
+from helpers import write_preset
 from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user, push
 from kzlib.kaggle.emulate import EmulationError, emulate
 from kzlib.errors import EnvironmentProblem
@@ -18,14 +19,10 @@ from kzlib.stages import plan_stages
 from kzlib.preset import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
 
 
 def _preset(tmp_path, **changes):
-    preset = {**json.loads(TINY_PRESET.read_text()), **changes}
-    path = tmp_path / "preset.json"
-    path.write_text(json.dumps(preset))
-    return load_preset(path)
+    return load_preset(write_preset(tmp_path / "preset.json", **changes))
 
 
 def test_kernels_cover_every_stage_in_push_order(tiny, tmp_path):
@@ -183,6 +180,7 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
     assert r.returncode == 2 and "no Kaggle user name" in r.stderr and not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_a_budget_stop_then_its_continuation_on_the_old_layout(tiny, tmp_path):
     """Older sessions mount everything flat (/kaggle/input/<slug>). A detector kernel stops for the
     time budget (status "stopped", exit 0), its downstream refuses in seconds, a kernel rendered as

@@ -44,7 +44,7 @@ def max_overlap(df: pd.DataFrame, kind: str = "upstream") -> np.ndarray:
         import torch  # torchvision's box ops, only for this overlap: they bring torch._dynamo along
         from torchvision.ops import box_convert, box_iou
 
-        xyxy = box_convert(torch.from_numpy(b), "xywh", "xyxy")
+        xyxy = box_convert(torch.tensor(b), "xywh", "xyxy")
     for rows in df.groupby("image_id", sort=False).indices.values():
         if len(rows) < 2:
             continue
