@@ -7,7 +7,8 @@ Per crop: decode, geometry (cut + resize), colour augmentation, to-tensor — fo
 then only the region resized) and, for comparison, the previous pipeline (the whole page rescaled
 with RandomScale, padded, then cropped). Per step: forward, backward, optimizer, at the preset's
 batch size, with the preset's speed options (bf16 autocast on CPUs with AVX512-BF16/AMX,
-channels_last) and, "before", in fp32. Prints seconds per crop / step and each part's share.
+channels_last) and, "before", in fp32. Prints seconds per crop / step and each part's share. ``--reference`` prints only this machine's
+reference step (``reference_step``), the yardstick of the demo's time limit.
 """
 
 import argparse
@@ -23,11 +24,13 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from kzlib.classify.dataset import collate as cls_collate, crop_spec as cls_spec  # noqa: E402
+from kzlib.classify.config import ClassifyConfig  # noqa: E402
+from kzlib.classify.dataset import CropDataset, class_index, collate as cls_collate, crop_spec as cls_spec  # noqa: E402
 from kzlib.classify.model import Classifier  # noqa: E402
 from kzlib.images import image_size, read_image  # noqa: E402
 from kzlib.detect.dataset import collate as det_collate, crop_spec as det_spec  # noqa: E402
 from kzlib.detect.model import build_model  # noqa: E402
+from kzlib.config import config_from_dict  # noqa: E402
 from kzlib.pages import page_scale, split_pages, to_tensor  # noqa: E402
 from kzlib.preset import load_preset, preset_path  # noqa: E402
 from kzlib.devices import Precision, cpu_has_bf16, memory_format  # noqa: E402
@@ -122,13 +125,42 @@ def table(name, crops_per_step, crop, step):
         print(f"  {k:<16} {v:7.3f} s  {100 * v / total:5.1f}%")
 
 
+# The demo's classifier as it scored 0.814 (issue 16's recipe: ResNet-18 to layer3, 192x288 crops of
+# pages scaled to a 32 px glyph, batch 8): its fp32 step is the machines' yardstick.
+REFERENCE = {"backbone": "resnet18", "pretrained": "", "page_size": 1200, "test_size": 1200, "page_side": "height",
+             "crop_width": 192, "crop_height": 288, "crops_per_page": 14, "scale_aug": 0.4, "glyph_height": 32,
+             "hidden": 512, "batch_size": 8, "optimizer": "adamw", "lr": 0.003, "weight_decay": 0.05,
+             "label_smoothing": 0.1, "min_visibility": 0.5, "resample_empty": False, "amp_cpu": False,
+             "channels_last": False, "n_folds": 2}
+
+
+def reference_step(data: Path, steps: int = 6, crops: int = 48) -> float:
+    """Seconds of the reference step on this machine: the 0.814 recipe's classifier (``REFERENCE``) in
+    fp32 at batch 8, data (the previous crop pipeline, as the figures in BENCHMARKS.md were
+    measured) plus forward, backward and optimizer."""
+    torch.manual_seed(0)
+    c = config_from_dict(ClassifyConfig, REFERENCE, "the reference recipe")
+    train, _ = split_pages(data, 0, c.n_folds)
+    _, old = crop_parts(cls_spec(c), train, crops, np.random.default_rng(0))
+    classes = sorted({x for pg in train for x in pg.codes}) + ["seg_fp"]
+    ds = CropDataset(train, class_index(train, classes, "train"), c)
+    batches = [cls_collate([ds[i * c.batch_size + j] for j in range(c.batch_size)]) for i in range(3)]
+    loss = lambda m, b: torch.nn.functional.cross_entropy(m(b[0], b[1]).float(), torch.cat(b[2]))
+    step = step_parts(Classifier(c, len(classes)), batches, loss, steps)
+    return sum(old.values()) * c.batch_size + sum(step.values())
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--preset", default="demo")
     p.add_argument("--crops", type=int, default=48)
     p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--reference", action="store_true", help="print only this machine's reference step")
     a = p.parse_args()
+    if a.reference:
+        print(f"reference step (fp32 classifier step of the 0.814 recipe): {reference_step(a.data, a.steps):.3f} s")
+        return
     torch.manual_seed(0)
     cfg = load_preset(preset_path(a.preset))
     rng = np.random.default_rng(0)
@@ -138,8 +170,6 @@ def main():
     kind = next(iter(cfg.kinds))
     c = cfg.classify_config(kind)
     new, old = crop_parts(cls_spec(c), train, a.crops, rng)
-    from kzlib.classify.dataset import CropDataset, class_index
-
     classes = sorted({x for pg in train for x in pg.codes}) + ["seg_fp"]
     ds = CropDataset(train, class_index(train, classes, "train"), c)
     batches = [cls_collate([ds[i * c.batch_size + j] for j in range(c.batch_size)]) for i in range(3)]
