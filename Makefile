@@ -15,7 +15,10 @@ JA_FONT_PACKAGES := fonts-kouzan-mouhitsu fonts-aoyagi-kouzan-t fonts-aoyagi-sos
 venv: $(STAMP)
 
 # uv resolves torch/torchvision from the package registry (pip here would prefer a local
-# CPU-only torch wheel that does not match the registry's torchvision). The venv is made anew when
+# CPU-only torch wheel that does not match the registry's torchvision), and compiles the packages'
+# bytecode once (--compile-bytecode): uv leaves that to the first import, which cannot keep it where
+# PYTHONDONTWRITEBYTECODE is set, so every process would compile torch, sympy and pandas again
+# (about 4 of the 8 CPU-seconds of `import torch, torchvision.ops, pandas` here). The venv is made anew when
 # requirements.txt changes: installing over an old one would keep what the list no longer has (an
 # old package's copy of a shared file, such as a second NCCL's libnccl.so.2).
 $(STAMP): requirements.txt
@@ -23,7 +26,7 @@ $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip --version >/dev/null 2>&1 || $(VPY) -m ensurepip >/dev/null
 	$(VPY) -m pip install -q --disable-pip-version-check uv
-	$(VENV)/bin/uv pip install -q --python $(VPY) -r requirements.txt
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(VPY) -r requirements.txt
 	$(VPY) -c "import torch, torchvision; torchvision.ops.nms(torch.rand(4, 4).cumsum(1), torch.rand(4), 0.5); print('torch', torch.__version__, 'torchvision', torchvision.__version__, 'ok')"
 	@touch $(STAMP)
 
@@ -36,7 +39,7 @@ kaggle-venv: $(KSTAMP)
 $(KSTAMP): requirements.txt requirements-kaggle.txt $(STAMP)
 	rm -rf $(KVENV)
 	$(PYTHON) -m venv --without-pip $(KVENV)
-	$(VENV)/bin/uv pip install -q --python $(KPY) -r requirements.txt --override requirements-kaggle.txt
+	$(VENV)/bin/uv pip install -q --compile-bytecode --python $(KPY) -r requirements.txt --override requirements-kaggle.txt
 	$(KPY) -c "import torch, torchvision; torchvision.ops.nms(torch.rand(4, 4).cumsum(1), torch.rand(4), 0.5); print('Kaggle image env: torch', torch.__version__, 'torchvision', torchvision.__version__, 'ok')"
 	@touch $(KSTAMP)
 
