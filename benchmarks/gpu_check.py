@@ -50,6 +50,7 @@ import tempfile
 import time
 import traceback
 from dataclasses import replace
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 
@@ -61,13 +62,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from kzlib.classify.config import ClassifyConfig  # noqa: E402
 from kzlib.classify.model import Classifier  # noqa: E402
-from kzlib.classify.train import accumulate_gradients, split_micro  # noqa: E402
+from kzlib.classify import train as classify_train  # noqa: E402
 from kzlib.detect.config import DetectConfig  # noqa: E402
 from kzlib.detect.model import build_model  # noqa: E402
-from kzlib.detect.train import detector_step  # noqa: E402
+from kzlib.detect import train as detect_train  # noqa: E402
 from kzlib.devices import describe, driver_version  # noqa: E402
+from kzlib.fit import fit_memory  # noqa: E402
 from kzlib.preset import load_preset, preset_path  # noqa: E402
-from kzlib.training import Optimisation, fit_split, out_of_memory  # noqa: E402
+from kzlib.training import Optimisation, out_of_memory  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny"
 GiB = 2 ** 30
@@ -214,7 +216,7 @@ def part_f(report: Report, device: torch.device, cpu_mode: bool, steps: int) -> 
 
     from kzlib import distributed
     from kzlib.classify.train import train_one_epoch
-    from kzlib.training import ddp_bucket_bytes
+    from kzlib.fit import ddp_bucket_bytes
 
     if cpu_mode:
         cfg, n_classes = replace(TINY_CLS, device="cpu", amp_cpu=True, amp_cpu_dtype="fp16"), 50
@@ -284,8 +286,9 @@ def networks(cpu_mode: bool):
 
 
 def make_step(name: str, cfg, kind: str, device: torch.device, cpu_mode: bool):
-    """A training step of the network at its preset batch and crop on synthetic crops (boxes as many
-    as real crops hold): (step(split), model, optimisation, crops a step)."""
+    """The network's training step (the kit's ``step(model, batch, optimisation)``: the step the
+    epochs run) at its preset batch and crop on synthetic crops (boxes as many as real crops hold):
+    (step(split), the stage's step, its batch, model, optimisation, crops a step)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     n = cfg.batch_size
@@ -299,26 +302,17 @@ def make_step(name: str, cfg, kind: str, device: torch.device, cpu_mode: bool):
             wh = 20 + torch.rand(24, 2, generator=g) * 30
             targets.append({"boxes": torch.cat([xy, xy + wh], 1).to(device),
                             "labels": torch.ones(24, dtype=torch.int64, device=device)})
-        opt = Optimisation(model, cfg, device, 100)
-
-        def step(split: int) -> None:
-            opt.split = split
-            detector_step(model, images, targets, None, opt)
+        stage_step, batch = detect_train.step, (images, targets, None)
     else:
         model = Classifier(cfg, n_classes=4788 if not cpu_mode else 50, load_pretrained=False).to(device)
-        images, boxes, labels = synthetic_crops(cfg, cpu_mode)
-        opt = Optimisation(model, cfg, device, 100)
-
-        def step(split: int) -> None:
-            opt.split = split
-            accumulate_gradients(model, split_micro(images, boxes, labels, split), device, opt)
+        stage_step, batch = partial(classify_train.step, device=device), [synthetic_crops(cfg, cpu_mode)]
+    opt = Optimisation(model, cfg, device, 100, where=f"{name}: ")
     model.train()
 
     def full_step(split: int) -> None:
-        opt.optimizer.zero_grad(set_to_none=True)
-        step(split)
-        opt.step()
-    return full_step, model, opt, n
+        opt.split = split
+        stage_step(model, batch, opt)
+    return full_step, stage_step, batch, model, opt, n
 
 
 def part_c(report: Report, device: torch.device, cpu_mode: bool, steps: int) -> None:
@@ -326,7 +320,7 @@ def part_c(report: Report, device: torch.device, cpu_mode: bool, steps: int) -> 
 
     for name, cfg, kind in networks(cpu_mode):
         cfg = replace(cfg, device=str(device))
-        step, model, opt, n = make_step(name, cfg, kind, device, cpu_mode)
+        step, _, _, model, opt, n = make_step(name, cfg, kind, device, cpu_mode)
         try:
             with torch.backends.cudnn.flags(benchmark=True):
                 step(1)  # warm-up (cuDNN tunes)
@@ -343,6 +337,7 @@ def part_c(report: Report, device: torch.device, cpu_mode: bool, steps: int) -> 
                     step(1)
             s = statistics.median(times)
             values = {"network": name, "batch": n, "crop": f"{cfg.crop_height}x{cfg.crop_width}",
+                      "micro_batches": opt.split,
                       "precision": str(opt.precision), "s_per_step": round(s, 4), "crops_per_s": round(n / s, 1),
                       "tflop_per_step": round(counter.get_total_flops() / 1e12, 3),
                       "tflop_per_s": round(counter.get_total_flops() / 1e12 / s, 1)}
@@ -359,11 +354,10 @@ def part_c(report: Report, device: torch.device, cpu_mode: bool, steps: int) -> 
             for cap in (10, 14):
                 del model, opt
                 torch.cuda.empty_cache()
-                step, model, opt, n = make_step(name, cfg, kind, device, cpu_mode)
+                step, stage_step, batch, model, opt, n = make_step(name, cfg, kind, device, cpu_mode)
                 torch.cuda.set_per_process_memory_fraction(min(1.0, cap * GiB / total), device)
                 try:
-                    torch.cuda.reset_peak_memory_stats(device)
-                    split = fit_split(step, n, 1, f"{name} at {cap} GiB: ")
+                    split = fit_memory(model, stage_step, batch, cfg, device, n, None, f"{name} at {cap} GiB: ")
                     t0 = time.perf_counter()
                     step(split)
                     sync(device)

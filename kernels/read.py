@@ -1,7 +1,7 @@
 """kzlib on Kaggle: the competition's test pages read with a trained bundle from Kaggle Models.
 
 Reads:  the competition, the kzlib kit dataset and the bundle MODEL (a Kaggle Model instance made by
-        `kzlib export WORK --kaggle-model OWNER/MODEL/pytorch/VARIATION`), found under /kaggle/input
+        `kzlib kaggle publish BUNDLE --model OWNER/MODEL/pytorch/VARIATION`), found under /kaggle/input
         by what they hold (the bundle by its manifest.json, checked file by file).
 Runs:   kzlib.read.read_pages on every test page: the bundle's detectors, its test-box rule, every
         classifier with its TTA scales, level 2 — the runner's own functions, page by page.

@@ -1,7 +1,6 @@
 """Model bundles: what reading pages needs from a finished run, in one folder to copy around.
 
     kzlib export WORK_DIR --out MODEL_DIR [--folds all|best] [--no-level2] [--force]
-                 [--kaggle-model OWNER/MODEL/pytorch/VARIATION]
 
 ``WORK_DIR`` is a runner's work folder (``kzlib run --work``). The bundle holds no pickle, only
 data formats (no file in it can run code when it is read)::
@@ -33,21 +32,22 @@ every file it names: listed with its SHA-256, inside the bundle, not a link, and
 mismatch is one line naming the file. ``--trust`` in ``kzlib read`` skips only the version checks (a
 kit or torch newer than this one); it never loads a file the manifest does not vouch for, and
 nothing is ever unpickled. ``kzlib read --model`` takes a bundle, or a work folder directly (the
-same as ``--folds all``; its checkpoints loaded with ``weights_only=True``).
+same as ``--folds all``; its checkpoints loaded with ``weights_only=True``). A bundle is checked
+without torch: a damaged or altered one is refused in a second. ``kzlib kaggle publish`` makes a
+bundle a version of a Kaggle Model.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Sequence
-
-import safetensors
-import torch
 
 from kzlib import __version__
 from kzlib.cli import one_line_errors, parser
@@ -55,9 +55,6 @@ from kzlib.config import config_from_dict, read_json
 from kzlib.detect.config import TestBoxRule
 from kzlib.errors import DataError, EnvironmentProblem, UsageError
 from kzlib.io import file_sha256, io_message, write_json_atomic
-from kzlib.kaggle.inputs import find_bundle
-from kzlib.kaggle.models import parse_handle, publish
-from kzlib.pipeline import Pipeline
 from kzlib.preset import PipelineConfig
 from kzlib.runs import RUN_FILE, WEIGHTS_FILE, RunDir, load_checkpoint, save_bundle_run
 from kzlib.stack.models import read_models
@@ -96,6 +93,8 @@ def _version(text: str) -> tuple[int, ...]:
 
 def stale_stages(work: Path, cfg: PipelineConfig) -> list[str]:
     """The stages of the work folder that are not done and current (changed, stale, unfinished)."""
+    from kzlib.pipeline import Pipeline  # the runner's statuses (and with it torch): a work folder's only
+
     w = WorkDir(work)
     try:
         data = Path(w.detector(0).read_split().data_dir)
@@ -106,6 +105,33 @@ def stale_stages(work: Path, cfg: PipelineConfig) -> list[str]:
                          "mount it there, or pass --force to export as it is")
     status = Pipeline(data, w.root, cfg).statuses()
     return [f"{name} ({state})" for name, state in status.items() if state != "done"]
+
+
+def find_bundle(root: Path, max_depth: int = 7) -> Path | None:
+    """A bundle in a folder that holds one, at most ``max_depth`` levels down (on Kaggle a Model's
+    version folder: /kaggle/input/models/OWNER/MODEL/FRAMEWORK/VARIATION/VERSION): a
+    ``manifest.json`` that names detectors and classifiers. The newest version when several versions
+    of one model are there; ``ValueError`` when bundles of different models are. Links to folders
+    are followed (a local emulation mounts with links)."""
+    root = Path(root)
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        if len(Path(folder).relative_to(root).parts) >= max_depth:
+            dirs.clear()
+        if MANIFEST in files:
+            try:
+                manifest = json.loads((Path(folder) / MANIFEST).read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(manifest, dict) and "detectors" in manifest and "classifiers" in manifest:
+                found.append(Path(folder))
+    if not found:
+        return None
+    models = sorted({str(f.parent if f.name.isdigit() else f) for f in found})  # versions of one model
+    if len(models) > 1:
+        raise ValueError(f"several model bundles under {root}: {', '.join(models)}; give one of them")
+    return max(found, key=lambda f: (int(f.name) if f.name.isdigit() else -1, str(f)))
 
 
 def from_work(work: Path, force: bool = False) -> Bundle:
@@ -220,7 +246,7 @@ def verify(path: Path, m: dict, trust: bool = False) -> None:
     if not trust:
         try:
             kit, made_with = _version(__version__), _version(str(m.get("kit_version")))
-            made_torch, have_torch = _version(str(m.get("torch"))), _version(torch.__version__)
+            made_torch, have_torch = _version(str(m.get("torch"))), _version(metadata.version("torch"))
         except ValueError:
             raise BundleError(f"{path / MANIFEST}: unreadable kit or torch version ({m.get('kit_version')!r}, "
                               f"{m.get('torch')!r}); pass --trust to read it anyway") from None
@@ -229,7 +255,7 @@ def verify(path: Path, m: dict, trust: bool = False) -> None:
                               f"({__version__}); update the kit, or pass --trust")
         if made_torch > have_torch:
             raise BundleError(f"{path / MANIFEST}: made with torch {m['torch']}, newer than this one "
-                              f"({torch.__version__}); update torch, or pass --trust")
+                              f"({metadata.version('torch')}); update torch, or pass --trust")
     files = m["files"]
     for rel, sha in files.items():
         f = _inside(path, rel, "files")
@@ -294,6 +320,8 @@ def export(work: Path, out: Path, folds: str = "all", level2: bool = True, force
     if folds not in ("all", "best"):
         raise UsageError(f"--folds {folds!r}: all or best")
     b = from_work(work, force)
+    import torch  # the manifest names the build that saved the weights (a folder that is no work folder is refused without it)
+
     if folds == "best":
         w = WorkDir(work)
         n = read_json(w.preset)["n_folds"]
@@ -335,7 +363,7 @@ def export(work: Path, out: Path, folds: str = "all", level2: bool = True, force
             shutil.copyfile(src, stage / rel)
             written.append(stage / rel)
         manifest = {"format": FORMAT, "formats": FORMATS_OF_FILES, "kit_version": __version__,
-                    "torch": torch.__version__, "safetensors": safetensors.__version__,
+                    "torch": torch.__version__, "safetensors": metadata.version("safetensors"),
                     "created": time.strftime("%Y-%m-%d %H:%M:%S"), "source": b.info["source"], "folds": folds,
                     "detectors": rel_det, "test_box_rule": b.rule.rule, "test_votes": b.rule.votes,
                     "n_folds": b.rule.n_folds, "n_tta": b.n_tta, "classifiers": rel_cls,
@@ -367,17 +395,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-level2", action="store_true", help="leave level 2 out: the plain blend of the classifiers")
     p.add_argument("--force", action="store_true",
                    help="export even when stages are not done and current (the manifest says so)")
-    p.add_argument("--kaggle-model", metavar="OWNER/MODEL/pytorch/VARIATION",
-                   help="also publish the bundle as a new version of this Kaggle Model variation")
     a = p.parse_args(argv)
-    if a.kaggle_model:
-        parse_handle(a.kaggle_model)  # a bad handle is one line before the export
     b = export(a.work, a.out, a.folds, level2=not a.no_level2, force=a.force)
-    out = {"bundle": str(b.root), "detectors": len(b.detectors),
-           "classifiers": {k: len(v) for k, v in b.classifiers.items()}, "level2": b.level2 is not None}
-    if a.kaggle_model:
-        out["kaggle_model"] = publish(b.root, a.kaggle_model)
-    print(json.dumps(out))
+    print(json.dumps({"bundle": str(b.root), "detectors": len(b.detectors),
+                      "classifiers": {k: len(v) for k, v in b.classifiers.items()}, "level2": b.level2 is not None}))
     return 0
 
 

@@ -2,7 +2,7 @@
 (``kzlib.work.WorkDir``), for ``kzlib run`` and the Kaggle kernels.
 
 Each stage writes into its own folder, atomically, and records completion in ``state/<stage>.json``
-with a fingerprint of its settings and data (``kzlib.stages.STEPS``). A rerun skips finished stages
+with a fingerprint of its settings and data (``kzlib.steps.STEPS``). A rerun skips finished stages
 and resumes an interrupted training from its checkpoint; a stage whose settings changed since it ran
 (and everything after it) is reported and only redone with ``rerun_changed``. A lock file per stage
 lets several runners share a work folder (one GPU each): a stage another runner holds is skipped with
@@ -30,8 +30,8 @@ from kzlib.folds import fold_pages
 from kzlib.io import ensure_writable, exclusive_lock, io_message, write_json_atomic
 from kzlib.preset import PipelineConfig
 from kzlib.runs import Stopped, config_conflicts
-from kzlib.stages import STEPS, Stage, plan_stages, stage_config
-from kzlib.steps import RUN, Context
+from kzlib.stages import Stage, plan_stages, stage_config
+from kzlib.steps import STEPS, Context
 from kzlib.work import WorkDir
 
 STATUSES = ("done", "changed", "stale", "partial", "to do")
@@ -189,7 +189,7 @@ class Pipeline:
             with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
                 print(f"=== {s.name} started {time.strftime('%Y-%m-%d %H:%M:%S')} (pid {os.getpid()})", flush=True)
                 try:
-                    return RUN[s.step](self.ctx, s) or {}
+                    return STEPS[s.step].run(self.ctx, s) or {}
                 except Stopped:  # a prediction stopped for the time budget; its finished parts are kept
                     return {"stopped_early": True}
                 except OSError as e:

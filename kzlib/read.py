@@ -50,12 +50,8 @@ import pandas as pd
 from PIL import Image, ImageOps, PngImagePlugin
 from tqdm import tqdm
 
-from kzlib.classify.predict import TrainedClassifier, detailed_frame, load_run as load_classifier, page_logits, tta_sizes
 from kzlib.cli import device_arg, one_line_errors, parser, printable
-from kzlib.data import SEG_FP, code_to_char
-from kzlib.detailed import blend
-from kzlib.detect.predict import TrainedDetector, combine_test_boxes, detect_page, load_run as load_detector, round_boxes
-from kzlib.devices import describe_choice
+from kzlib.data import code_to_char
 from kzlib.errors import DataError, KzError
 from kzlib.export import load
 from kzlib.images import (ImageError, console, frame_count, image_size, open_header, prefetch_images, read_image,
@@ -63,9 +59,6 @@ from kzlib.images import (ImageError, console, frame_count, image_size, open_hea
 from kzlib.io import atomic_path, ensure_writable, write_csv_atomic, write_json_atomic
 from kzlib.metric import submission_from_points, write_submission
 from kzlib.order import reading_order
-from kzlib.pages import Page, scaled_height
-from kzlib.stack.features import build
-from kzlib.stack.models import pick_best, predict_rows, read_models
 from kzlib.viz import draw_labels
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -216,62 +209,6 @@ def upright(path: Path, cache: Path, image_id: str, frame: int = 0) -> Path:
         return out
 
 
-class Reader:
-    """The models of a bundle, and the runner's way of combining them, one page at a time: the
-    detectors the test-box rule reads (``combine_test_boxes``), each classifier's TTA logits, the
-    blend of each kind's folds, level 2's candidate rows and models (or the plain blend)."""
-
-    def __init__(self, model_dir: Path, device: str | None = "auto", trust: bool = False):
-        self.bundle = b = load(model_dir, trust)
-        self.detectors: list[TrainedDetector] = [load_detector(d, device) for d in b.detectors]
-        self.classifiers: dict[str, list[TrainedClassifier]] = {
-            kind: [load_classifier(r, device) for r in runs] for kind, runs in b.classifiers.items()}
-        self.sizes = {kind: [tta_sizes(c.cfg.test_size, c.cfg.scale_aug, b.n_tta) for c in runs]
-                      for kind, runs in self.classifiers.items()}
-        self.overlap = read_models(b.level2)[1].overlap if b.level2 is not None else None
-        self.chars = {}
-        if b.unicode_csv is not None:
-            t = pd.read_csv(b.unicode_csv, dtype=str, keep_default_na=False)
-            self.chars = dict(zip(t["Unicode"], t["char"]))
-
-    @property
-    def device(self):
-        return self.detectors[0].device
-
-    def heights(self, path: Path) -> list[int]:
-        """Every height the models read this page at (what the decoding thread prepares)."""
-        out = [scaled_height(path, d.cfg.page_size, d.cfg.page_side) for d in self.detectors]
-        for kind, runs in self.classifiers.items():
-            for c, sizes in zip(runs, self.sizes[kind]):
-                out += [scaled_height(path, s, c.cfg.page_side) for s in sizes]
-        return list(dict.fromkeys(out))
-
-    def boxes(self, path: Path) -> np.ndarray:
-        """The page's test boxes by the bundle's test-box rule, as the runner's files hold them."""
-        found = [round_boxes(*detect_page(d.model, path, d.cfg, d.device)) for d in self.detectors]
-        return combine_test_boxes(found, self.bundle.rule)[0]
-
-    def read(self, image_id: str, path: Path) -> pd.DataFrame:
-        """One row per kept character: image_id, x, y, w, h, cls, score (seg_fp boxes dropped)."""
-        page = Page(image_id, path, self.boxes(path))
-        if len(page.boxes) == 0:
-            return pd.DataFrame(columns=["image_id", "x", "y", "w", "h", "cls", "score"])
-        groups = []
-        for kind, runs in self.classifiers.items():
-            frames = [detailed_frame([page], [page_logits(c.model, page, sizes, c.device, c.cfg)], c.classes,
-                                     c.cfg.top_k, with_true=False) for c, sizes in zip(runs, self.sizes[kind])]
-            groups.append(blend(frames))
-        if self.bundle.level2 is not None:
-            rows = build(groups, self.overlap)
-            best = pick_best(rows, predict_rows(self.bundle.level2, rows)).rename(columns={"prob": "score"})
-        else:  # the plain blend of every kind, as the runner's submission without level 2
-            every = blend(groups)
-            best = every.rename(columns={"pred": "cls"}).assign(
-                score=every["top_k_logits"].str.split(" ").str[0].astype(float))
-        best = best[best["cls"] != SEG_FP]
-        return best[["image_id", "x", "y", "w", "h", "cls", "score"]].reset_index(drop=True)
-
-
 def page_outputs(image_id: str, file: Path, chars: pd.DataFrame, names: dict, size: tuple[int, int],
                  source: dict | None = None) -> tuple[dict, str]:
     """The page's JSON and text, in reading order."""
@@ -346,9 +283,10 @@ def read_earlier_if_same(json_path: Path, source: dict | None) -> pd.DataFrame |
     return read_earlier(json_path) if isinstance(doc, dict) and doc.get("source") == source else None
 
 
-def read_one(reader: Reader, image_id: str, path: Path, src: Path, out: Path, png: bool,
+def read_one(reader, image_id: str, path: Path, src: Path, out: Path, png: bool,
              source: dict | None = None) -> pd.DataFrame:
-    """Read one page and write its text, picture and JSON (the JSON last: it marks the page done)."""
+    """Read one page with ``reader`` (``kzlib.reader.Reader``) and write its text, picture and JSON (the
+    JSON last: it marks the page done)."""
     chars = reader.read(image_id, src)
     doc, text = page_outputs(image_id, path, chars, reader.chars, image_size(src), source)
     with atomic_path(out / f"{image_id}.txt") as tmp:
@@ -369,8 +307,11 @@ def read_pages(inputs: Sequence[str], model_dir: Path, out: Path, png: bool = Fa
     pages_in = with_frames(paths, page_ids(paths))
     ids = [i for i, _, _ in pages_in]
     ensure_writable(out)
-    reader = Reader(model_dir, device, trust)
-    log(describe_choice(device, reader.device))
+    bundle = load(model_dir, trust)  # a bundle's manifest and files, checked before torch and the models load
+    from kzlib.reader import Reader  # torch and the models: only once the pages, the output and the bundle are checked
+
+    reader = Reader(bundle, device)
+    log(reader.describe(device))
     seconds_before = {}
     if (out / "pages.csv").is_file():
         before = pd.read_csv(out / "pages.csv", dtype={"page": str}, keep_default_na=False)

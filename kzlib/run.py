@@ -20,12 +20,9 @@ from pathlib import Path
 
 from kzlib import weights
 from kzlib.cli import device_arg, folds_arg, one_line_errors, parser
-from kzlib.data import require_valid
-from kzlib.devices import cuda_problem, describe_asked
+from kzlib.data import DataDir, require_valid
 from kzlib.errors import EnvironmentProblem, UsageError
-from kzlib.pipeline import Pipeline
 from kzlib.preset import load_preset, preset_path
-from kzlib.summary import report
 
 
 @one_line_errors()
@@ -66,17 +63,19 @@ def main(argv=None) -> int:
     # before anything else: a missing file is one line naming the command that fetches it, not hours later
     cfg.check_weights(folder, fix=f"{weights.FETCH} --preset {a.preset} --out {folder}")
     cfg = cfg.with_weights_dir(folder)
-    print(describe_asked(cfg.device), flush=True)
+    DataDir(a.data).require("train_csv")  # the folds are made from it, even for a dry run
+    # torch, the devices and the chain's stages: only once the arguments, the preset and the weights are checked
+    from kzlib import devices, pipeline, summary
+
+    print(devices.describe_asked(cfg.device), flush=True)
     if not a.dry_run:
-        problem = cuda_problem(cfg.device) if cfg.device.startswith("cuda") else None
+        problem = devices.cuda_problem(cfg.device) if cfg.device.startswith("cuda") else None
         if problem:
             raise EnvironmentProblem(f"preset {a.preset} runs on a CUDA GPU, but {problem}; or pass --device cpu "
                                      "to run it on the CPU anyway (slow)")
-    folds = a.folds or None
-    if not a.dry_run:
         print(f"checking {a.data} ...", flush=True)
         require_valid(a.data, cfg.n_folds)
-    pipe = Pipeline(a.data, a.work, cfg, folds)
+    pipe = pipeline.Pipeline(a.data, a.work, cfg, a.folds or None)
     if pipe.fold_mode == "page":
         print(f"note: fewer books than the {cfg.n_folds} folds: folds are made by page, not by book")
     t0 = time.time()
@@ -88,7 +87,7 @@ def main(argv=None) -> int:
         print(f"{len(result['blocked'])} stage(s) wait for other stages; rerun when they are done")
     if result.get("skipped"):
         print(f"{len(result['skipped'])} stage(s) run in another process; rerun when it is done")
-    report(pipe)
+    summary.report(pipe)
     return 0
 
 

@@ -31,14 +31,10 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence, TypeVar
+from typing import Any, Generic, Sequence, TypeVar
 
 import pandas as pd
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save as safetensors_bytes
 
-from kzlib import distributed
 from kzlib.config import config_dict, config_from_dict, read_json, save_config
 from kzlib.errors import DataError, UsageError
 from kzlib.io import atomic_path, file_sha256, write_csv_atomic, write_json_atomic
@@ -54,6 +50,8 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
     """torch.save through a temporary file: a kill never leaves a half-written checkpoint. A write
     that fails (a full disk) is the ``OSError`` it is, naming ``path``: torch's zip writer turns it
     into a ``RuntimeError`` ("enforce fail at inline_container.cc") that only carries it along."""
+    import torch  # checkpoints only: the run folder's paths and records need no torch
+
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         try:
             torch.save(state, fh)
@@ -75,10 +73,12 @@ def _os_error(e: BaseException | None) -> OSError | None:
     return None
 
 
-def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> dict:
+def load_checkpoint(path: str | Path, device="cpu") -> dict:
     """A checkpoint of this kit, loaded with ``weights_only=True``: tensors and plain values only; a
     file that holds any other object is an error (nothing in it runs). Its format must be one this
     kit knows (``CheckpointFormatError``, one line)."""
+    import torch
+
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except RuntimeError as e:
@@ -102,6 +102,8 @@ def save_bundle_run(state: dict, folder: str | Path, extra: dict) -> list[Path]:
     """A trained run as a bundle holds it: its weights in ``model.safetensors`` and what is not a
     tensor (``extra``: config, class list, scores, epoch) in ``run.json``; the same tensors, bit for
     bit. Returns the files written."""
+    from safetensors.torch import save as safetensors_bytes
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}  # channels_last runs: strided
@@ -112,8 +114,11 @@ def save_bundle_run(state: dict, folder: str | Path, extra: dict) -> list[Path]:
     return [folder / WEIGHTS_FILE, folder / RUN_FILE]
 
 
-def load_bundle_run(folder: str | Path, device: torch.device | str = "cpu") -> dict:
+def load_bundle_run(folder: str | Path, device="cpu") -> dict:
     """What ``save_bundle_run`` wrote, as a checkpoint dict (``model`` and the ``run.json`` keys)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
     folder = Path(folder)
     try:
         info = read_json(folder / RUN_FILE)
@@ -211,20 +216,24 @@ def check_inputs(run: "RunDir", saved: dict, current: dict) -> None:
                                 "train into another folder, or restore the file")
 
 
-def note_world_size(saved: Split) -> None:
-    """Say what a resume with another number of processes changes."""
-    n = distributed.size()
-    if n != saved.world_size and distributed.is_main():
-        print(f"note: the run was started with {saved.world_size} process(es) and resumes with {n}: the global "
-              "batch and the learning rate stay; each process now takes its share of the global batch", flush=True)
-
-
 def check_split(run: "RunDir", saved: Split, fold: int | None, val_images: Sequence[str] | None) -> None:
     """A fold or held-out pages asked of a resumed run must be its own."""
     if fold is not None and fold != saved.fold:
         raise RunStateError(f"{run.root}: the run holds out fold {saved.fold}, not {fold}; drop --fold to continue it")
     if val_images and (not saved.val_images_given or list(val_images) != saved.val_ids):
         raise RunStateError(f"{run.root}: the run holds out other pages than --val-images; drop the flag to continue it")
+
+
+@dataclass
+class OpenedRun(Generic[C]):
+    """What a training call works on (``RunDir.open_training``): the config (a resumed run's own),
+    the saved split (None: a new run, not started yet), the last checkpoint (None: no epoch
+    finished), the fold and the held-out pages given (None: the fold's books)."""
+    cfg: C
+    saved: Split | None
+    checkpoint: dict | None
+    fold: int
+    val_images: list[str] | None
 
 
 class RunDir:
@@ -277,18 +286,17 @@ class RunDir:
         write_json_atomic(dataclasses.asdict(split), self.split_file)
 
     def open_training(self, cls: type[C], cfg: C, given: dict | None, mode: str, inputs: dict, fold: int | None,
-                      val_images: Sequence[str] | None) -> tuple[C, Split | None, dict | None, int, list | None]:
+                      val_images: Sequence[str] | None) -> "OpenedRun[C]":
         """``resume_or_start`` for a training call, with a resumed run's checks: it must read the same
-        files (``inputs``: role -> SHA-256) and keeps its fold and held-out pages. Returns (config,
-        saved split or None, checkpoint or None, fold, held-out image ids given or None)."""
+        files (``inputs``: role -> SHA-256) and keeps its fold and held-out pages. (Under torchrun,
+        ``kzlib.training.open_run``.)"""
         cfg, saved, checkpoint = self.resume_or_start(cls, cfg, given, mode)
-        distributed.barrier()  # every process has read the folder before process 0 writes to it
         if saved is not None:
             check_inputs(self, saved.inputs, inputs)
             check_split(self, saved, fold, val_images)
-            note_world_size(saved)
             fold, val_images = saved.fold, saved.val_ids if saved.val_images_given else None
-        return cfg, saved, checkpoint, 0 if fold is None else fold, val_images
+        return OpenedRun(cfg, saved, checkpoint, 0 if fold is None else fold,
+                         None if val_images is None else list(val_images))
 
     def resume_or_start(self, cls: type[C], cfg: C, given: dict | None, mode: str) -> tuple[C, Split | None, dict | None]:
         """What a training call continues: (config, saved split or None, checkpoint or None).
@@ -356,21 +364,25 @@ class RunDir:
     def save_best(self, state: dict) -> None:
         save_checkpoint(state, self.best)
 
+    def require_trained(self) -> None:
+        """One ``RunStateError`` line unless the folder holds trained weights (``trained_state``'s)."""
+        if not ((self.root / WEIGHTS_FILE).exists() or self.trained()):
+            raise RunStateError(f"{self.root}: not a trained run (no best.pth or checkpoint.pth); train it first")
+
     def trained_state(self) -> tuple[dict, Path]:
         """The weights inference uses: a bundle's ``model.safetensors`` with its ``run.json`` (then
         no other file of the folder is read), else ``best.pth``, else the last checkpoint."""
+        self.require_trained()
         if (self.root / WEIGHTS_FILE).exists():
             return load_bundle_run(self.root), self.root / WEIGHTS_FILE
-        for path in (self.best, self.checkpoint):
-            if path.exists():
-                try:
-                    return load_checkpoint(path), path
-                except CheckpointFormatError:
-                    raise
-                except Exception as e:
-                    raise RunStateError(f"{path}: does not load ({str(e).splitlines()[0][:160]}); retrain the run, "
-                                        "or restore the file") from None
-        raise RunStateError(f"{self.root}: not a trained run (no best.pth or checkpoint.pth); train it first")
+        path = self.best if self.best.exists() else self.checkpoint
+        try:
+            return load_checkpoint(path), path
+        except CheckpointFormatError:
+            raise
+        except Exception as e:
+            raise RunStateError(f"{path}: does not load ({str(e).splitlines()[0][:160]}); retrain the run, "
+                                "or restore the file") from None
 
 
 PATH_KEYS = ("pretrained", "init_from")
@@ -414,39 +426,36 @@ def config_conflicts(saved: Any, asked: dict) -> str:
     return ", ".join(out)
 
 
-class EpochEnd:
-    """The bookkeeping after every epoch of a training loop: keep the best model, write the
-    checkpoint, the log row and the curves, print one line."""
+class CheckpointSaver:
+    """The end of every epoch of a training loop (process 0), as timm's ``CheckpointSaver``: it holds
+    the best validation F1 so far (a resumed run's from its checkpoint), keeps the model of a better
+    one as ``best.pth``, writes the epoch's checkpoint (``format``: ``CHECKPOINT_FORMAT``; the one
+    before it kept), the log row and the curves. ``model`` and ``opt`` (what has ``state_dict()``)
+    are the training's; ``extra`` goes into both files (a classifier's class list)."""
 
-    def __init__(self, run: RunDir, cfg: Any, metrics: tuple[str, ...], extra: dict | None = None,
-                 keep_last_as_best: bool = False):
-        self.run, self.cfg, self.metrics, self.extra = run, cfg, metrics, extra or {}
+    def __init__(self, run: RunDir, model, opt, cfg: Any, metrics: tuple[str, ...], extra: dict | None = None,
+                 keep_last_as_best: bool = False, checkpoint: dict | None = None):
+        self.run, self.model, self.opt, self.cfg, self.metrics = run, model, opt, cfg, metrics
+        self.extra = extra or {}
         self.keep_last_as_best = keep_last_as_best  # no validation pages: the last epoch is "best"
+        self.best = float(checkpoint["best_f1"]) if checkpoint else -1.0
         self.log: EpochLog | None = None
 
     def open(self, start: int) -> None:
+        """The log, its rows after the checkpoint's epoch dropped."""
         self.log = EpochLog(self.run.log, keep_until_epoch=start - 1)
 
-    @staticmethod
-    def row(epoch: int, opt, stats: dict, scores: dict, images: int, train_seconds: float, seconds: float) -> dict:
-        """The log row of an epoch: learning rate, training stats, validation scores, speed."""
-        return {"epoch": epoch, "lr": opt.lr, **stats,
-                **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
-                "train_images_per_s": images / train_seconds, "seconds": seconds, "world_size": distributed.size(),
-                "micro_split": getattr(opt, "split", 1)}
-
-    def __call__(self, model, opt, epoch: int, best: float, scores: dict, row: dict, last: bool) -> float:
+    def save(self, epoch: int, scores: dict, row: dict, last: bool) -> None:
         f1 = scores.get("f1", -1.0)
         cfg = dataclasses.asdict(self.cfg)
-        if f1 > best or (self.keep_last_as_best and last):
-            best = max(best, f1)
-            self.run.save_best({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), "config": cfg, "epoch": epoch,
-                                "scores": scores, **self.extra})
-        self.run.save_epoch({"format": CHECKPOINT_FORMAT, "model": model.state_dict(), **opt.state_dict(),
-                             "epoch": epoch, "best_f1": best, "config": cfg, **self.extra})
+        if f1 > self.best or (self.keep_last_as_best and last):
+            self.best = max(self.best, f1)
+            self.run.save_best({"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), "config": cfg,
+                                "epoch": epoch, "scores": scores, **self.extra})
+        self.run.save_epoch({"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(), **self.opt.state_dict(),
+                             "epoch": epoch, "best_f1": self.best, "config": cfg, **self.extra})
         self.log.append(row)
         self.log.plot(self.run.curves, self.metrics)
-        return best
 
 
 class Stopped(Exception):

@@ -1,8 +1,8 @@
-"""What each kind of stage runs (``kzlib.stages.STEPS`` records what it writes and hashes): one
-function per step, given the chain's ``Context`` (data, work folder, preset, time budget) and the
-stage. ``RUN`` maps a step's name to its function; the runner calls it with the stage's output going
-to its log and records the dict it returns. A training of a preset with ``gpus`` > 1 runs under
-``torchrun`` (``launch``)."""
+"""The steps of the chain, one record each (``STEPS``, by the names ``kzlib.stages.Stage.step``
+gives): the function it runs, given the chain's ``Context`` (data, work folder, preset, time budget)
+and the stage; the files it writes; the settings its fingerprint hashes; a training's run folder.
+The runner (``kzlib.pipeline``) reads nothing else about a step. A training of a preset with
+``gpus`` > 1 runs under ``torchrun`` (``launch``)."""
 
 from __future__ import annotations
 
@@ -11,23 +11,27 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
 
-from kzlib import pseudolabel
+from kzlib import pseudolabel, weights
 from kzlib.classify import predict as classify_inference, train as classify_training
+from kzlib.classify.config import ClassifyConfig
 from kzlib.config import config_dict
 from kzlib.data import SEG_FP, DataDir, read_labels_csv
 from kzlib.detailed import blend_files, submission_from_detailed
 from kzlib.detect import predict as detect_inference, train as detect_training
+from kzlib.detect.config import DetectConfig
 from kzlib.errors import EnvironmentProblem
 from kzlib.io import write_json_atomic
 from kzlib.metric import write_submission
 from kzlib.preset import PipelineConfig
 from kzlib.stack import run as level2
 from kzlib.stack.models import TooFewRows
-from kzlib.stages import STEPS, Stage, classifier_config, classifier_kinds
+from kzlib.runs import RunDir
+from kzlib.stages import Stage, classifier_config, classifier_kinds
 from kzlib.work import WorkDir
 
 
@@ -152,7 +156,84 @@ def blend_submission(c: Context, kinds: list[str]) -> dict:
     return {"submission": str(c.work.submission), "characters": int((test["pred"] != SEG_FP).sum()), "pages": len(ids)}
 
 
-RUN = {"detect-train": detect_train, "detect-oof": detect_oof, "detect-test": detect_test,
-       "detect-merge": detect_merge, "classify-train": classify_train, "classify-predict": classify_predict,
-       "pseudolabel": pseudolabels, "stack": stack}
-assert set(RUN) == set(STEPS), "every step of kzlib.stages has its function here"
+def _network_settings(c: DetectConfig | ClassifyConfig) -> dict:
+    """A network config as a fingerprint sees it: machine-local values out (device, workers, where
+    the files lie), what the network starts from in (the weight file's name and SHA-256)."""
+    values = config_dict(c)
+    for key, before in type(c).ADDED.items():  # a field added later changes nothing while it does as before
+        if values.get(key) == before:
+            values.pop(key)
+    pretrained = values.pop("pretrained", "")
+    for key in ("device", "workers", "init_from"):
+        values.pop(key, None)
+    out = {"detect" if isinstance(c, DetectConfig) else "classify": values}
+    if pretrained:  # scratch: no key, as before the weights were fingerprinted
+        out["weights"] = weights.identity(weights.resolve(pretrained, c.backbone))
+    return out
+
+
+@dataclass(frozen=True)
+class Step:
+    """What one kind of stage runs, writes and hashes.
+
+    - ``run(context, stage)``: the function the runner calls, its output going to the stage's log;
+      the dict it returns is recorded in the stage's state;
+    - ``writes(work, stage)``: the files a finished stage has written (one missing: it runs again);
+    - ``run_folder(work, stage)``: the training's run folder (trainings only): a half-done training
+      leaves its ``config.json`` there, and a redone one is set aside from there;
+    - ``settings(cfg, work, stage)``: what the stage does as plain values; its fingerprint is their
+      hash with the data's.
+    """
+    name: str
+    run: Callable[[Context, Stage], dict]
+    writes: Callable[[WorkDir, Stage], list[Path]]
+    settings: Callable[[PipelineConfig, WorkDir, Stage], dict]
+    run_folder: Callable[[WorkDir, Stage], RunDir] | None = None
+
+    def partial(self, work: WorkDir, s: Stage) -> list[Path]:
+        """What a started but unfinished stage leaves behind."""
+        return [self.run_folder(work, s).config] if self.run_folder else []
+
+
+def _detector(work: WorkDir, s: Stage) -> RunDir:
+    return work.detector(s.fold)
+
+
+def _classifier(work: WorkDir, s: Stage) -> RunDir:
+    return work.classifier(s.kind, s.fold)
+
+
+def _detect_settings(cfg: PipelineConfig, work: WorkDir, s: Stage) -> dict:
+    return {**_network_settings(cfg.detect_config()), "fold": s.fold}
+
+
+def _classify_settings(cfg: PipelineConfig, work: WorkDir, s: Stage) -> dict:
+    out = {**_network_settings(classifier_config(cfg, work, s.kind, s.fold)), "fold": s.fold}
+    if s.step == "classify-predict":
+        out["n_tta"] = cfg.n_tta
+    return out
+
+
+STEPS = {step.name: step for step in [
+    Step("detect-train", detect_train,
+         lambda w, s: [w.detector(s.fold).best], _detect_settings, _detector),
+    Step("detect-oof", detect_oof,
+         lambda w, s: [w.detector(s.fold).oof_boxes], _detect_settings),
+    Step("detect-test", detect_test,
+         lambda w, s: [w.detector(s.fold).test_boxes], _detect_settings),
+    Step("detect-merge", detect_merge,
+         lambda w, s: [w.oof_boxes, w.test_boxes],
+         lambda cfg, w, s: {"test_boxes": cfg.test_box_rule, "test_votes": cfg.test_votes}),
+    Step("classify-train", classify_train,
+         lambda w, s: [w.classifier(s.kind, s.fold).best], _classify_settings, _classifier),
+    Step("classify-predict", classify_predict,
+         lambda w, s: [w.classifier(s.kind, s.fold).detailed("valid"), w.classifier(s.kind, s.fold).detailed("test")],
+         _classify_settings),
+    Step("pseudolabel", pseudolabels,
+         lambda w, s: [w.pseudo_labels],
+         lambda cfg, w, s: {"min_gap": cfg.pseudo_min_gap, "max_second_score": cfg.pseudo_max_second_score,
+                            "drop_seg_fp": cfg.pseudo_drop_seg_fp}),
+    Step("stack", stack,
+         lambda w, s: [w.submission],
+         lambda cfg, w, s: {"stack": config_dict(cfg.stack_config()), "kinds": classifier_kinds(cfg)}),
+]}

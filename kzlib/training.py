@@ -1,6 +1,11 @@
 """The parts of a training loop that the detector and the classifier share: seeds, the learning-rate
-schedule, the optimisation (optimizer, schedule, GradScaler), the epochs with their seeded loaders
-and time budget, and ``Training`` — what a loop works with once its model is built."""
+schedule, the optimisation (optimizer, schedule, GradScaler, and the micro-batches a step is cut into
+when the GPU runs out of memory), the epochs with their seeded loaders and deadline, and ``Training``
+— what a loop works with once its model is built.
+
+Each stage has one training step, ``step(model, batch, optimisation)`` (``kzlib.detect.train.step``,
+``kzlib.classify.train.step``): the epochs run it, and so do the memory fit and the time budget
+before them (``kzlib.fit``)."""
 
 from __future__ import annotations
 
@@ -8,10 +13,10 @@ import math
 import random
 import re
 import time
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Callable, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -21,7 +26,9 @@ from kzlib import distributed
 from kzlib.devices import Precision, cudnn_benchmark
 from kzlib.errors import EnvironmentProblem
 from kzlib.io import write_json_atomic
-from kzlib.runs import EpochEnd, RunDir
+from kzlib.runs import CheckpointSaver, OpenedRun, RunDir
+
+T = TypeVar("T")
 
 
 def seed_everything(seed: int) -> None:
@@ -62,9 +69,12 @@ class Optimisation:
     per-step learning-rate schedule (``lr_factor``), the mixed precision (``kzlib.devices.Precision``)
     with its GradScaler, and ``split``: how many chunks each step's per-process batch is cut into so
     that it fits the GPU (``next_split``). ``cfg`` needs lr, momentum, weight_decay, epochs,
-    warmup_epochs, schedule, lr_steps, lr_gamma and the amp settings."""
+    warmup_epochs, schedule, lr_steps, lr_gamma and the amp settings. ``where`` starts its out-of-memory
+    lines ("detector: "); ``tied``: the processes of a distributed run train together (DDP), so a
+    split cannot grow in one of them alone (the trial steps before the model is wrapped are not)."""
 
-    def __init__(self, model: torch.nn.Module, cfg, device: torch.device, steps_per_epoch: int):
+    def __init__(self, model: torch.nn.Module, cfg, device: torch.device, steps_per_epoch: int, where: str = "",
+                 tied: bool = True):
         params = [p for p in model.parameters() if p.requires_grad]
         if getattr(cfg, "optimizer", "sgd") == "adamw":
             self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -78,6 +88,7 @@ class Optimisation:
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.scaled)
         self.split = 1
         self.skipped = 0  # steps whose loss was not finite (fp16 overflow) in a row
+        self.where, self.tied = where, tied
 
     @property
     def lr(self) -> float:
@@ -87,22 +98,22 @@ class Optimisation:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "micro_split": self.split}
 
-    def resume(self, model: torch.nn.Module, checkpoint: dict | None, out: Path) -> tuple[int, float]:
-        """Restore model and optimisation from a run's ``checkpoint.pth``; (first epoch, best F1).
+    def resume(self, model: torch.nn.Module, checkpoint: dict | None, out: Path) -> int:
+        """Restore model and optimisation from a run's ``checkpoint.pth``; the first epoch to run.
         A run may resume on another device or with other mixed precision: the scaler's state is
         taken only when both the checkpoint's and this run's scaler were in use."""
         if checkpoint is None:
-            return 0, -1.0
+            return 0
         model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.scheduler.load_state_dict(checkpoint["scheduler"])
         if self.scaler.is_enabled() and checkpoint.get("scaler"):
             self.scaler.load_state_dict(checkpoint["scaler"])
         self.split = max(self.split, int(checkpoint.get("micro_split", 1)))
-        start, best = checkpoint["epoch"] + 1, checkpoint["best_f1"]
-        print(f"resuming {out} at epoch {start} (best F1 so far {best:.4f})"
+        start = checkpoint["epoch"] + 1
+        print(f"resuming {out} at epoch {start} (best F1 so far {checkpoint['best_f1']:.4f})"
               + (f"; {self.split} micro-batches a step, as fitted earlier" if self.split > 1 else ""))
-        return start, best
+        return start
 
     def loss_not_finite(self, value: float, where: str) -> None:
         """A loss that is inf or nan: without a GradScaler the run stops (lower the lr); with one
@@ -116,6 +127,21 @@ class Optimisation:
         if self.skipped >= MAX_SKIPPED:
             raise FloatingPointError(f"training loss was not finite {self.skipped} steps in a row in fp16 ({where}); "
                                      "train in fp32 (amp false) or bf16 (amp_dtype bf16), or lower the lr")
+
+    def backward(self, forward_backward: Callable[[], T], n: int) -> T:
+        """``forward_backward()`` — the forward and backward passes of a step's batch of ``n`` crops
+        in ``self.split`` micro-batches — on zeroed gradients; when the GPU runs out of memory
+        (``out_of_memory``) the split grows (``next_split``) and the batch runs again. Returns what
+        it returns."""
+        while True:
+            self.optimizer.zero_grad(set_to_none=True)
+            try:
+                return forward_backward()
+            except RuntimeError as e:
+                if not out_of_memory(e):
+                    raise
+                self.optimizer.zero_grad(set_to_none=True)
+                self.split = next_split(self.split, n, e, self.where, self.tied)
 
     def step(self) -> None:
         """The optimizer's step through the scaler (a step whose gradients overflowed is skipped)."""
@@ -150,11 +176,12 @@ def chunks(n: int, split: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
 
 
-def next_split(split: int, per_process: int, error: BaseException, what: str = "") -> int:
+def next_split(split: int, per_process: int, error: BaseException, what: str = "", tied: bool = True) -> int:
     """After a CUDA out-of-memory error at ``split`` chunks a step: twice as many (the global batch,
     the loss normalisation and the learning rate stay; only the micro-batches shrink), said in one
-    line; when a chunk is already one crop, one ``EnvironmentProblem`` line."""
-    if distributed.size() > 1:
+    line; when a chunk is already one crop, or the processes of a distributed run are ``tied``
+    (they must step together), one ``EnvironmentProblem`` line."""
+    if tied and distributed.size() > 1:
         raise EnvironmentProblem(f"{what}out of GPU memory in a {distributed.size()}-process run at "
                                  f"{math.ceil(per_process / split)} crops a micro-batch (the fit at the start was "
                                  "not enough); lower batch_size in the preset")
@@ -170,139 +197,6 @@ def next_split(split: int, per_process: int, error: BaseException, what: str = "
     return new
 
 
-def fit_split(step, per_process: int, start: int = 1, what: str = "") -> int:
-    """The fewest micro-batches a step of ``per_process`` crops needs to fit the GPU: ``step(split)``
-    is tried (a whole training step: forward, backward, the optimizer's step) with 1, 2, 4 ... chunks
-    until it runs without running out of memory (``out_of_memory``). The processes of a distributed
-    run take the largest."""
-    split = start
-    while True:
-        try:
-            step(split)
-            break
-        except RuntimeError as e:
-            if not out_of_memory(e):
-                raise
-            split = next_split(split, per_process, e, what) if distributed.size() == 1 else _grow(split, per_process, e)
-    return int(distributed.all_max(split))
-
-
-@contextmanager
-def trial(model: torch.nn.Module):
-    """Trial steps that leave no trace: the model's weights and statistics and the random generators
-    (Python's, NumPy's, torch's on every device) come back as they were."""
-    weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    python, numpy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=range(torch.cuda.device_count()) if torch.cuda.is_available() else []):
-        try:
-            yield
-        finally:
-            model.load_state_dict(weights)
-            random.setstate(python)
-            np.random.set_state(numpy)
-
-
-def ddp_bucket_bytes(model: torch.nn.Module) -> int:
-    """What DistributedDataParallel adds in memory: its gradient buckets, a copy of every trainable
-    parameter's gradient."""
-    return sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
-
-
-@contextmanager
-def held(nbytes: int, device: torch.device):
-    """``nbytes`` of ``device`` memory taken for the duration (room kept for what a trial leaves out)."""
-    block = torch.empty(nbytes, dtype=torch.uint8, device=device) if nbytes else None
-    try:
-        yield block
-    finally:
-        del block
-
-
-def fit_memory_split(model, step, per_process: int, checkpoint: dict | None, device: torch.device, what: str) -> int:
-    """``fit_split`` for a model's trial steps (``step(split)``: a whole training step, the
-    optimizer's included: its state, SGD's momentum, takes memory too), starting from the split a
-    checkpoint recorded. First a warm-up step in the smallest micro-batches (one crop each) creates
-    cuBLAS's and cuDNN's handles and workspaces while memory is free; in a distributed run the trials
-    keep room for DDP's gradient buckets (the model is wrapped only after the fit). The trials leave
-    the model as it was (BatchNorm statistics move) and the peak-memory counter reset."""
-    start = int(checkpoint.get("micro_split", 1)) if checkpoint else 1
-    buckets = ddp_bucket_bytes(model) if distributed.size() > 1 else 0
-    with trial(model), cudnn_benchmark(TRAINING_AUTOTUNE), held(buckets, device):
-        try:
-            step(per_process)
-        except RuntimeError as e:
-            if not out_of_memory(e):
-                raise
-            next_split(per_process, per_process, e, what)  # not even one crop fits: one line
-        split = fit_split(step, per_process, start, what)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    return split
-
-
-def epochs_within(budget_s: float, asked: int, epoch_s: float, validation_s: float, validate_every: int = 1) -> int:
-    """The most epochs, at most ``asked`` and at least 1, whose training (``epoch_s`` each) and
-    validations (every ``validate_every`` epochs and after the last, ``validation_s`` each) fit in
-    ``budget_s`` seconds."""
-    best = 1
-    for e in range(1, asked + 1):
-        validations = sum(1 for k in range(e) if (k + 1) % validate_every == 0 or k + 1 == e)
-        if e * epoch_s + validations * validation_s <= budget_s:
-            best = e
-    return best
-
-
-def time_step(step, repeats: int = 3) -> float:
-    """Seconds of ``step()``: the median of ``repeats`` runs after a first one that warms up."""
-    step()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
-
-
-def budget_line(cfg, epochs: int, step_s: float, steps: int, validation_s: float) -> str:
-    return (f"time budget {cfg.time_budget_s:.0f} s: a step takes {step_s:.2f} s here ({steps} steps an epoch), a "
-            f"validation {validation_s:.0f} s: {epochs} of the preset's {cfg.epochs} epochs fit")
-
-
-def fit_budget(cfg, model, batch, step, validate_one, n_val: int, steps: int):
-    """With ``cfg.time_budget_s`` > 0, ``cfg`` with the epochs that fit the budget
-    (``epochs_within``): ``batch(k)`` loads the ``k``-th step's batch (the second one is timed: the
-    first pays for warming the decoders up), ``step(b)`` trains on it (timed a few times),
-    ``validate_one()`` validates one of the ``n_val`` held-out pages; ``steps`` an epoch. The trials
-    leave no trace (``trial``), so the training that follows is the one it would have been with
-    those epochs asked."""
-    if cfg.time_budget_s <= 0:
-        return cfg
-    validation_s = 0.0
-    with trial(model):
-        b = batch(0)
-        t0 = time.perf_counter()
-        batch(1)
-        data_s = time.perf_counter() - t0
-        model.train()
-        with cudnn_benchmark(TRAINING_AUTOTUNE):  # the algorithms the training will run
-            step_s = time_step(lambda: step(b)) + data_s
-        if n_val:
-            model.eval()
-            validation_s = time_step(validate_one, repeats=1) * n_val
-    epochs = int(distributed.all_max(epochs_within(cfg.time_budget_s, cfg.epochs, steps * step_s, validation_s,
-                                                   getattr(cfg, "validate_every", 1))))
-    if distributed.is_main():
-        print(budget_line(cfg, epochs, step_s, steps, validation_s), flush=True)
-    return replace(cfg, epochs=epochs)
-
-
-def _grow(split: int, per_process: int, error: BaseException) -> int:
-    if split >= per_process:
-        raise EnvironmentProblem(f"out of GPU memory even with one crop a micro-batch ({str(error).splitlines()[0][:120]})")
-    torch.cuda.empty_cache()
-    return min(per_process, split * 2)
-
-
 def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> DataLoader:
     """The epoch's shuffled loader; its order is seeded by (seed, epoch), so a resumed run sees the
     same batches as an uninterrupted one. In a distributed run each process loads its slice of
@@ -313,36 +207,62 @@ def epoch_loader(dataset, cfg, epoch: int, collate_fn, device: torch.device) -> 
                       num_workers=cfg.workers, pin_memory=device.type == "cuda")
 
 
+def open_run(run: RunDir, cls: type, cfg, given: dict | None, mode: str, inputs: dict, fold: int | None,
+             val_images: Sequence[str] | None) -> OpenedRun:
+    """``RunDir.open_training`` in every process of a run: each has read the folder before process 0
+    writes to it; a run resumed with another number of processes says what that changes."""
+    opened = run.open_training(cls, cfg, given, mode, inputs, fold, val_images)
+    distributed.barrier()
+    n = distributed.size()
+    if opened.saved is not None and n != opened.saved.world_size and distributed.is_main():
+        print(f"note: the run was started with {opened.saved.world_size} process(es) and resumes with {n}: the "
+              "global batch and the learning rate stay; each process now takes its share of the global batch",
+              flush=True)
+    return opened
+
+
+def epoch_row(epoch: int, opt: Optimisation, stats: dict, scores: dict, images: int, train_seconds: float,
+              seconds: float) -> dict:
+    """The log row of an epoch: learning rate, training stats, validation scores, speed."""
+    return {"epoch": epoch, "lr": opt.lr, **stats,
+            **{k: scores[k] for k in ("f1", "precision", "recall", "accuracy") if k in scores},
+            "train_images_per_s": images / train_seconds, "seconds": seconds, "world_size": distributed.size(),
+            "micro_split": opt.split}
+
+
 @dataclass
 class Training:
     """What a training loop works with once its model is built (``Training.begin``): the model
     (saved and validated), the model it trains (data-parallel in a distributed run), the
-    optimisation, the first epoch to run, the best validation F1 so far and the end-of-epoch
-    bookkeeping (``kzlib.runs.EpochEnd``)."""
+    optimisation, the first epoch to run and the end-of-epoch checkpoints (``kzlib.runs.CheckpointSaver``,
+    which keeps the best validation F1 so far)."""
     model: torch.nn.Module
     ddp: torch.nn.Module
     opt: Optimisation
     start: int
-    best: float
-    end: EpochEnd
+    saver: CheckpointSaver
+
+    @property
+    def best(self) -> float:
+        return self.saver.best
 
     @classmethod
     def begin(cls, model: torch.nn.Module, cfg, device: torch.device, run: RunDir, checkpoint: dict | None,
               steps: int, metrics: tuple[str, ...], extra: dict | None = None, keep_last_as_best: bool = False,
               split: int = 1) -> "Training":
         """1. BatchNorm synced across processes; 2. the optimiser and schedule, restored with the model
-        from ``checkpoint`` (a resume), with the micro-batch ``split`` that fits (``fit_split``, or
-        the checkpoint's); 3. the data-parallel wrapper; 4. the end-of-epoch bookkeeping, its log
-        opened on process 0."""
+        from ``checkpoint`` (a resume), with the micro-batch ``split`` that fits (``kzlib.fit.fit_memory``,
+        or the checkpoint's); 3. the data-parallel wrapper; 4. the checkpoint saver, its log opened on
+        process 0."""
         model = distributed.sync_batchnorm(model, device)
         opt = Optimisation(model, cfg, device, steps)
         opt.split = split
-        start, best = opt.resume(model, checkpoint, run.root)
+        start = opt.resume(model, checkpoint, run.root)
         ddp = distributed.wrap(model, device)
-        end = EpochEnd(run, cfg, metrics, extra, keep_last_as_best=keep_last_as_best)
+        saver = CheckpointSaver(run, model, opt, cfg, metrics, extra, keep_last_as_best, checkpoint)
         if distributed.is_main():
-            end.open(start)
-        return cls(model, ddp, opt, start, best, end)
+            saver.open(start)
+        return cls(model, ddp, opt, start, saver)
 
     def train_epoch(self, one_epoch, *args, **kwargs):
         """``one_epoch(*args)`` with cuDNN's autotuner on (``TRAINING_AUTOTUNE``: the crops have one
@@ -350,9 +270,10 @@ class Training:
         with cudnn_benchmark(TRAINING_AUTOTUNE):
             return one_epoch(*args, **kwargs)
 
-    def end_epoch(self, epoch: int, scores: dict, row: dict, last: bool) -> None:
+    def end_epoch(self, epoch: int, stats: dict, scores: dict, images: int, train_seconds: float,
+                  seconds: float, last: bool) -> None:
         """Keep the best model, write the checkpoint, the log row and the curves (process 0)."""
-        self.best = self.end(self.model, self.opt, epoch, self.best, scores, row, last)
+        self.saver.save(epoch, scores, epoch_row(epoch, self.opt, stats, scores, images, train_seconds, seconds), last)
 
 
 def epoch_line(fold, epoch: int, epochs: int, train: str, scores: dict, best: float, seconds: float) -> str:

@@ -1,4 +1,3 @@
-import json
 import os
 import shutil
 import sys
@@ -7,7 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # official_metric reference
+sys.path.insert(0, str(ROOT / "tests"))  # official_metric reference, helpers
+from helpers import tiny_detect, tiny_preset, write_preset  # noqa: E402
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny"
 # The CEO's real sample beside the checkout (../shared); tests using it skip when it is absent.
 SAMPLE = Path(os.environ.get("KZ_SAMPLE_DIR", ROOT.parent / "shared" / "data" / "kuzushiji-sample"))
@@ -66,12 +66,24 @@ def finished_run(tmp_path_factory):
     from kzlib.preset import load_preset
 
     tmp = tmp_path_factory.mktemp("run")
-    preset = json.loads((ROOT / "tests" / "fixtures" / "preset_tiny.json").read_text())
-    preset.update(n_folds=2, pseudo_kind="", kinds={"a": preset["kinds"]["a"]})
-    (tmp / "preset.json").write_text(json.dumps(preset))
+    write_preset(tmp / "preset.json", n_folds=2, pseudo_kind="", kinds={"a": tiny_preset()["kinds"]["a"]})
     data = tmp / "data"
     shutil.copytree(FIXTURE, data)
     work = tmp / "work"
     Pipeline(data, work, load_preset(tmp / "preset.json")).run(log=lambda *_: None)
     assert (work / "submission.csv").is_file()
     return data, work
+
+
+@pytest.fixture(scope="session")
+def trained_detector(tmp_path_factory) -> tuple[Path, Path]:
+    """A detector trained for two epochs on fold 0 of the tiny pages (``helpers.tiny_detect(epochs=2)``),
+    once per session for the tests that compare with or start from one: (data, run folder). Read it;
+    copy before changing."""
+    from kzlib.detect.train import train
+
+    tmp = tmp_path_factory.mktemp("detector")
+    data = tmp / "data"
+    shutil.copytree(FIXTURE, data)
+    train(data, tmp / "run", tiny_detect(epochs=2), fold=0)
+    return data, tmp / "run"

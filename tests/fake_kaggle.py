@@ -124,7 +124,7 @@ class FakeKaggle:
         self.status_http_once: tuple[int, int] = (0, 0)
         self.output_http_once: tuple[int, int] = (0, 0)
         self.output_lag = 0
-        self.limits: dict[str, list] = {}       # route -> [calls left to refuse, seconds, refused until]
+        self.limits: dict[str, list] = {}       # route -> [calls left to refuse, seconds, refused until, late]
         self.early_calls = 0
         self.cancel_delay = 0.5
         self.model_delay = 0.0
@@ -157,9 +157,10 @@ class FakeKaggle:
                 return user
         raise HttpFail(401, "Unauthenticated: no valid API key or access token")
 
-    def rate_limit(self, route: str, times: int = 1, seconds: float = 1.0) -> None:
-        """The next ``times`` calls of ``route`` (e.g. "SaveKernel") are answered 429 + Retry-After."""
-        self.limits[route] = [times, seconds, 0.0]
+    def rate_limit(self, route: str, times: int = 1, seconds: float = 1.0, late: float = 0.0) -> None:
+        """The next ``times`` calls of ``route`` (e.g. "SaveKernel") are answered 429 + Retry-After,
+        each refusal ``late`` seconds after the call came (a slow server: the wait counts from the answer)."""
+        self.limits[route] = [times, seconds, 0.0, late]
 
     def limited(self, name: str) -> float | None:
         """Seconds to put in Retry-After when this call is refused, else None."""
@@ -172,6 +173,9 @@ class FakeKaggle:
             return limit[2] - now
         if limit[0] <= 0:
             return None
+        if limit[3]:
+            time.sleep(limit[3])
+            now = time.time()
         limit[0] -= 1
         limit[2] = now + limit[1]
         return limit[1]

@@ -1,7 +1,5 @@
 import json
 import re
-import subprocess
-import sys
 from dataclasses import replace
 
 import cv2
@@ -10,7 +8,6 @@ import pandas as pd
 import pytest
 import torch
 
-from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import CropDataset, cap_targets
 from kzlib.classify.model import Classifier
 from kzlib.classify.predict import page_logits
@@ -22,12 +19,12 @@ from kzlib.metric import read_submission
 from kzlib.pages import Page
 from kzlib.runs import RunStateError
 from kzlib.weights import WeightsError
+from helpers import run_main, tiny_classify
+from kzlib.classify.__main__ import main as classify_cli
+from kzlib.metric import main as metric_cli
 
 A, B, C = "U+3042", "U+3044", "U+3046"
-TINY = ClassifyConfig(backbone="resnet18", pretrained="", page_side="height", page_size=256, test_size=256, min_visibility=0.5,
-                      resample_empty=False, add_missed_truth=True, crop_width=96, crop_height=128,
-                      crops_per_page=2, batch_size=3, epochs=2, lr=0.01, workers=0, device="cpu", hidden=32,
-                      n_folds=3, top_k=3, amp=False)
+TINY = tiny_classify()
 
 
 def write_oof(data_dir, path, jitter_seed=0, fakes=2):
@@ -197,9 +194,9 @@ def test_train_resume_predict_end_to_end(tiny, tmp_path):
 
     # predict through the CLI: detailed files and submissions that the metric CLI reads
     split = json.loads((straight / "split.json").read_text())
-    run = [sys.executable, "-m", "kzlib.classify", "predict", str(straight), str(tiny)]
-    out = subprocess.run(run + ["--boxes", str(oof), "--split", "valid", "--n-tta", "2"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    run = ["predict", straight, tiny]
+    code, _, err = run_main(classify_cli, *run, "--boxes", oof, "--split", "valid", "--n-tta", "2")
+    assert code == 0, err
     detailed = read_detailed(straight / "detailed.csv.gz")
     oof_rows = pd.read_csv(oof, dtype={"image_id": str})
     assert list(detailed["image_id"].unique()) == split["val_ids"]
@@ -212,15 +209,14 @@ def test_train_resume_predict_end_to_end(tiny, tmp_path):
     assert {"f1", "accuracy", "detector_fp", "detector_fp_removed"} <= set(scores)
     solution = read_labels_csv(tiny / "train.csv")
     solution[solution["image_id"].isin(split["val_ids"])].to_csv(tmp_path / "solution.csv", index=False)
-    out = subprocess.run([sys.executable, "-m", "kzlib.metric", str(straight / "submission.csv"),
-                          str(tmp_path / "solution.csv")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout)["f1"] == pytest.approx(scores["f1"])
+    code, out, err = run_main(metric_cli, straight / "submission.csv", tmp_path / "solution.csv")
+    assert code == 0, err
+    assert json.loads(out)["f1"] == pytest.approx(scores["f1"])
 
     test_boxes = write_test_boxes(tiny, tmp_path / "test_boxes.csv")
-    out = subprocess.run(run + ["--boxes", str(test_boxes), "--split", "test", "--n-tta", "1",
-                                "--out", str(tmp_path / "pred")], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
+    code, _, err = run_main(classify_cli, *run, "--boxes", test_boxes, "--split", "test", "--n-tta", "1",
+                            "--out", tmp_path / "pred")
+    assert code == 0, err
     test_detailed = read_detailed(tmp_path / "pred" / "test_detailed.csv.gz")
     assert (test_detailed["true"] == "").all() and len(test_detailed) == len(pd.read_csv(test_boxes))
     sub = read_submission(tmp_path / "pred" / "test_submission.csv")
@@ -255,12 +251,11 @@ def test_fine_tune_from_a_checkpoint_and_its_class_list(tiny, tmp_path):
 def test_bad_boxes_files_fail_with_one_line(tiny, tmp_path, change, message):
     oof = write_oof(tiny, tmp_path / "oof_boxes.csv")
     change(pd.read_csv(oof, dtype={"image_id": str})).to_csv(tmp_path / "bad.csv", index=False)
-    out = subprocess.run([sys.executable, "-m", "kzlib.classify", "train", str(tiny), "--boxes", str(tmp_path / "bad.csv"),
-                          "--out", str(tmp_path / "run"), "--base", "resnet18", "--pretrained", "", "--device", "cpu"],
-                         capture_output=True, text=True)
-    assert out.returncode == 1
-    assert out.stderr.count("\n") == 1 and "bad.csv" in out.stderr
-    assert re.search(message, out.stderr), out.stderr
+    code, _, err = run_main(classify_cli, "train", tiny, "--boxes", tmp_path / "bad.csv", "--out", tmp_path / "run",
+                            "--base", "resnet18", "--pretrained", "", "--device", "cpu")
+    assert code == 1
+    assert err.count("\n") == 1 and "bad.csv" in err
+    assert re.search(message, err), err
     assert not (tmp_path / "run").exists()
 
 

@@ -1,7 +1,5 @@
 import json
 import re
-import subprocess
-import sys
 from dataclasses import replace
 
 import cv2
@@ -13,15 +11,16 @@ import torch
 from kzlib.data import DataError
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset
-from kzlib.detect.predict import SEG_FP, match_true, merge_oof
+from kzlib.detect.config import TestBoxRule
+from kzlib.detect.predict import SEG_FP, combine_test_boxes, match_true, merge_oof, merge_test, round_boxes
 from kzlib.detect.train import train
 from kzlib.pages import Page, split_pages
 from kzlib.runs import RunStateError
 from kzlib.config import config_from_dict
+from helpers import run_main, tiny_detect
+from kzlib.detect.__main__ import main as detect_cli
 
-TINY = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=256, crop_width=160, crop_height=128,
-                    crops_per_page=1, batch_size=2, epochs=2, lr=0.005, workers=0, device="cpu",
-                    anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05)
+TINY = tiny_detect(epochs=2)
 
 
 def test_crops_keep_boxes_aligned(tmp_path):
@@ -118,9 +117,9 @@ def _params(run):
     return torch.load(run / "checkpoint.pth", weights_only=False)
 
 
-def test_resume_continues_exactly(tiny, tmp_path):
-    straight, split = tmp_path / "a", tmp_path / "b"
-    train(tiny, straight, TINY, fold=0)
+def test_resume_continues_exactly(trained_detector, tmp_path):
+    tiny, straight = trained_detector  # two epochs of TINY on fold 0, straight through
+    split = tmp_path / "b"
     train(tiny, split, TINY, fold=0, max_epochs=1)  # "killed" after epoch 1
     with pytest.raises(RunStateError, match="--resume"):
         train(tiny, split, TINY, fold=0)
@@ -141,21 +140,21 @@ def test_train_predict_cli_end_to_end(tiny, tmp_path):
     cfg.write_text(json.dumps({"backbone": "resnet18", "fpn_channels": 16, "pretrained": "", "page_side": "height", "page_size": 256, "crop_width": 160,
                                "crop_height": 128, "crops_per_page": 1, "batch_size": 2, "workers": 0,
                                "anchor_sizes": [8, 16, 32, 64, 128], "device": "cpu", "score_threshold": 0.0}))
-    cli = lambda *a: subprocess.run([sys.executable, "-m", "kzlib.detect", *map(str, a)], capture_output=True, text=True)
-    r = cli("train", tiny, "--fold", "1", "--n-folds", "3", "--out", run, "--config", cfg, "--epochs", "1")
-    assert r.returncode == 0, r.stderr
+    cli = lambda *a: run_main(detect_cli, *a)
+    code, _, err = cli("train", tiny, "--fold", "1", "--n-folds", "3", "--out", run, "--config", cfg, "--epochs", "1")
+    assert code == 0, err
     saved = json.loads((run / "config.json").read_text())
     assert saved["epochs"] == 1 and saved["fpn_channels"] == 16  # flag over file over defaults
     split = json.loads((run / "split.json").read_text())
-    r = cli("predict", run, tiny, "--split", "oof")
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli("predict", run, tiny, "--split", "oof")
+    assert code == 0, err
     oof = pd.read_csv(run / "oof_boxes.csv", dtype={"image_id": str})
     assert list(oof.columns) == ["image_id", "x", "y", "w", "h", "score", "true"]
     assert set(oof["image_id"]) <= set(split["val_ids"]) and len(oof) > 0
     classes = set(pd.read_csv(tiny / "unicode_translation.csv")["Unicode"]) | {SEG_FP}
     assert set(oof["true"]) <= classes
-    r = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t.csv")
-    assert r.returncode == 0, r.stderr
+    code, _, err = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t.csv")
+    assert code == 0, err
     test = pd.read_csv(tmp_path / "t.csv", dtype={"image_id": str})
     assert list(test.columns) == ["image_id", "x", "y", "w", "h", "score"]
     assert set(test["image_id"]) <= set(pd.read_csv(tiny / "sample_submission.csv")["image_id"])
@@ -163,8 +162,8 @@ def test_train_predict_cli_end_to_end(tiny, tmp_path):
     # a corrupt test image: one-line error naming the file, nothing written
     bad = sorted((tiny / "test_images").iterdir())[0]
     bad.write_bytes(b"broken")
-    r = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t2.csv")
-    assert r.returncode == 1 and bad.name in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    code, _, err = cli("predict", run, tiny, "--split", "test", "--out", tmp_path / "t2.csv")
+    assert code == 1 and bad.name in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "t2.csv").exists()
 
 
@@ -189,15 +188,27 @@ def test_merge_oof_checks_every_page_once(tiny, tmp_path):
     assert not (tmp_path / "x.csv").exists()
 
 
-def test_init_from_another_run(tiny, tmp_path):
-    first = tmp_path / "first"
-    train(tiny, first, TINY, fold=0)
+def test_init_from_another_run(trained_detector, tmp_path):
+    tiny, first = trained_detector
     warm = tmp_path / "warm"
     train(tiny, warm, replace(TINY, init_from=str(first / "checkpoint.pth"), epochs=1), fold=0)
     loss = lambda run: pd.read_csv(run / "log.csv")["loss"].iloc[0]
     assert loss(warm) < loss(first)  # starts where the first run ended, not from scratch
     with pytest.raises(ValueError, match="cannot start from this checkpoint"):
         train(tiny, tmp_path / "bad", replace(TINY, fpn_channels=32, init_from=str(first / "checkpoint.pth")), fold=0)
+
+
+def test_boxes_that_round_to_no_width_or_height_are_dropped(tmp_path):
+    """An untrained detector at 192 px wrote a box of w=0.0 into test_boxes.csv, which the
+    classifier then refused: the boxes files hold no box without a width and a height."""
+    xywh = np.array([[10, 10, 0.04, 8], [10, 10, 5, 6], [3, 3, 7, 0.0], [1, 1, 0.06, 0.06], [2, 2, 4, -1]])
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5], dtype=np.float32)
+    boxes, kept = round_boxes(xywh, scores)
+    assert boxes.tolist() == [[10, 10, 5, 6], [1, 1, 0.1, 0.1]] and kept.tolist() == pytest.approx([0.8, 0.6])
+    assert combine_test_boxes([(xywh, scores)], TestBoxRule("fold0"))[0].tolist() == boxes.tolist()
+    pd.DataFrame({"image_id": "p", "x": [1.0, 5.0], "y": [1.0, 5.0], "w": [0.0, 3.0], "h": [4.0, 3.0],
+                  "score": [0.9, 0.8]}).to_csv(tmp_path / "t.csv", index=False)  # as an older kit wrote it
+    assert merge_test([tmp_path / "t.csv"], tmp_path / "m.csv", TestBoxRule("fold0"))["w"].tolist() == [3.0]
 
 
 def test_vote_boxes_keeps_majority_clusters_and_averages_them():

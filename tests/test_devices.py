@@ -2,14 +2,13 @@
 build: faked here), the device line, mixed precision per device, cuDNN's autotuner on for training
 and off for pages."""
 
-from pathlib import Path
-
 import pytest
 import torch
 
 from kzlib import devices
 from kzlib.classify.config import ClassifyConfig
 from kzlib.errors import EnvironmentProblem
+from helpers import PRESET, tiny_preset
 
 
 @pytest.fixture
@@ -48,7 +47,7 @@ def test_the_runner_names_the_device_and_the_driver_fix(old_driver, tiny, tmp_pa
     stops with the install hint, in one line."""
     from kzlib.run import main as run_main
 
-    preset = Path(__file__).resolve().parent / "fixtures" / "preset_tiny.json"
+    preset = PRESET
     assert run_main(["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", str(preset), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("device: CPU (")
     assert run_main(["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", str(preset),
@@ -121,7 +120,7 @@ def test_a_gpu_the_build_cannot_run_is_one_line_and_auto_falls_back_to_the_cpu(p
     assert devices.pick_device("auto", log=said.append).type == "cpu"
     assert len(said) == 1 and said[0].startswith("warning: the GPU Tesla P100") and said[0].endswith("using the CPU")
     assert devices.describe_asked("cuda").startswith("device: cuda asked, none usable here (the GPU Tesla P100")
-    preset = Path(__file__).resolve().parent / "fixtures" / "preset_tiny.json"
+    preset = PRESET
     assert run_main(["--data", str(tiny), "--work", str(tmp_path / "w"), "--preset", str(preset), "--device", "cuda"]) == 3
     err = capsys.readouterr().err
     assert "(sm_60) cannot run this torch build" in err and len(err.strip().splitlines()) == 1
@@ -142,8 +141,7 @@ def test_a_kaggle_training_kernel_on_such_a_gpu_stops_in_one_line(p100, tiny, tm
     (inp / "competitions" / "kuzushiji-recognition").symlink_to(tiny)
     monkeypatch.setenv("KAGGLE_INPUT_ROOT", str(inp))
     monkeypatch.setenv("KAGGLE_WORKING", str(tmp_path / "working"))
-    preset = {**json.loads((Path(__file__).resolve().parent / "fixtures" / "preset_tiny.json").read_text()),
-              "device": "cuda"}
+    preset = tiny_preset(device="cuda")
     with pytest.raises(SystemExit) as stop:
         Session.open("kzlib-detect-f0", ["detect-f0"], [], True, False, 1.0, preset, tmp_path / "kit")
     assert stop.value.code == 1

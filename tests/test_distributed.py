@@ -18,17 +18,13 @@ from kzlib.config import config_dict
 from kzlib.classify.config import ClassifyConfig
 from kzlib.data import labels_table, read_labels_csv
 from kzlib.detect.config import DetectConfig
+from helpers import tiny_classify, tiny_detect
+
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
 ONE_THREAD = {**os.environ, "OMP_NUM_THREADS": "1"}  # as torchrun's processes: the same kernels, the same float noise
-CLS = ClassifyConfig(backbone="resnet18", pretrained="", page_side="height", page_size=256, test_size=256,
-                     crop_width=96, crop_height=128, crops_per_page=3, batch_size=4, epochs=1, lr=0.01, workers=0,
-                     device="cpu", hidden=32, n_folds=3, top_k=3, amp=False, dropout=0.0, min_visibility=0.5,
-                     resample_empty=False, validate_every=100)
-DET = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=256,
-                   crop_width=160, crop_height=128, crops_per_page=1, batch_size=4, epochs=1, lr=0.005, workers=0,
-                   device="cpu", anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05,
-                   box_batch_per_image=64, warmup_epochs=0.0)
+CLS = tiny_classify(crops_per_page=3, batch_size=4, epochs=1, dropout=0.0, validate_every=100, add_missed_truth=False)
+DET = tiny_detect(batch_size=4, box_batch_per_image=64, warmup_epochs=0.0)
 
 
 def boxes_file(data: Path, path: Path) -> Path:
@@ -70,6 +66,7 @@ def assert_same_updates(start: dict, a: dict, b: dict, rel=1e-3):
     assert moved > 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", ["kzlib.classify", "kzlib.detect"])
 def test_two_processes_equal_one_with_the_whole_batch(tiny, tmp_path, module):
     """Classifier: three steps; detector: one step (its proposal selection, top-k and NMS, is
@@ -98,6 +95,7 @@ def test_two_processes_equal_one_with_the_whole_batch(tiny, tmp_path, module):
     assert two.stdout.count("best validation F1") == 1  # process 0 alone reports
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_run_resumes_exactly(tiny, tmp_path):
     cfg = DetectConfig(**{**config_dict(DET), "epochs": 3, "crops_per_page": 2, "anchor_sizes": DET.anchor_sizes})
     (tmp_path / "cfg.json").write_text(json.dumps(config_dict(cfg)))
@@ -120,6 +118,7 @@ def test_a_killed_two_process_run_resumes_exactly(tiny, tmp_path):
     assert pd.read_csv(tmp_path / "b" / "log.csv")["epoch"].tolist() == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_a_failing_process_ends_the_job_with_its_error_once(tiny, tmp_path):
     (tmp_path / "cfg.json").write_text(json.dumps(config_dict(DET)))
     r = subprocess.run(TORCHRUN + train_cmd("kzlib.detect", tiny, tmp_path / "run", tmp_path / "cfg.json"),
@@ -155,6 +154,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_reductions_in_a_device_tagged_group_as_on_cuda(tmp_path, monkeypatch):
     """On CUDA the group is "cpu:gloo,cuda:nccl": the kit's CPU numbers (losses, counts, the time
     budget) go through gloo. NCCL needs GPUs, so here the CUDA half is gloo too; a group with a CUDA
@@ -233,6 +233,7 @@ def _uneven_step(rank: int, port: int, out: str, split: int, accumulation: int) 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("split,accumulation,boxes", [(2, 1, 10), (1, 2, 14)])
 def test_processes_that_split_a_step_differently_still_match_their_collectives(tmp_path, split, accumulation, boxes):
     """Every process runs as many forwards a step (SyncBatchNorm reduces in each): without that,

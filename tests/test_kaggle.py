@@ -10,6 +10,7 @@ import pytest
 from kaggle.api.kaggle_api_extended import KaggleApi
 from slugify import slugify
 
+from helpers import write_preset
 from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user, push
 from kzlib.kaggle.emulate import EmulationError, emulate
 from kzlib.errors import EnvironmentProblem
@@ -18,14 +19,10 @@ from kzlib.stages import plan_stages
 from kzlib.preset import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
 
 
 def _preset(tmp_path, **changes):
-    preset = {**json.loads(TINY_PRESET.read_text()), **changes}
-    path = tmp_path / "preset.json"
-    path.write_text(json.dumps(preset))
-    return load_preset(path)
+    return load_preset(write_preset(tmp_path / "preset.json", **changes))
 
 
 def test_kernels_cover_every_stage_in_push_order(tiny, tmp_path):
@@ -43,6 +40,27 @@ def test_kernels_cover_every_stage_in_push_order(tiny, tmp_path):
             for dep in stages[s].deps:
                 assert dep in k.stages or dep == "detect-merge" or owner[dep].slug in k.upstream, (k.slug, s, dep)
     assert kernels[-1].slug == "kzlib-stack" and len(kernels[-1].upstream) == 3 * 4  # a, b, a-pl-ft, a-pl
+
+
+def test_only_the_test_box_rules_detectors_predict_the_test_pages(tmp_path):
+    """With ``test_box_rule: fold0`` only fold 0's test boxes are read: the other folds' detectors
+    predict no test pages, in the runner's plan, in their kernels and in the bill's GPU-hours."""
+    from kzlib.kaggle.bill import kernel_hours
+
+    fold0 = _preset(tmp_path, test_box_rule="fold0")
+    names = [s.name for s in plan_stages(fold0)]
+    assert [n for n in names if n.startswith("detect-test")] == ["detect-test-f0"]
+    merge = next(s for s in plan_stages(fold0) if s.name == "detect-merge")
+    assert merge.deps == ("detect-oof-f0", "detect-oof-f1", "detect-oof-f2", "detect-test-f0")
+    detectors = {k.slug: k for k in kernel_plan(fold0) if k.template == "detect"}
+    assert detectors["kzlib-detect-f0"].stages == ["detect-f0", "detect-oof-f0", "detect-test-f0"]
+    assert detectors["kzlib-detect-f1"].stages == ["detect-f1", "detect-oof-f1"]
+    assert "test boxes" not in detectors["kzlib-detect-f1"].what
+    h0, h1 = (kernel_hours(detectors[f"kzlib-detect-f{k}"], fold0, 3000, 4000)[0] for k in (0, 1))
+    assert h1 < h0
+    vote = _preset(tmp_path, test_box_rule="vote")
+    assert [n for n in map(lambda s: s.name, plan_stages(vote)) if n.startswith("detect-test")] == [
+        "detect-test-f0", "detect-test-f1", "detect-test-f2"]
 
 
 def rendered_values(script: str) -> dict:
@@ -162,6 +180,7 @@ def test_dataset_build_is_reproducible_and_validated(tmp_path, monkeypatch):
     assert r.returncode == 2 and "no Kaggle user name" in r.stderr and not (tmp_path / "d").exists()
 
 
+@pytest.mark.slow
 def test_a_budget_stop_then_its_continuation_on_the_old_layout(tiny, tmp_path):
     """Older sessions mount everything flat (/kaggle/input/<slug>). A detector kernel stops for the
     time budget (status "stopped", exit 0), its downstream refuses in seconds, a kernel rendered as

@@ -17,6 +17,7 @@ import pytest
 from filelock import FileLock
 
 from fake_kaggle import IMAGE, FakeKaggle, serve
+from helpers import PRESET as TINY, tiny_preset, write_preset
 from kzlib.errors import UsageError
 from kzlib.kaggle import plan
 from kzlib.kaggle.api import real_api, user_name
@@ -26,7 +27,6 @@ from kzlib.kaggle.push import Scheduler
 from kzlib.preset import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "tests" / "fixtures" / "preset_tiny.json"
 SAVE = "kernels.KernelsApiService/SaveKernel"
 STATUS = "kernels.KernelsApiService/GetKernelSessionStatus"
 OUTPUT = "kernels.KernelsApiService/ListKernelSessionOutput"
@@ -65,12 +65,13 @@ def saves(fake, slug=None, after=0.0, before=float("inf")):
 # ---------------------------------------------------------------- the small chain, pushed once for every test
 def chain_preset(tmp_path) -> Path:
     """The tiny preset cut to two folds of one kind, a pseudolabel fine-tune, no refit, one epoch of
-    everything, the classifier on smaller pages: 8 kernels that each train for seconds."""
-    preset = json.loads(TINY.read_text())
+    everything, the detector and the classifier on 192 px pages: 8 kernels that each train for
+    seconds (an untrained detector at 192 px finds slivers: the boxes files keep none)."""
+    preset = tiny_preset()
     kind = {**preset["kinds"]["a"], "epochs": 1, "page_size": 192, "test_size": 192, "crop_height": 96}
-    preset.update(n_folds=2, refit_scratch=False, kinds={"a": kind}, finetune_epochs=1)
-    (tmp_path / "small.json").write_text(json.dumps(preset))
-    return tmp_path / "small.json"
+    detect = {**preset["detect"], "page_size": 192, "crop_width": 112, "crop_height": 96}
+    return write_preset(tmp_path / "small.json", n_folds=2, refit_scratch=False, kinds={"a": kind}, detect=detect,
+                        finetune_epochs=1)
 
 
 def run_chain(tmp: Path) -> dict:
@@ -123,6 +124,7 @@ def chain(tmp_path_factory):
     return json.loads(result.read_text())
 
 
+@pytest.mark.slow
 def test_the_small_chain_through_the_real_client_to_a_scored_submission(chain):
     """Rendered for the client's user, the dataset pushed, every kernel pushed in order through the
     real client and run with today's input layout, to a submission that scores."""
@@ -145,6 +147,7 @@ def test_the_small_chain_through_the_real_client_to_a_scored_submission(chain):
     assert (cls / "classify" / "a" / "fold0" / "test_detailed.csv.gz").exists() and not (cls / "detect" / "fold0").exists()
 
 
+@pytest.mark.slow
 def test_every_read_names_the_version_that_was_pushed(chain):
     """Status and output are asked for the version the push returned, labelled as Kaggle wants it
     ("v1"; the loopback Kaggle answers 404 to anything else, and to no label the latest version)."""
@@ -153,6 +156,7 @@ def test_every_read_names_the_version_that_was_pushed(chain):
         assert label == f"v{chain['entries'][slug]['version']}", (route, slug, label)
 
 
+@pytest.mark.slow
 def test_the_chain_runs_on_the_image_its_first_kernel_got(chain):
     """Kaggle released a new image after the first push: every kernel still runs on the first one,
     read back from Kaggle and pinned, and the state file records it."""
@@ -371,12 +375,14 @@ def test_a_weekly_quota_refusal_pushes_nothing_before_the_refresh(kaggle, trivia
 
 def test_429_with_retry_after_is_waited_out(kaggle, trivial, tmp_path):
     """A 429 on a push and on a status read: the kit asks again only after the Retry-After (the
-    loopback Kaggle counts calls made before it), and the chain completes."""
+    loopback Kaggle counts calls made before it), counted from when the answer came (the status
+    read's comes half a second late, as from a busy server or a paused process), and the chain
+    completes."""
     kernels, _ = trivial
     api = real_api()
     dataset(tmp_path, api)
     kaggle.rate_limit("SaveKernel", times=1, seconds=1)
-    kaggle.rate_limit("GetKernelSessionStatus", times=1, seconds=1)
+    kaggle.rate_limit("GetKernelSessionStatus", times=1, seconds=1, late=0.5)
     logs = []
     s = scheduler(kernels, api, logs.append)
     s.poll = 0.05
@@ -541,19 +547,24 @@ def test_the_competition_through_the_real_client(kaggle, tmp_path, capsys):
         p.name for p in (kaggle.competitions["kuzushiji-recognition"] / "test_images").iterdir())
 
 
+@pytest.mark.slow
 def test_a_bundle_as_a_kaggle_model_read_back_and_in_a_kernel(kaggle, finished_run, tmp_path, capsys):
     """Published as a Kaggle Model whose new versions Kaggle lists only once it has processed them:
     the version printed is the one uploaded; a kernel attaches it through model_sources and reads
     the competition's test pages into the runner's own submission."""
     from kzlib.export import main as export_main
+    from kzlib.kaggle.__main__ import main as kaggle_main
     from kzlib.kaggle.models import publish
     from kzlib.kaggle.plan import render_read
 
     data, work = finished_run
     kaggle.model_delay = 0.5
-    assert export_main([str(work), "--out", str(tmp_path / "bundle"), "--kaggle-model",
-                        "test/kzlib-tiny/pytorch/two-folds"]) == 0
-    published = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["kaggle_model"]
+    assert export_main([str(work), "--out", str(tmp_path / "bundle")]) == 0
+    capsys.readouterr()
+    assert kaggle_main(["publish", str(work), "--model", "test/kzlib-tiny/pytorch/two-folds"]) == 2  # not a bundle
+    assert "not a bundle (no manifest.json)" in capsys.readouterr().err
+    assert kaggle_main(["publish", str(tmp_path / "bundle"), "--model", "test/kzlib-tiny/pytorch/two-folds"]) == 0
+    published = capsys.readouterr().out.strip().splitlines()[-1]
     assert published == "test/kzlib-tiny/pytorch/two-folds/1"
     mounted = kaggle.root / "models" / "test" / "kzlib-tiny" / "pytorch" / "two-folds"  # as Kaggle mounts it
     assert (mounted / "1" / "detect" / "fold0" / "model.safetensors").is_file()

@@ -9,12 +9,12 @@ import pytest
 from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusResponse, ApiSaveKernelResponse
 from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
+from helpers import PRESET
 from kzlib.kaggle.plan import render
 from kzlib.kaggle.push import Scheduler
 from kzlib.preset import load_preset
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
 GPU_LIMIT = 2
 
 
@@ -86,7 +86,7 @@ class FakeKaggle:
 
 @pytest.fixture
 def kernels(tmp_path):
-    render(load_preset(TINY_PRESET), "test", tmp_path / "k")
+    render(load_preset(PRESET), "test", tmp_path / "k")
     return tmp_path / "k"
 
 

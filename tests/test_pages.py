@@ -7,15 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.dataset import CropDataset
 from kzlib.classify.predict import page_sizes
 from kzlib.config import ConfigError
 from kzlib.pages import Page, glyph_zoom
+from helpers import tiny_classify
 
-TINY = ClassifyConfig(backbone="resnet18", pretrained="", page_side="height", page_size=256, test_size=256,
-                      min_visibility=0.5, resample_empty=False, crop_width=96, crop_height=128, crops_per_page=2,
-                      workers=0, device="cpu", hidden=32, n_folds=3, amp=False)
+TINY = tiny_classify()
 
 
 def _page_of_squares(path, side, n=40, size=(900, 600)):

@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,13 +10,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from helpers import PRESET, run_main, write_preset
+from kzlib.config import ConfigError
 from kzlib.data import read_labels_csv
 from kzlib.metric import read_submission
-from kzlib.config import ConfigError
 from kzlib.preset import load_preset, preset_path
+from kzlib.run import main as run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-PRESET = ROOT / "tests" / "fixtures" / "preset_tiny.json"
 RUNNER = [sys.executable, str(ROOT / "run_local.py")]
 
 
@@ -45,14 +47,17 @@ def _state(work):
     return {p.name: p.stat().st_mtime_ns for p in (work / "state").glob("*.json")}
 
 
-def test_killed_run_resumes_without_redoing_finished_stages(tiny, tmp_path):
-    preset = json.loads(PRESET.read_text())
-    preset["kinds"]["a"]["epochs"] = 4  # a wider window to kill the classifier in
-    preset["n_folds"] = 2  # every kind of stage, a third of the trainings fewer
-    (tmp_path / "preset.json").write_text(json.dumps(preset))
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_redoing_finished_stages(tiny, tmp_path, capsys):
+    """Killed in the middle of a classifier's training (the runner in a process of its own), the
+    plan says what is done and what is partial; the rerun resumes that training and runs the rest of
+    the chain, pseudolabels, their fine-tune and refit and level 2 included, to a submission and a
+    summary; finished stages are not redone."""
+    preset = write_preset(tmp_path / "preset.json", n_folds=2)  # kinds a and b, the pseudolabel kind a refitted
     work = tmp_path / "work"
-    cmd = RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(tmp_path / "preset.json")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    args = ["--data", tiny, "--work", work, "--preset", preset]
+    proc = subprocess.Popen(RUNNER + list(map(str, args)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
     ckpt = work / "classify" / "a" / "fold0" / "checkpoint.pth"
     deadline = time.time() + 300
     while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
@@ -64,100 +69,122 @@ def test_killed_run_resumes_without_redoing_finished_stages(tiny, tmp_path):
     before = _state(work)
     assert "detect-merge.json" in before
 
-    plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
-    status = {line.split()[0]: line.split()[1] for line in plan.stdout.splitlines()}
-    assert status["detect-f0"] == "done" and status["classify-a-f0"] == "partial" and status["stack"] == "to"
+    code, out, _ = run_main(run_cli, *args, "--dry-run")
+    status = {line.split()[0]: line.split()[1] for line in out.splitlines() if "  " in line}
+    assert code == 0 and status["detect-f0"] == "done" and status["classify-a-f0"] == "partial"
+    assert status["stack"] == "to"
 
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    assert out.returncode == 0, out.stdout + out.stderr
+    code, out, err = run_main(run_cli, *args)
+    assert code == 0, out + err
     assert "resuming" in (work / "logs" / "classify-a-f0.log").read_text()
     after = _state(work)
     assert all(after[k] == v for k, v in before.items())  # finished stages were not redone
-    assert "classify-a-f0.json" in after and "stack.json" in after
+    assert {"classify-a-f0.json", "pseudolabel.json", "classify-a-pl-ft-f1.json", "classify-a-pl-f1.json",
+            "stack.json"} <= set(after)
     sub = read_submission(work / "submission.csv")
     assert sub["image_id"].tolist() == read_labels_csv(tiny / "sample_submission.csv")["image_id"].tolist()
     table = pd.read_csv(work / "summary.csv")
     assert {"a", "b", "a-pl-ft", "a-pl", "blend", "level 2"} <= set(table["model"])
     assert (work / "page.png").exists()
-    again = subprocess.run(cmd, capture_output=True, text=True)
-    assert again.returncode == 0 and again.stdout.count("done earlier") == len(after)
 
-    # the preset edited: level 2 changed, so the stack stage is refused until --rerun-changed
+
+def test_a_changed_preset_is_refused_then_redone_with_what_depends_on_it(finished_run, tmp_path):
+    """On a copy of the finished chain: run again, every stage is done earlier; level 2 edited in the
+    preset, the stack stage is changed and refused until --rerun-changed, which redoes it alone; a
+    changed detector makes every stage after it stale."""
+    data, finished = finished_run
+    work = tmp_path / "work"
+    # hard links for the files the runner replaces whole; the logs (appended to) copied, the locks its own
+    shutil.copytree(finished, work, copy_function=os.link, ignore=shutil.ignore_patterns("logs", "locks"))
+    shutil.copytree(finished / "logs", work / "logs")
+    preset = json.loads((data.parent / "preset.json").read_text())
+    (tmp_path / "preset.json").write_text(json.dumps(preset))
+    args = ["--data", data, "--work", work, "--preset", tmp_path / "preset.json"]
+    before = _state(work)
+    code, out, _ = run_main(run_cli, *args)
+    assert code == 0 and out.count("done earlier") == len(before) and _state(work) == before
+
+    def plan() -> dict:
+        code, out, _ = run_main(run_cli, *args, "--dry-run")
+        assert code == 0, out
+        return {line.split()[0]: line.split()[1] for line in out.splitlines() if "  " in line}
+
     preset["stack"]["rounds"] = 25
     (tmp_path / "preset.json").write_text(json.dumps(preset))
-    plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
-    status = {line.split()[0]: line.split()[1] for line in plan.stdout.splitlines() if "  " in line}
-    assert status["stack"] == "changed" and status["detect-merge"] == "done", plan.stdout
-    refused = subprocess.run(cmd, capture_output=True, text=True)
-    assert refused.returncode == 2 and "changed since stack ran" in refused.stderr and "--rerun-changed" in refused.stderr
-    redo = subprocess.run(cmd + ["--rerun-changed"], capture_output=True, text=True)
-    assert redo.returncode == 0, redo.stderr
-    assert _state(work)["stack.json"] != after["stack.json"] and _state(work)["detect-f0.json"] == after["detect-f0.json"]
-    # a changed detector makes everything after it stale
+    status = plan()
+    assert status["stack"] == "changed" and status["detect-merge"] == "done", status
+    code, _, err = run_main(run_cli, *args)
+    assert code == 2 and "changed since stack ran" in err and "--rerun-changed" in err
+    code, out, err = run_main(run_cli, *args, "--rerun-changed")
+    assert code == 0, out + err
+    after = _state(work)
+    assert after["stack.json"] != before["stack.json"] and all(after[k] == v for k, v in before.items() if k != "stack.json")
     preset["detect"]["lr"] = 0.004
     (tmp_path / "preset.json").write_text(json.dumps(preset))
-    plan = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
-    status = {line.split()[0]: line.split()[1] for line in plan.stdout.splitlines() if "  " in line}
+    status = plan()
     assert status["detect-f0"] == "changed" and status["detect-merge"] == "stale" and status["stack"] == "stale"
 
 
 def test_bad_data_stops_before_training(tiny, tmp_path):
     next((tiny / "train_images").iterdir()).unlink()
     work = tmp_path / "work"
-    out = subprocess.run(RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(PRESET)],
-                         capture_output=True, text=True)
-    assert out.returncode == 1 and "fails `python -m kzlib data check`" in out.stderr and "  - " in out.stderr
+    code, _, err = run_main(run_cli, "--data", tiny, "--work", work, "--preset", PRESET)
+    assert code == 1 and "fails `python -m kzlib data check`" in err and "  - " in err
     assert not (work / "state").exists()
 
 
-def test_full_preset_needs_weights_then_a_gpu(tiny, tmp_path):
+def test_full_preset_needs_weights_then_a_gpu(tiny, tmp_path, monkeypatch):
     """Without weights: one line naming the fetch command, even for a dry run, before anything runs.
     With them (files of one's own here: no manifest, but they load) the plan shows; training
     still needs a GPU unless --device cpu is given; planning never does."""
+    import torch
+
     work = tmp_path / "w"
-    base = RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", "full"]
-    env = {**os.environ, "KZLIB_PRETRAINED": str(tmp_path / "weights")}
-    out = subprocess.run(base + ["--dry-run"], capture_output=True, text=True, env=env)
-    assert out.returncode == 3 and f"python -m kzlib weights fetch --preset full --out {tmp_path / 'weights'}" in out.stderr
-    assert "resnet152_imagenet1k_v1.pth not found" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    base = ["--data", tiny, "--work", work, "--preset", "full"]
+    monkeypatch.setenv("KZLIB_PRETRAINED", str(tmp_path / "weights"))
+    code, _, err = run_main(run_cli, *base, "--dry-run")
+    assert code == 3 and f"python -m kzlib weights fetch --preset full --out {tmp_path / 'weights'}" in err
+    assert "resnet152_imagenet1k_v1.pth not found" in err and len(err.strip().splitlines()) == 1
     assert not work.exists()
     (tmp_path / "weights").mkdir()
     for name in ("resnet152_imagenet1k_v1.pth", "resnext101_32x8d_wsl.pth"):
-        __import__("torch").save({"conv1.weight": __import__("torch").zeros(1)}, tmp_path / "weights" / name)
-    plan = subprocess.run(base + ["--dry-run"], capture_output=True, text=True, env=env)
-    assert plan.returncode == 0 and "classify-resnext101-f4" in plan.stdout, plan.stderr
-    if not __import__("torch").cuda.is_available():
-        out = subprocess.run(base, capture_output=True, text=True, env=env)
-        assert out.returncode == 3 and "--device cpu" in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    scratch = subprocess.run(base + ["--dry-run", "--allow-scratch"], capture_output=True, text=True,
-                             env={**env, "KZLIB_PRETRAINED": str(tmp_path / "none")})
-    assert scratch.returncode == 0 and "--allow-scratch" in scratch.stdout
+        torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "weights" / name)
+    code, out, err = run_main(run_cli, *base, "--dry-run")
+    assert code == 0 and "classify-resnext101-f4" in out, err
+    if not torch.cuda.is_available():
+        code, _, err = run_main(run_cli, *base)
+        assert code == 3 and "--device cpu" in err and len(err.strip().splitlines()) == 1
+    monkeypatch.setenv("KZLIB_PRETRAINED", str(tmp_path / "none"))
+    code, out, _ = run_main(run_cli, *base, "--dry-run", "--allow-scratch")
+    assert code == 0 and "--allow-scratch" in out
 
 
 def test_a_stage_another_runner_holds_is_skipped(tiny, tmp_path):
+    """The lock is flock's: held through another open file (as another runner holds it), here."""
     from kzlib.io import exclusive_lock
     from kzlib.work import WorkDir
 
     work = tmp_path / "work"
     with exclusive_lock(WorkDir(work).lock("detect-f0")) as held:
         assert held
-        out = subprocess.run(RUNNER + ["--data", str(tiny), "--work", str(work), "--preset", str(PRESET),
-                                       "--only", "detect-f0"], capture_output=True, text=True)
-    assert out.returncode == 0 and "running in another process (pid" in out.stdout, out.stdout + out.stderr
+        code, out, err = run_main(run_cli, "--data", tiny, "--work", work, "--preset", PRESET, "--only", "detect-f0")
+    assert code == 0 and "running in another process (pid" in out, out + err
     assert not (work / "state" / "detect-f0.json").exists() and not (work / "detect" / "fold0").exists()
 
 
 def test_a_full_disk_is_one_line_naming_the_stage_and_file(tiny, tmp_path, monkeypatch):
     import errno
 
+    from dataclasses import replace
+
     from kzlib.errors import EnvironmentProblem
     from kzlib.pipeline import Pipeline
-    from kzlib.steps import RUN
+    from kzlib.steps import STEPS
 
     def full(c, s):
         raise OSError(errno.ENOSPC, "No space left on device", str(c.work.detector(s.fold).checkpoint))
 
-    monkeypatch.setitem(RUN, "detect-train", full)
+    monkeypatch.setitem(STEPS, "detect-train", replace(STEPS["detect-train"], run=full))
     pipe = Pipeline(tiny, tmp_path / "work", load_preset(PRESET))
     with pytest.raises(EnvironmentProblem) as e:
         pipe.run("detect-f0", log=lambda *_: None)
@@ -173,7 +200,6 @@ def test_a_stage_trained_from_scratch_is_changed_once_weights_are_present(tiny, 
     import torchvision
 
     from kzlib import weights
-    from kzlib.run import main as run_main
 
     preset = json.loads(PRESET.read_text())
     preset["detect"]["pretrained"] = "resnet18_imagenet1k_v1.pth"
@@ -181,13 +207,13 @@ def test_a_stage_trained_from_scratch_is_changed_once_weights_are_present(tiny, 
     folder, work = tmp_path / "pretrained", tmp_path / "w"
     base = ["--data", str(tiny), "--work", str(work), "--preset", str(tmp_path / "p.json"),
             "--pretrained-dir", str(folder), "--only", "detect-f0"]
-    assert run_main(base + ["--allow-scratch"]) == 0
-    assert run_main(base + ["--allow-scratch", "--dry-run"]) == 0
+    assert run_cli(base + ["--allow-scratch"]) == 0
+    assert run_cli(base + ["--allow-scratch", "--dry-run"]) == 0
     assert "detect-f0  done" in capsys.readouterr().out
     torch.manual_seed(0)
     monkeypatch.setattr(weights, "LOADERS", {"torchvision": lambda spec: torchvision.models.resnet18().state_dict()})
     weights.fetch(folder, ["resnet18"], log=lambda *_: None)
-    assert run_main(base + ["--dry-run"]) == 0
+    assert run_cli(base + ["--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "detect-f0  changed" in out and "changed or stale: a run refuses them unless --rerun-changed" in out
 
@@ -214,11 +240,9 @@ def test_a_stage_another_runner_finished_meanwhile_is_not_run_again(finished_run
 
 def test_folds_that_are_not_numbers_are_the_parsers_one_line(capsys):
     """Defect 14: `kzlib run --folds a` (or 0-1) was a ValueError traceback."""
-    from kzlib.run import main as run_main
-
     for folds in ("a", "0-1"):
         with pytest.raises(SystemExit) as e:
-            run_main(["--data", "d", "--work", "w", "--folds", folds])
+            run_cli(["--data", "d", "--work", "w", "--folds", folds])
         err = capsys.readouterr().err
         assert e.value.code == 2 and f"argument --folds: '{folds}': comma-separated fold numbers" in err
         assert "Traceback" not in err

@@ -14,23 +14,18 @@ import pytest
 import torch
 import torchvision
 
-from kzlib.classify.config import ClassifyConfig
 from kzlib.classify.train import accumulate_gradients, split_micro
 from kzlib.data import labels_table, read_labels_csv
-from kzlib.detect.config import DetectConfig
 from kzlib.devices import Precision
 from kzlib.training import Optimisation, chunks, next_split, out_of_memory
+from helpers import tiny_classify, tiny_detect
+
 
 ROOT = Path(__file__).resolve().parents[1]
 FP16 = dict(amp_cpu=True, amp_cpu_dtype="fp16")
-CLS = ClassifyConfig(backbone="resnet18", pretrained="", page_side="height", page_size=128, test_size=128,
-                     crop_width=64, crop_height=96, crops_per_page=2, batch_size=3, epochs=2, lr=0.01, workers=0,
-                     device="cpu", hidden=16, n_folds=3, top_k=3, amp=False, min_visibility=0.5,
-                     resample_empty=False, validate_every=100)
-DET = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=128,
-                   crop_width=96, crop_height=64, crops_per_page=1, batch_size=2, epochs=2, lr=0.005, workers=0,
-                   device="cpu", anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05,
-                   box_batch_per_image=32, warmup_epochs=0.0)
+CLS = tiny_classify(page_size=128, test_size=128, crop_width=64, crop_height=96, hidden=16, validate_every=100,
+                    add_missed_truth=False)
+DET = tiny_detect(page_size=128, crop_width=96, crop_height=64, epochs=2, box_batch_per_image=32, warmup_epochs=0.0)
 
 
 class BoxModel(torch.nn.Module):

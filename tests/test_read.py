@@ -16,9 +16,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from helpers import run_main
 from kzlib.detailed import blend_files, submission_from_detailed
 from kzlib.errors import DataError
 from kzlib.export import BundleError, export, load
+from kzlib.read import main as read_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "tiny"
@@ -54,9 +56,8 @@ def test_read_writes_every_output_and_the_runners_submission(finished_run, tmp_p
     data, work = finished_run
     export(work, tmp_path / "bundle", log=lambda *_: None)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "kzlib.read", str(data / "test_images"), "--model", str(tmp_path / "bundle"),
-                        "--out", str(out), "--png"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(read_cli, data / "test_images", "--model", tmp_path / "bundle", "--out", out, "--png")
+    assert code == 0, err
     ids = sorted(p.stem for p in (data / "test_images").iterdir())
     for i in ids:
         doc = json.loads((out / f"{i}.json").read_text())
@@ -74,9 +75,8 @@ def test_read_writes_every_output_and_the_runners_submission(finished_run, tmp_p
     assert mine.to_dict() == runner.to_dict()  # the same code path as the runner (level 2)
     assert "<img" in (out / "index.html").read_text()
     # a work folder serves as a bundle too
-    same = subprocess.run([sys.executable, "-m", "kzlib.read", str(data / "test_images"), "--model", str(work),
-                           "--out", str(tmp_path / "out2")], capture_output=True, text=True)
-    assert same.returncode == 0 and (tmp_path / "out2" / "submission.csv").read_text() == (out / "submission.csv").read_text()
+    code, _, _ = run_main(read_cli, data / "test_images", "--model", work, "--out", tmp_path / "out2")
+    assert code == 0 and (tmp_path / "out2" / "submission.csv").read_text() == (out / "submission.csv").read_text()
 
 
 def test_read_without_level2_gives_the_runners_blend(finished_run, tmp_path):
@@ -85,9 +85,8 @@ def test_read_without_level2_gives_the_runners_blend(finished_run, tmp_path):
     data, work = finished_run
     export(work, tmp_path / "bundle", level2=False, log=lambda *_: None)
     out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "kzlib.read", str(data / "test_images"), "--model", str(tmp_path / "bundle"),
-                        "--out", str(out)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(read_cli, data / "test_images", "--model", tmp_path / "bundle", "--out", out)
+    assert code == 0, err
     blend = blend_files(sorted((work / "classify" / "a").glob("fold*/test_detailed.csv.gz")))
     runner = submission_from_detailed(blend).set_index("image_id")["labels"]
     mine = pd.read_csv(out / "submission.csv", keep_default_na=False).set_index("image_id")["labels"]
@@ -95,7 +94,23 @@ def test_read_without_level2_gives_the_runners_blend(finished_run, tmp_path):
     assert mine.to_dict() == runner.reindex(mine.index, fill_value="").to_dict()
 
 
-def test_formats_a_bad_page_and_skip_on_rerun(finished_run, tmp_path):
+@pytest.fixture
+def console(monkeypatch, capfd):
+    """What ``kzlib read`` says about a page goes to the process's own stderr (``kzlib.images.console``,
+    found once and kept), which pytest's capfd holds for each test: found again in each."""
+    from kzlib import images
+
+    monkeypatch.setattr(images, "_real_stderr", None)
+    return capfd
+
+
+def _read(console, inputs, model, out, *extra) -> tuple[int, str]:
+    """``kzlib read`` in this process: its exit code and everything it said on stderr."""
+    code, _, err = run_main(read_cli, *inputs, "--model", model, "--out", out, *extra)
+    return code, err + console.readouterr().err
+
+
+def test_formats_a_bad_page_and_skip_on_rerun(finished_run, tmp_path, console):
     data, work = finished_run
     src = sorted((data / "test_images").iterdir())[0]
     rgb = cv2.cvtColor(cv2.imread(str(src)), cv2.COLOR_BGR2RGB)
@@ -115,32 +130,24 @@ def test_formats_a_bad_page_and_skip_on_rerun(finished_run, tmp_path):
     (pages / "empty.jpg").write_bytes(b"")
     (pages / "cut.jpg").write_bytes(src.read_bytes()[: src.stat().st_size // 2])
     out = tmp_path / "out"
-    run = lambda: subprocess.run([sys.executable, "-m", "kzlib.read", str(pages), "--model", str(work), "--out", str(out)],
-                                 capture_output=True, text=True)
-    r = run()
-    assert r.returncode == 1 and "Traceback" not in r.stderr
+    code, err = _read(console, [pages], work, out)
+    assert code == 1 and "Traceback" not in err
     table = pd.read_csv(out / "pages.csv", keep_default_na=False).set_index("page")
     assert set(table.index[table["error"] != ""]) == {"empty", "cut"}
-    assert "damaged image" in table.loc["cut", "error"] and "empty.jpg" in r.stderr
+    assert "damaged image" in table.loc["cut", "error"] and "empty.jpg" in err
     for name in ("grey", "rgba", "deep16", "cmyk", "scan"):
         doc = json.loads((out / f"{name}.json").read_text())
         assert (doc["width"], doc["height"]) == (w, h), name
     doc = json.loads((out / "exif.json").read_text())
     assert (doc["width"], doc["height"]) == (w, h)  # upright again
     read_first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")}
-    r = run()
-    assert r.returncode == 1
+    assert _read(console, [pages], work, out)[0] == 1
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.json")} == read_first  # nothing read twice
     assert sorted(pd.read_csv(out / "submission.csv")["image_id"]) == sorted(
         ["grey", "rgba", "deep16", "cmyk", "scan", "exif"])
 
 
-def _read(inputs, model, out, *extra):
-    return subprocess.run([sys.executable, "-m", "kzlib", "read", *map(str, inputs), "--model", str(model),
-                           "--out", str(out), *extra], capture_output=True, text=True)
-
-
-def test_odd_names_same_stems_links_that_loop_tiny_images_and_the_output_inside(finished_run, tmp_path):
+def test_odd_names_same_stems_links_that_loop_tiny_images_and_the_output_inside(finished_run, tmp_path, console):
     """A name that is not UTF-8 (cv2.imread segfaulted), p.jpg beside p.png (one id: the second never
     read), a link that loops, a 1x1 image, --out inside the input with --png (a rerun read its own
     pictures): each page read or reported as one row, the others read."""
@@ -155,8 +162,8 @@ def test_odd_names_same_stems_links_that_loop_tiny_images_and_the_output_inside(
     (pages / "loop.jpg").symlink_to(pages / "loop.jpg")
     Image.new("RGB", (1, 1), "white").save(pages / "dot.png")
     out = pages / "read"
-    r = _read([pages], work, out, "--png")
-    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    code, err = _read(console, [pages], work, out, "--png")
+    assert code == 1 and "Traceback" not in err, err
     table = pd.read_csv(out / "pages.csv", keep_default_na=False).set_index("page")
     assert set(table.index) == {"p\\xe9ge", "p.jpg", "p.png", "loop", "dot"}
     assert set(table.index[table["error"] != ""]) == {"loop", "dot"}
@@ -165,9 +172,9 @@ def test_odd_names_same_stems_links_that_loop_tiny_images_and_the_output_inside(
     subs = pd.read_csv(out / "submission.csv", keep_default_na=False)
     assert sorted(subs["image_id"]) == sorted(["p\\xe9ge", "p.jpg", "p.png"])
     assert (out / "index.html").is_file()
-    again = _read([pages], work, out, "--png")  # its own pictures in out/ are not pages
+    again = _read(console, [pages], work, out, "--png")  # its own pictures in out/ are not pages
     assert set(pd.read_csv(out / "pages.csv", keep_default_na=False)["page"]) == set(table.index)
-    assert again.returncode == 1
+    assert again[0] == 1
 
 
 def test_a_crash_while_libjpeg_is_heard_still_reports(tmp_path):
@@ -244,7 +251,7 @@ def test_a_poisoned_bundle_or_work_folder_runs_nothing(finished_run, tmp_path, c
     its SHA-256 into the manifest, which its author writes anyway) or of a work folder. Nothing of it
     runs: not on `read`, not with --trust, not on `export`; each is one line."""
     from kzlib.export import main as export_main
-    from kzlib.read import Reader
+    from kzlib.reader import Reader
 
     data, work = finished_run
     page = sorted((data / "test_images").iterdir())[:1]
@@ -280,7 +287,7 @@ def test_a_poisoned_bundle_or_work_folder_runs_nothing(finished_run, tmp_path, c
     # 3. a pickle planted beside the weights, not in the manifest: never opened
     torch.save(poison, bundle / det / "best.pth")
     for trust in (False, True):
-        assert len(Reader(bundle, "cpu", trust).detectors) == 1
+        assert len(Reader(load(bundle, trust), "cpu").detectors) == 1
 
     # 4. a work folder used as --model, and exported: its checkpoint is refused, nothing unpickled
     poisoned = tmp_path / "work"

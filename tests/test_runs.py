@@ -3,8 +3,6 @@ named and recovered from the previous epoch's."""
 
 import json
 import re
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -15,11 +13,11 @@ import torch
 from kzlib.config import config_dict
 from kzlib.detect.config import DetectConfig
 from kzlib.runs import RunDir, RunStateError, Split
+from helpers import run_main, tiny_detect
+from kzlib.detect.__main__ import main as detect_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = DetectConfig(backbone="resnet18", pretrained="", page_side="height", fpn_channels=16, page_size=256,
-                    crop_width=160, crop_height=128, crops_per_page=1, batch_size=2, epochs=1, lr=0.005, workers=0,
-                    device="cpu", anchor_sizes=(8, 16, 32, 64, 128), n_folds=3, score_threshold=0.05)
+TINY = tiny_detect()
 
 
 def started(tmp_path, cfg=TINY) -> RunDir:
@@ -74,19 +72,18 @@ def test_resume_cli_after_a_kill_in_the_first_epoch(tiny, tmp_path):
     cfg = replace(TINY, epochs=1)
     (tmp_path / "cfg.json").write_text(json.dumps(config_dict(cfg)))
     RunDir(out).start(cfg, Split(str(tiny), 1, 3, False, [], [], inputs={}))
-    base = [sys.executable, "-m", "kzlib.detect", "train", str(tiny), "--out", str(out), "--resume"]
-    r = subprocess.run(base + ["--epochs", "3"], capture_output=True, text=True)
-    assert r.returncode == 2 and "started with epochs 1 (asked 3)" in r.stderr and len(r.stderr.splitlines()) == 1
-    r = subprocess.run(base + ["--fold", "2"], capture_output=True, text=True)
-    assert r.returncode == 2 and "holds out fold 1, not 2" in r.stderr
-    r = subprocess.run(base, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    base = ["train", tiny, "--out", out, "--resume"]
+    code, _, err = run_main(detect_cli, *base, "--epochs", "3")
+    assert code == 2 and "started with epochs 1 (asked 3)" in err and len(err.splitlines()) == 1
+    code, _, err = run_main(detect_cli, *base, "--fold", "2")
+    assert code == 2 and "holds out fold 1, not 2" in err
+    code, _, err = run_main(detect_cli, *base)
+    assert code == 0, err
     assert json.loads((out / "config.json").read_text())["backbone"] == "resnet18"  # not the default resnet152
     assert pd.read_csv(out / "log.csv")["epoch"].tolist() == [0]
     assert RunDir(out).read_split().fold == 1
-    r = subprocess.run([sys.executable, "-m", "kzlib.detect", "train", str(tiny), "--out", str(tmp_path / "new"),
-                        "--resume"], capture_output=True, text=True)
-    assert r.returncode == 2 and "nothing to resume" in r.stderr
+    code, _, err = run_main(detect_cli, "train", tiny, "--out", tmp_path / "new", "--resume")
+    assert code == 2 and "nothing to resume" in err
 
 
 def test_changed_inputs_are_refused_on_resume(tiny, tmp_path):

@@ -1,6 +1,4 @@
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -13,7 +11,7 @@ from kzlib.stack.features import build, encode_class, max_overlap
 from kzlib.stack.models import StackConfig, TooFewRows, train_folds
 from kzlib.stack.run import build_features, predict, train
 
-from helpers import A, B, C, detailed
+from helpers import A, B, C, detailed, run_main
 
 def test_candidate_rows_hand_worked():
     g0 = detailed([("p_1", 0, [(A, 9), (B, 5), (C, 1)]), ("p_1", 10, [(B, 7), (A, 2), ("seg_fp", 1)])], true=[B, "U+9999"])
@@ -113,12 +111,13 @@ def test_level2_beats_the_plain_blend_and_writes_a_valid_submission(tmp_path):
 
 def test_stack_cli_errors(tmp_path):
     (tmp_path / "groups.json").write_text(json.dumps({"kind0": []}))
-    out = subprocess.run([sys.executable, "-m", "kzlib.stack", "features", str(tmp_path / "groups.json"), "--out",
-                          str(tmp_path / "f.csv.gz")], capture_output=True, text=True)
-    assert out.returncode == 1 and out.stderr.startswith("error: groups:")
-    out = subprocess.run([sys.executable, "-m", "kzlib.stack", "predict", str(tmp_path), str(tmp_path / "nope.csv.gz"),
-                          "--data", str(tmp_path), "--out", str(tmp_path / "s.csv")], capture_output=True, text=True)
-    assert out.returncode == 1 and "nope.csv.gz: features file not found" in out.stderr
+    from kzlib.stack.__main__ import main as stack_cli
+
+    code, _, err = run_main(stack_cli, "features", tmp_path / "groups.json", "--out", tmp_path / "f.csv.gz")
+    assert code == 1 and err.startswith("error: groups:")
+    code, _, err = run_main(stack_cli, "predict", tmp_path, tmp_path / "nope.csv.gz", "--data", tmp_path,
+                            "--out", tmp_path / "s.csv")
+    assert code == 1 and "nope.csv.gz: features file not found" in err
 
 
 def test_upstream_level2_uses_the_original_features_and_libraries(tmp_path):

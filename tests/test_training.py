@@ -1,12 +1,16 @@
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 
-from kzlib import training
+from kzlib import fit
 from kzlib.errors import EnvironmentProblem
-from kzlib.training import Epochs, epochs_within, fit_memory_split, lr_factor
+from kzlib.fit import epochs_within, fit_memory
+from kzlib.training import TRAINING_AUTOTUNE, Epochs, lr_factor
 from test_precision import CLS, DET
+
+CPU = torch.device("cpu")
 
 
 def test_epochs_stop_before_the_deadline():
@@ -52,49 +56,50 @@ def test_the_memory_fit_warms_up_then_finds_the_split_and_leaves_the_model_as_it
     errors = iter([torch.OutOfMemoryError("CUDA out of memory (a test)"),
                    RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")] * 2)
 
-    def step(split: int) -> None:
-        tried.append(split)
-        model(torch.randn(8, 3) * 5 + 3)  # moves the running statistics
-        if split < 4:
+    def step(model, batch, opt) -> None:  # as the optimizer's step runs out (the forward's OOM the step handles)
+        tried.append(opt.split)
+        model(batch)  # moves the running statistics
+        if opt.split < 4:
             raise next(errors)
 
-    assert fit_memory_split(model, step, 8, None, torch.device("cpu"), "test: ") == 4 and tried == [8, 1, 2, 4]
+    x = torch.randn(8, 3) * 5 + 3
+    assert fit_memory(model, step, x, CLS, CPU, 8, None, "test: ") == 4 and tried == [8, 1, 2, 4]
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
     tried.clear()
-    assert fit_memory_split(model, step, 8, {"micro_split": 2}, torch.device("cpu"), "test: ") == 4 and tried == [8, 2, 4]
+    assert fit_memory(model, step, x, CLS, CPU, 8, {"micro_split": 2}, "test: ") == 4 and tried == [8, 2, 4]
 
-    def broken(split: int) -> None:
+    def broken(model, batch, opt) -> None:
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
 
     with pytest.raises(RuntimeError, match="shapes cannot be multiplied"):
-        fit_memory_split(model, broken, 8, None, torch.device("cpu"), "test: ")
+        fit_memory(model, broken, x, CLS, CPU, 8, None, "test: ")
 
-    def too_big(split: int) -> None:
+    def too_big(model, batch, opt) -> None:
         raise RuntimeError("cuDNN error: CUDNN_STATUS_NOT_INITIALIZED")
 
     with pytest.raises(EnvironmentProblem, match="test: out of GPU memory even with one crop a micro-batch"):
-        fit_memory_split(model, too_big, 8, None, torch.device("cpu"), "test: ")
+        fit_memory(model, too_big, x, CLS, CPU, 8, None, "test: ")
 
 
 def test_in_a_distributed_run_the_fit_keeps_room_for_ddps_buckets(monkeypatch):
     """The model is wrapped in DDP only after the fit: the trials hold the gradient buckets' bytes."""
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     model[1].weight.requires_grad_(False)
-    assert training.ddp_bucket_bytes(model) == (12 + 4 + 4) * 4  # the trainable parameters, float32
+    assert fit.ddp_bucket_bytes(model) == (12 + 4 + 4) * 4  # the trainable parameters, float32
     seen = []
 
     def holding(nbytes, device):
         seen.append(nbytes)
-        return training_held(nbytes, device)
+        return fit_held(nbytes, device)
 
-    training_held = training.held
-    monkeypatch.setattr(training, "held", holding)
-    fit_memory_split(model, lambda split: None, 8, None, torch.device("cpu"), "")
-    monkeypatch.setattr(training.distributed, "size", lambda: 2)
-    fit_memory_split(model, lambda split: None, 8, None, torch.device("cpu"), "")
+    fit_held = fit.held
+    monkeypatch.setattr(fit, "held", holding)
+    fit_memory(model, lambda *_: None, None, CLS, CPU, 8, None, "")
+    monkeypatch.setattr(fit.distributed, "size", lambda: 2)
+    fit_memory(model, lambda *_: None, None, CLS, CPU, 8, None, "")
     assert seen == [0, 80]
-    with training.held(80, torch.device("cpu")) as block:
+    with fit.held(80, CPU) as block:
         assert block.numel() == 80
 
 
@@ -102,16 +107,16 @@ def test_in_a_distributed_run_the_fit_keeps_room_for_ddps_buckets(monkeypatch):
 def test_the_memory_fits_trial_step_includes_the_optimizer_step(stage, tiny, monkeypatch):
     """SGD's momentum buffers (0.31 GB for ResNeXt-101) are allocated at the first optimizer step:
     a trial without it fits a split that the training's first step then runs out of memory in."""
-    from dataclasses import replace
-
     steps = []
     real = torch.optim.SGD.step
     monkeypatch.setattr(torch.optim.SGD, "step", lambda self, *a, **k: (steps.append(1), real(self, *a, **k))[1])
     cpu = torch.device("cpu")
     if stage == "classify":
+        from functools import partial
+
         from kzlib.classify.dataset import CropDataset, class_index, pages_from_boxes, read_boxes
         from kzlib.classify.model import Classifier
-        from kzlib.classify.train import one_batch, trial_step
+        from kzlib.classify.train import one_batch, step
         from kzlib.data import labels_table, read_labels_csv
         from kzlib.pages import split_pages
 
@@ -124,20 +129,18 @@ def test_the_memory_fits_trial_step_includes_the_optimizer_step(stage, tiny, mon
         model = Classifier(CLS, len(classes), load_pretrained=False)
         cfg = CLS
         dataset = CropDataset(pages, class_index(pages, classes, "b.csv"), cfg)
-        batch = one_batch(dataset, cfg)
+        batch, step = [one_batch(dataset, cfg)], partial(step, device=cpu)
     else:
         from kzlib.detect.dataset import CropDataset
         from kzlib.detect.model import build_model
-        from kzlib.detect.train import one_batch, trial_step
+        from kzlib.detect.train import one_batch, step
         from kzlib.pages import split_pages
 
         cfg = replace(DET, batch_size=2)
         model = build_model(cfg, load_pretrained=False)
         batch = one_batch(CropDataset(split_pages(tiny, 0, 3, None)[0], cfg), cfg, cpu)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    step = trial_step(model, cfg, cpu)
-    model.train()
-    assert fit_memory_split(model, lambda split: step(batch, split), cfg.batch_size, None, cpu, "") == 1
+    assert fit_memory(model, step, batch, cfg, cpu, cfg.batch_size, None, "") == 1
     assert len(steps) == 2  # the warm-up's and the trial's
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # and the trials left no trace
@@ -145,20 +148,14 @@ def test_the_memory_fits_trial_step_includes_the_optimizer_step(stage, tiny, mon
 
 def test_the_time_budgets_trial_steps_run_with_the_trainings_autotuner_setting():
     """The budget times the algorithms the training will run: cuDNN's autotuner as in training."""
-    from dataclasses import dataclass
-
-    @dataclass
-    class Cfg:
-        time_budget_s: float = 100.0
-        epochs: int = 5
-
     model = torch.nn.Linear(2, 2)
     before = torch.backends.cudnn.benchmark
-    torch.backends.cudnn.benchmark = not training.TRAINING_AUTOTUNE
+    torch.backends.cudnn.benchmark = not TRAINING_AUTOTUNE
     seen = []
     try:
-        training.fit_budget(Cfg(), model, lambda k: None, lambda b: seen.append(torch.backends.cudnn.benchmark),
-                            lambda: None, 0, 10)
+        fit.fit_budget(replace(CLS, time_budget_s=100.0, epochs=5), model,
+                       lambda m, b, o: seen.append(torch.backends.cudnn.benchmark), lambda k: None, lambda: None, 0, 10,
+                       CPU, 1, "")
     finally:
         torch.backends.cudnn.benchmark = before
-    assert seen and all(s == training.TRAINING_AUTOTUNE for s in seen)
+    assert seen and all(s == TRAINING_AUTOTUNE for s in seen)

@@ -1,11 +1,9 @@
-import subprocess
-import sys
-
 import cv2
 import numpy as np
 import pandas as pd
 
-from kzlib.viz import draw_labels, parse_any
+from helpers import run_main
+from kzlib.viz import draw_labels, main as viz_cli, parse_any
 
 
 def test_parse_any_tells_boxes_from_points():
@@ -26,22 +24,18 @@ def test_draw_labels_marks_the_boxes():
 def test_cli_draws_fixture_page_and_submission(tiny, tmp_path):
     image_id = pd.read_csv(tiny / "train.csv")["image_id"].iloc[0]
     out = tmp_path / "page.png"
-    r = subprocess.run([sys.executable, "-m", "kzlib.viz", str(tiny), image_id, "--out", str(out), "--height", "200"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(viz_cli, tiny, image_id, "--out", out, "--height", "200")
+    assert code == 0, err
     assert cv2.imread(str(out)).shape[0] == 200
     sub = tmp_path / "sub.csv"
     sub.write_text(f"image_id,labels\n{image_id},U+3042 50 60\n")
-    r = subprocess.run([sys.executable, "-m", "kzlib.viz", str(tiny), image_id, "--out", str(out), "--labels", str(sub)],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(viz_cli, tiny, image_id, "--out", out, "--labels", sub)
+    assert code == 0, err
     boxes = tmp_path / "boxes.csv"
     boxes.write_text(f"image_id,x,y,w,h,score\n{image_id},10,10,40,40,0.9\n")
-    r = subprocess.run([sys.executable, "-m", "kzlib.viz", str(tiny), image_id, "--out", str(out), "--boxes", str(boxes),
-                        "--height", "400"], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    code, _, err = run_main(viz_cli, tiny, image_id, "--out", out, "--boxes", boxes, "--height", "400")
+    assert code == 0, err
     picture = cv2.imread(str(out))[:, :, ::-1]
     assert tuple(picture[10, 25]) == (0, 160, 60)  # the detector's box edge, in green
-    r = subprocess.run([sys.executable, "-m", "kzlib.viz", str(tiny), "nope_1", "--out", str(tmp_path / "n.png")],
-                       capture_output=True, text=True)
-    assert r.returncode == 1 and "nope_1" in r.stderr and not (tmp_path / "n.png").exists()
+    code, _, err = run_main(viz_cli, tiny, "nope_1", "--out", tmp_path / "n.png")
+    assert code == 1 and "nope_1" in err and not (tmp_path / "n.png").exists()

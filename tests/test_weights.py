@@ -3,13 +3,12 @@ tests), the manifest and its checks, resolution of preset names, and the exact f
 built from files with the real key layout."""
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
 import torch
 
+from helpers import run_main
 from kzlib import weights
 from kzlib.io import file_sha256
 from kzlib.preset import load_preset, preset_path
@@ -146,13 +145,14 @@ def test_fetched_weights_let_the_full_preset_plan(tmp_path, fake_loaders, tiny, 
     assert "classify-resnext101-f4" in capsys.readouterr().out
 
 
-def test_fetch_cli_without_network_is_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "kzlib", "weights", "fetch", "--out", str(tmp_path), "--arch", "resnet18",
-                        "--preset"], capture_output=True, text=True, cwd=ROOT,
-                       env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "TORCH_HOME": str(tmp_path / "torch"),
-                            "https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"})
-    assert r.returncode == 3 and r.stderr.startswith("error: torchvision could not provide") and \
-        len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_fetch_cli_without_network_is_one_line(tmp_path, monkeypatch):
+    for name, value in {"HOME": str(tmp_path), "TORCH_HOME": str(tmp_path / "torch"), "https_proxy": "http://127.0.0.1:9",
+                        "HTTPS_PROXY": "http://127.0.0.1:9"}.items():  # the download goes nowhere
+        monkeypatch.setenv(name, value)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    code, _, err = run_main(weights_main, "fetch", "--out", tmp_path, "--arch", "resnet18", "--preset")
+    assert code == 3 and err.startswith("error: torchvision could not provide") and len(err.strip().splitlines()) == 1, err
 
 
 def test_full_preset_models_train_and_predict_from_weight_files(tmp_path):

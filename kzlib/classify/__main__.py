@@ -3,13 +3,12 @@ import json
 import sys
 from pathlib import Path
 
-from kzlib.cli import add_training_flags, device_arg, one_line_errors, parser
 from kzlib.classify import __doc__ as DOC
 from kzlib.classify.config import ClassifyConfig
+from kzlib.cli import add_training_flags, device_arg, one_line_errors, parser
 from kzlib.config import add_config_flags, config_from_args, given_flags
-from kzlib.classify.predict import predict
-from kzlib.classify.train import train
-from kzlib.training import finish_training
+from kzlib.data import DataDir, DataError
+from kzlib.runs import RunDir
 
 
 @one_line_errors(ValueError)
@@ -34,16 +33,27 @@ def main(argv=None) -> int:
     pr.add_argument("--out", type=Path, help="output folder (default RUN_DIR)")
     pr.add_argument("--device", type=device_arg, help="override the run's device (cpu, cuda)")
     a = p.parse_args(argv)
-
     if a.cmd == "train":
         cfg = config_from_args(ClassifyConfig, a, a.config)
+        DataDir(a.data_dir).require("train_csv", "train_images")
+    else:
+        RunDir(a.run_dir).require_trained()
+        DataDir(a.data_dir).require()
+    for f in [a.boxes, *getattr(a, "pseudolabels", [])]:
+        if not f.is_file():
+            raise DataError(f"{f}: no such file")
+    # torch and the classifier: only once the arguments, the folders and the files are checked
+    from kzlib import training
+    from kzlib.classify import predict, train
+
+    if a.cmd == "train":
         val = [v for v in a.val_images.split(",") if v] if a.val_images else None
         mode = "auto" if a.auto else "resume" if a.resume else "start"
-        result = train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels, mode,
-                       given_flags(ClassifyConfig, a), deadline=a.deadline)
-        finish_training(result, a.out, a.result)
+        result = train.train(a.data_dir, a.boxes, a.out, cfg, a.fold, val, a.pseudolabels, mode,
+                             given_flags(ClassifyConfig, a), deadline=a.deadline)
+        training.finish_training(result, a.out, a.result)
     else:
-        result = predict(a.run_dir, a.data_dir, a.boxes, a.split, a.n_tta, a.out, a.device)
+        result = predict.predict(a.run_dir, a.data_dir, a.boxes, a.split, a.n_tta, a.out, a.device)
         print(json.dumps(result))
     return 0
 

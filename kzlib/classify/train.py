@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Sequence
 
@@ -26,8 +27,9 @@ from kzlib.devices import describe, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import Page, best_iou, split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_memory_split, next_split,
-                            out_of_memory, sample_seed, seed_everything, steps_per_epoch)
+from kzlib.fit import fit_budget, fit_memory
+from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, open_run, sample_seed, seed_everything,
+                            steps_per_epoch)
 
 
 def accumulate_gradients(model, micro_batches, device: torch.device, opt: Optimisation,
@@ -102,33 +104,40 @@ def groups(loader, k: int):
         yield group
 
 
+def step(model, batch: list[tuple], opt: Optimisation, device: torch.device, label_smoothing: float = 0.0) -> tuple:
+    """One training step on ``batch``, the micro-batches (images, boxes, labels) of an accumulated
+    step: each cut into ``opt.split`` smaller ones (more when the GPU runs out of memory:
+    ``Optimisation.backward``), their forwards and backwards as one batch (``accumulate_gradients``)
+    on zeroed gradients, then the optimizer's step. The epochs run it, and so do the memory fit and
+    the time budget (``kzlib.fit``, with ``device`` and ``label_smoothing`` bound). Returns (mean loss,
+    boxes, correct) of this process."""
+    n_images = max(len(images) for images, _, _ in batch)
+
+    def forward_backward():
+        parts = same_forwards([p for images, b, y in batch for p in split_micro(images, b, y, opt.split)])
+        return accumulate_gradients(model, parts, device, opt, label_smoothing)
+
+    result = opt.backward(forward_backward, n_images)
+    opt.step()
+    return result
+
+
 def train_one_epoch(model, opt: Optimisation, loader, cfg: ClassifyConfig, device, epoch: int, desc: str) -> dict:
     model.train()
+    opt.where = f"{desc}: "
     loss_sum, boxes, correct, steps = 0.0, 0, 0, 0
     total_steps = math.ceil(len(loader) / cfg.accumulation_steps)
     bar = tqdm(groups(loader, cfg.accumulation_steps), total=total_steps, desc=desc, leave=False, unit="step", disable=None)
     cap = cfg.max_targets and max(32, cfg.max_targets // distributed.size() // 32 * 32)  # each process's share
-    for step, group in enumerate(bar):
+    for k, group in enumerate(bar):
         micro = []
         for j, (images, b, y) in enumerate(group):
-            g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, step, j, distributed.rank()))
+            g = torch.Generator().manual_seed(sample_seed(cfg.seed, epoch, k, j, distributed.rank()))
             b, y = cap_targets(b, y, cap, g)
             if sum(len(t) for t in y) >= 2:  # BatchNorm needs two boxes
                 micro.append((images, b, y))
         if distributed.all_sum(float(not micro)) == 0:  # every process steps, or none
-            n_images = max(len(images) for images, _, _ in micro)
-            while True:
-                opt.optimizer.zero_grad(set_to_none=True)
-                try:
-                    parts = same_forwards([p for images, b, y in micro for p in split_micro(images, b, y, opt.split)])
-                    loss, n, ok = accumulate_gradients(model, parts, device, opt, cfg.label_smoothing)
-                    break
-                except RuntimeError as e:
-                    if not out_of_memory(e):
-                        raise
-                    opt.optimizer.zero_grad(set_to_none=True)
-                    opt.split = next_split(opt.split, n_images, e, f"{desc}: ")
-            opt.step()
+            loss, n, ok = step(model, micro, opt, device, cfg.label_smoothing)
             loss_sum, boxes, correct, steps = loss_sum + loss * n, boxes + n, correct + ok, steps + 1
         opt.scheduler.step()
         bar.set_postfix(loss=f"{loss_sum / max(1, boxes):.3f}", lr=f"{opt.lr:.2e}")
@@ -143,32 +152,6 @@ def one_batch(dataset: CropDataset, cfg: ClassifyConfig, k: int = 0) -> tuple:
     images, b, y = collate([dataset[(k * n + i) % len(dataset)] for i in range(min(n, len(dataset)))])
     cap = cfg.max_targets and max(32, cfg.max_targets // distributed.size() // 32 * 32)
     return (images, *cap_targets(b, y, cap, torch.Generator().manual_seed(0)))
-
-
-def trial_step(model, cfg: ClassifyConfig, device: torch.device):
-    """``step(batch, split)``: a whole training step on one loader batch in ``split`` micro-batches,
-    the optimizer's step included (on an optimisation of its own), for the memory fit and the time
-    budget to try (``kzlib.training.trial`` puts the weights back)."""
-    probe = Optimisation(model, cfg, device, 1)
-
-    def step(batch, split: int) -> None:
-        probe.optimizer.zero_grad(set_to_none=True)
-        accumulate_gradients(model, split_micro(*batch, split), device, probe, cfg.label_smoothing)
-        probe.step()
-    return step
-
-
-def fit_memory(model, dataset: CropDataset, cfg: ClassifyConfig, device: torch.device, checkpoint: dict | None) -> int:
-    """On CUDA, before the processes are tied together: the micro-batches a step needs to fit
-    (``kzlib.training.fit_memory_split``), tried on one batch of crops with the most boxes the config
-    allows; elsewhere 1."""
-    if device.type != "cuda":
-        return 1
-    batch = one_batch(dataset, cfg)
-    step = trial_step(model, cfg, device)
-    model.train()
-    return fit_memory_split(model, lambda split: step(batch, split), distributed.per_process_batch(cfg.batch_size),
-                            checkpoint, device, "classifier: ")
 
 
 def add_missed(page: Page, truth: Page, iou: float = 0.5) -> Page:
@@ -231,8 +214,8 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
     run = RunDir(out)
     inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv, "boxes": boxes,
                            "pseudolabels": list(pseudolabels)})
-    cfg, saved, checkpoint, fold, val_images = run.open_training(ClassifyConfig, cfg, given, mode, inputs, fold,
-                                                                 val_images)
+    opened = open_run(run, ClassifyConfig, cfg, given, mode, inputs, fold, val_images)
+    cfg, checkpoint, fold, val_images = opened.cfg, opened.checkpoint, opened.fold, opened.val_images
     init = None
     if cfg.init_from and checkpoint is None:
         init = load_other_checkpoint(cfg.init_from, "the checkpoint to fine-tune from")
@@ -255,12 +238,16 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
                              "the same backbone is needed") from None
     dataset = CropDataset(train_pages, labels, cfg)
     steps = math.ceil(steps_per_epoch(len(dataset), cfg.batch_size) / cfg.accumulation_steps)
-    split = fit_memory(model, dataset, cfg, device, checkpoint)  # first: the budget's steps must fit too
-    if saved is None:
-        step = trial_step(model, cfg, device)
-        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, k), lambda batch: step(batch, split),
+    trial_step = partial(step, device=device, label_smoothing=cfg.label_smoothing)
+    # on CUDA, before the processes are tied together: the micro-batches a step needs, tried on a batch of
+    # crops with the most boxes the config allows; first, for the budget's steps must fit too
+    split = fit_memory(model, trial_step, [one_batch(dataset, cfg)], cfg, device,
+                       distributed.per_process_batch(cfg.batch_size), checkpoint, "classifier: ") \
+        if device.type == "cuda" else 1
+    if opened.saved is None:
+        cfg = fit_budget(cfg, model, trial_step, lambda k: [one_batch(dataset, cfg, k)],
                          lambda: validate(model, val_pages[:1], val_truth[:1], classes, cfg, device), len(val_pages),
-                         steps_per_epoch(len(dataset), cfg.batch_size))
+                         steps_per_epoch(len(dataset), cfg.batch_size), device, split, "classifier: ")
         if distributed.is_main():
             run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
                                  sorted({p.image_id for p in train_pages}), [p.image_id for p in val_pages],
@@ -284,8 +271,7 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         if distributed.is_main():
             scores = validate(model, val_pages, val_truth, classes, cfg, device) \
                 if (epoch + 1) % cfg.validate_every == 0 or last else {}
-            row = t.end.row(epoch, t.opt, stats, scores, len(dataset), t_train, time.time() - t0)
-            t.end_epoch(epoch, scores, row, last)
+            t.end_epoch(epoch, stats, scores, len(dataset), t_train, time.time() - t0, last)
             print(epoch_line(fold, epoch, cfg.epochs, f"loss {stats['loss']:.4f} train acc {stats['train_accuracy']:.3f}",
                              scores, t.best, time.time() - t0), flush=True)
         distributed.barrier()

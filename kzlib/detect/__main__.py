@@ -3,12 +3,11 @@ import sys
 from pathlib import Path
 
 from kzlib.cli import add_training_flags, device_arg, one_line_errors, parser
+from kzlib.config import add_config_flags, config_from_args, given_flags
+from kzlib.data import DataDir
 from kzlib.detect import __doc__ as DOC
 from kzlib.detect.config import DetectConfig, TestBoxRule
-from kzlib.config import add_config_flags, config_from_args, given_flags
-from kzlib.detect.predict import merge_oof, merge_test, predict
-from kzlib.detect.train import train
-from kzlib.training import finish_training
+from kzlib.runs import RunDir
 
 
 @one_line_errors(ValueError)
@@ -38,22 +37,31 @@ def main(argv=None) -> int:
                     help="folds that must agree on a box (default: a majority), as the preset's test_votes")
     mt.add_argument("--min-votes", type=int, dest="min_votes", help=argparse.SUPPRESS)  # deprecated name
     a = p.parse_args(argv)
-
     if a.cmd == "train":
         cfg = config_from_args(DetectConfig, a, a.config)
+        DataDir(a.data_dir).require("train_csv", "train_images")
+    elif a.cmd == "predict":
+        RunDir(a.run_dir).require_trained()
+        DataDir(a.data_dir).require()
+    # torch and the detector: only once the arguments and the folders are checked
+    from kzlib import training
+    from kzlib.detect import predict, train
+
+    if a.cmd == "train":
         val = [v for v in a.val_images.split(",") if v] if a.val_images else None
         mode = "auto" if a.auto else "resume" if a.resume else "start"
-        result = train(a.data_dir, a.out, cfg, a.fold, val, mode, given_flags(DetectConfig, a), deadline=a.deadline)
-        finish_training(result, a.out, a.result)
+        result = train.train(a.data_dir, a.out, cfg, a.fold, val, mode, given_flags(DetectConfig, a),
+                             deadline=a.deadline)
+        training.finish_training(result, a.out, a.result)
     elif a.cmd == "predict":
-        out = predict(a.run_dir, a.data_dir, a.split, a.out, a.device, a.score_threshold)
+        out = predict.predict(a.run_dir, a.data_dir, a.split, a.out, a.device, a.score_threshold)
         print(f"wrote {out}")
     elif a.cmd == "merge-test":
         rule = TestBoxRule("vote" if len(a.files) > 1 else "fold0", a.min_votes or 0, len(a.files))
-        df = merge_test(a.files, a.out, rule)
+        df = predict.merge_test(a.files, a.out, rule)
         print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
     else:
-        df = merge_oof(a.run_dirs, a.out, a.data)
+        df = predict.merge_oof(a.run_dirs, a.out, a.data)
         print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
     return 0
 

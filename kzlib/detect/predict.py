@@ -88,9 +88,18 @@ def load_run(run_dir: Path, device: str | None = None, score_threshold: float | 
     return TrainedDetector(cfg, memory_format(model.to(dev), cfg.channels_last).eval(), dev)
 
 
+def solid(xywh: np.ndarray) -> np.ndarray:
+    """Which boxes keep a width and a height at the boxes files' 0.1 px (an untrained detector finds
+    slivers that round to none: they hold no character, and the classifier refuses them)."""
+    r = np.round(np.asarray(xywh, dtype=np.float64).reshape(-1, 4), 1)
+    return (r[:, 2] > 0) & (r[:, 3] > 0)
+
+
 def round_boxes(xywh: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes and scores as the boxes files hold them (0.1 px, 4 decimals)."""
-    return np.round(xywh, 1), np.round(scores, 4)
+    """Boxes and scores as the boxes files hold them (0.1 px, 4 decimals), the boxes that round to
+    no width or height dropped (``solid``)."""
+    keep = solid(xywh)
+    return np.round(np.asarray(xywh, dtype=np.float64).reshape(-1, 4)[keep], 1), np.round(np.asarray(scores)[keep], 4)
 
 
 def combine_test_boxes(found: Sequence[tuple[np.ndarray, np.ndarray]], rule: TestBoxRule) -> tuple[np.ndarray, np.ndarray]:
@@ -138,6 +147,8 @@ def predict(run_dir: Path, data_dir: Path, split: str, out: Path | None = None, 
         for i in part:
             page, codes = pages[i]
             xywh, scores = detect_page(det.model, page.path, det.cfg, det.device)
+            keep = solid(xywh)
+            xywh, scores = xywh[keep], scores[keep]
             frame = boxes_frame(page.image_id, *round_boxes(xywh, scores))
             if split == "valid":
                 frame["true"] = match_true(xywh, page.boxes, codes)

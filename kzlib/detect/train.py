@@ -21,11 +21,11 @@ from kzlib.devices import describe, memory_format, pick_device
 from kzlib.errors import UsageError
 from kzlib.pages import split_pages
 from kzlib.runs import RunDir, Split, input_hashes, load_other_checkpoint
-from kzlib.training import (Epochs, Optimisation, Training, chunks, epoch_line, fit_budget, fit_memory_split, next_split,
-                            out_of_memory, seed_everything, steps_per_epoch)
+from kzlib.fit import fit_budget, fit_memory
+from kzlib.training import Epochs, Optimisation, Training, chunks, epoch_line, open_run, seed_everything, steps_per_epoch
 
 
-def detector_step(model, images: list, targets: list, seeds: list[int] | None, opt: Optimisation) -> dict:
+def forward_backward(model, images: list, targets: list, seeds: list[int] | None, opt: Optimisation) -> dict:
     """Forward and backward of one batch in ``opt.split`` micro-batches (each micro-batch's losses,
     the means over its images, weighted by its share of the batch: the gradient of the whole batch);
     returns the batch's losses (empty when a loss was not finite: the scaler skips the step)."""
@@ -52,8 +52,21 @@ def detector_step(model, images: list, targets: list, seeds: list[int] | None, o
     return sums if finite else {}
 
 
+def step(model, batch: tuple, opt: Optimisation) -> dict:
+    """One training step on ``batch`` (images, targets, sampler seeds or None; on the device): the
+    forward and backward in ``opt.split`` micro-batches on zeroed gradients (more of them when the
+    GPU runs out of memory: ``Optimisation.backward``), then the optimizer's step. The epochs run it,
+    and so do the memory fit and the time budget (``kzlib.fit``). Returns the batch's losses (empty
+    when a loss was not finite)."""
+    images, targets, seeds = batch
+    losses = opt.backward(lambda: forward_backward(model, images, targets, seeds, opt), len(images))
+    opt.step()
+    return losses
+
+
 def train_one_epoch(model, opt: Optimisation, loader, device, desc: str) -> dict:
     model.train()
+    opt.where = f"{desc}: "
     sums: dict[str, float] = {}
     n = 0
     bar = tqdm(loader, desc=desc, leave=False, unit="batch", disable=None)
@@ -61,17 +74,7 @@ def train_one_epoch(model, opt: Optimisation, loader, device, desc: str) -> dict
         seeds = [int(t.pop("seed")) for t in targets] if all("seed" in t for t in targets) else None  # not to the GPU
         images = [im.to(device, non_blocking=True) for im in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        while True:
-            opt.optimizer.zero_grad(set_to_none=True)
-            try:
-                losses = detector_step(model, images, targets, seeds, opt)
-                break
-            except RuntimeError as e:
-                if not out_of_memory(e):
-                    raise
-                opt.optimizer.zero_grad(set_to_none=True)
-                opt.split = next_split(opt.split, len(images), e, f"{desc}: ")
-        opt.step()
+        losses = step(model, (images, targets, seeds), opt)
         opt.scheduler.step()
         if losses:
             n += 1
@@ -92,32 +95,6 @@ def one_batch(dataset: CropDataset, cfg: DetectConfig, device: torch.device, k: 
     return [im.to(device) for im in images], [{k: v.to(device) for k, v in t.items()} for t in targets], seeds
 
 
-def trial_step(model, cfg: DetectConfig, device: torch.device):
-    """``step(batch, split)``: a whole training step on one batch in ``split`` micro-batches, the
-    optimizer's step included (on an optimisation of its own), for the memory fit and the time budget
-    to try (``kzlib.training.trial`` puts the weights back)."""
-    probe = Optimisation(model, cfg, device, 1)
-
-    def step(batch, split: int) -> None:
-        probe.split = split
-        probe.optimizer.zero_grad(set_to_none=True)
-        detector_step(model, *batch, probe)
-        probe.step()
-    return step
-
-
-def fit_memory(model, dataset: CropDataset, cfg: DetectConfig, device: torch.device, checkpoint: dict | None) -> int:
-    """On CUDA, before the processes are tied together: the micro-batches a step needs to fit
-    (``kzlib.training.fit_memory_split``), tried on one batch of the largest crops; elsewhere 1."""
-    if device.type != "cuda":
-        return 1
-    batch = one_batch(dataset, cfg, device)
-    step = trial_step(model, cfg, device)
-    model.train()
-    return fit_memory_split(model, lambda split: step(batch, split), distributed.per_process_batch(cfg.batch_size),
-                            checkpoint, device, "detector: ")
-
-
 def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None, val_images: Sequence[str] | None = None,
           mode: str = "start", given: dict | None = None, max_epochs: int | None = None,
           deadline: float | None = None) -> dict:
@@ -129,8 +106,8 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
     device = distributed.init(pick_device(cfg.device))
     run = RunDir(out)
     inputs = input_hashes({"train.csv": DataDir(Path(data_dir)).train_csv})
-    cfg, saved, checkpoint, fold, val_images = run.open_training(DetectConfig, cfg, given, mode, inputs, fold,
-                                                                 val_images)
+    opened = open_run(run, DetectConfig, cfg, given, mode, inputs, fold, val_images)
+    cfg, checkpoint, fold, val_images = opened.cfg, opened.checkpoint, opened.fold, opened.val_images
     train_pages, val_pages = split_pages(Path(data_dir), fold, cfg.n_folds, val_images)
 
     seed_everything(cfg.seed)
@@ -143,12 +120,15 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
             raise UsageError(f"{cfg.init_from}: cannot start from this checkpoint "
                              f"({str(e).splitlines()[0]}); same backbone and fpn_channels needed") from None
     dataset = CropDataset(train_pages, cfg)
-    split = fit_memory(model, dataset, cfg, device, checkpoint)  # first: the budget's steps must fit too
-    if saved is None:
-        step = trial_step(model, cfg, device)
-        cfg = fit_budget(cfg, model, lambda k: one_batch(dataset, cfg, device, k), lambda batch: step(batch, split),
+    # on CUDA, before the processes are tied together: the micro-batches a step needs, tried on a batch of
+    # the largest crops; first, for the budget's steps must fit too
+    split = fit_memory(model, step, one_batch(dataset, cfg, device), cfg, device,
+                       distributed.per_process_batch(cfg.batch_size), checkpoint, "detector: ") \
+        if device.type == "cuda" else 1
+    if opened.saved is None:
+        cfg = fit_budget(cfg, model, step, lambda k: one_batch(dataset, cfg, device, k),
                          lambda: detect_pages(model, val_pages[:1], cfg, device), len(val_pages),
-                         steps_per_epoch(len(dataset), cfg.batch_size))
+                         steps_per_epoch(len(dataset), cfg.batch_size), device, split, "detector: ")
         if distributed.is_main():
             run.start(cfg, Split(str(Path(data_dir).resolve()), fold, cfg.n_folds, bool(val_images),
                                  [p.image_id for p in train_pages], [p.image_id for p in val_pages], inputs=inputs,
@@ -169,8 +149,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
         if distributed.is_main():
             scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) \
                 if val_pages and ((epoch + 1) % cfg.validate_every == 0 or last) else {}
-            row = t.end.row(epoch, t.opt, losses, scores, len(dataset), t_train, time.time() - t0)
-            t.end_epoch(epoch, scores, row, last=last)
+            t.end_epoch(epoch, losses, scores, len(dataset), t_train, time.time() - t0, last)
             print(epoch_line(fold, epoch, cfg.epochs, f"loss {losses.get('loss', 0):.4f}", scores, t.best,
                              time.time() - t0), flush=True)
         distributed.barrier()

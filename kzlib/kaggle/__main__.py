@@ -1,4 +1,4 @@
-"""kzlib kaggle render|push|emulate|download
+"""kzlib kaggle render|push|emulate|download|publish
 
   render  --user NAME [--preset kaggle_week|kaggle_month|full|demo|FILE] [--out build/kernels] [--dataset-slug kzlib-kit]
           [--prefix kzlib] [--budget-hours 11] [--continue SLUG ...] [--only SLUG ...] [--gpus 1|2]
@@ -21,6 +21,10 @@
       folder has test_labels.csv (synthetic data).
   download DATA_DIR [--keep-archive]
       the competition data through the Kaggle API, unpacked into the Kaggle layout and checked.
+  publish BUNDLE --model OWNER/MODEL/pytorch/VARIATION [--notes TEXT]
+      a bundle (kzlib export) as a new version of this Kaggle Model variation (the model and the
+      variation are made when missing), once Kaggle lists it; prints OWNER/MODEL/pytorch/VARIATION/N,
+      what `render --read-model` takes.
 """
 
 from __future__ import annotations
@@ -34,12 +38,14 @@ import pandas as pd
 
 from kzlib.cli import one_line_errors, parser
 from kzlib.data import print_report
-from kzlib.errors import EnvironmentProblem
+from kzlib.errors import EnvironmentProblem, UsageError
+from kzlib.export import MANIFEST, load
 from kzlib.kaggle.api import real_api
 from kzlib.kaggle.bill import bill_text, quota
 from kzlib.kaggle.build import BuildError, build_dataset, kaggle_user
 from kzlib.kaggle.download import download
 from kzlib.kaggle.emulate import LAYOUTS, EmulationError, emulate
+from kzlib.kaggle.models import parse_handle, publish
 from kzlib.kaggle.plan import DATASET_SLUG, PlanError, push_commands, render, render_read
 from kzlib.kaggle.push import Scheduler
 from kzlib.metric import main as metric_main
@@ -104,6 +110,15 @@ def download_cmd(a) -> int:
     return print_report(download(a.data_dir, keep_archive=a.keep_archive))
 
 
+def publish_cmd(a) -> int:
+    parse_handle(a.model)  # a bad handle is one line before anything is read
+    if not (a.bundle / MANIFEST).is_file():
+        raise UsageError(f"{a.bundle}: not a bundle (no {MANIFEST}); make one with `kzlib export WORK --out BUNDLE`")
+    bundle = load(a.bundle)  # its manifest and every file checked: what is published reads
+    print(publish(bundle.root, a.model, notes=a.notes))
+    return 0
+
+
 @one_line_errors(BuildError, PlanError, EmulationError, ValueError, FileNotFoundError, code=2)
 def main(argv=None) -> int:
     p = parser("kzlib kaggle", __doc__)
@@ -153,8 +168,13 @@ def main(argv=None) -> int:
     d = sub.add_parser("download", help="the competition data through the Kaggle API, unpacked and checked")
     d.add_argument("data_dir", type=Path)
     d.add_argument("--keep-archive", action="store_true", help="keep the downloaded zip")
+    pb = sub.add_parser("publish", help="a bundle (kzlib export) as a new version of a Kaggle Model variation")
+    pb.add_argument("bundle", type=Path)
+    pb.add_argument("--model", required=True, metavar="OWNER/MODEL/pytorch/VARIATION")
+    pb.add_argument("--notes", default="", help="the version's notes (default: kzlib export)")
     a = p.parse_args(argv)
-    return {"render": render_cmd, "push": push_cmd, "emulate": emulate_cmd, "download": download_cmd}[a.cmd](a)
+    return {"render": render_cmd, "push": push_cmd, "emulate": emulate_cmd, "download": download_cmd,
+            "publish": publish_cmd}[a.cmd](a)
 
 
 if __name__ == "__main__":

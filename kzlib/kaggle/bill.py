@@ -30,7 +30,7 @@ from kzlib.kaggle.plan import kernel_plan
 from kzlib.preset import PipelineConfig, load_preset, preset_path
 
 # Pages of the competition's data (train.csv and sample_submission.csv rows); a kernel holds out one
-# fold of the train pages and predicts all test pages.
+# fold of the train pages and predicts all test pages (a detector kernel only for the test-box rule's folds).
 TRAIN_PAGES, TEST_PAGES = 3881, 4150
 GFLOPS = {"resnet18": 1.8, "resnet34": 3.6, "resnet50": 4.1, "resnet101": 7.8, "resnet152": 11.5,
           "resnext101_32x8d": 16.5}  # at 224 px, the whole network (a relative size is all that is used)
@@ -101,7 +101,8 @@ def kernel_hours(kernel, cfg: PipelineConfig, train_pages: int, test_pages: int)
         speed = rate("detector", c.backbone, (c.crop_height, c.crop_width))[0]
         page = c.page_size ** 2 * 0.65 / (c.crop_height * c.crop_width)  # a page's crops at its longest side
         train = _training_seconds(c.epochs, c.crops_per_page, per_fold, held_out, page, speed, cfg, c.validate_every)
-        predict = (held_out + test_pages) * page * FORWARD_SHARE / speed
+        tested = any(s.startswith("detect-test-") for s in kernel.stages)  # only the test-box rule's folds
+        predict = (held_out + (test_pages if tested else 0)) * page * FORWARD_SHARE / speed
         return (train + predict) / 3600, (f"{c.epochs} epochs x {c.crops_per_page} crops at "
                                           f"{speed * _gpus(cfg):.1f} crops/s")
     kind = kernel.values["KIND"]

@@ -6,8 +6,9 @@ Kaggle mounts inputs either flat (``/kaggle/input/<slug>/``, older sessions) or 
 
 - the kit: a folder holding ``kzlib/__init__.py`` (the kit's dataset);
 - the competition: ``sample_submission.csv`` + ``unicode_translation.csv`` + ``train.csv``;
-- a kernel's output: its ``kzlib_status.json`` (``"kernel": "<slug>"``), written by every kernel;
-- a model bundle (a Kaggle Model of ``kzlib export``): its ``manifest.json``.
+- a kernel's output: its ``kzlib_status.json`` (``"kernel": "<slug>"``), written by every kernel.
+
+A model bundle is found by its ``manifest.json`` (``kzlib.export.find_bundle``).
 
 Stdlib only: the kernel scripts use the same search to find the kit before they can import it.
 """
@@ -39,34 +40,11 @@ def walk(root: Path, max_depth: int = MAX_DEPTH):
             queue += [(Path(e.path), depth + 1) for e in sorted(entries, key=lambda e: e.name) if e.is_dir()]
 
 
-
-
 def find_competition(root: Path) -> Path | None:
     for folder, files in walk(root):
         if {"sample_submission.csv", "unicode_translation.csv", "train.csv"} <= files:
             return folder
     return None
-
-
-def find_bundle(root: Path) -> Path | None:
-    """A model bundle (``kzlib export``; on Kaggle a Model's version folder): its ``manifest.json``
-    names detectors and classifiers. The newest version when several versions of one model are
-    mounted; ``ValueError`` when bundles of different models are."""
-    found = []
-    for folder, files in walk(root, MAX_DEPTH + 2):
-        if "manifest.json" in files:
-            try:
-                manifest = json.loads((folder / "manifest.json").read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if isinstance(manifest, dict) and "detectors" in manifest and "classifiers" in manifest:
-                found.append(folder)
-    if not found:
-        return None
-    models = sorted({str(f.parent if f.name.isdigit() else f) for f in found})  # versions of one model
-    if len(models) > 1:
-        raise ValueError(f"several model bundles under {root}: {', '.join(models)}; give one of them")
-    return max(found, key=lambda f: (int(f.name) if f.name.isdigit() else -1, str(f)))
 
 
 def kernel_outputs(root: Path) -> dict[str, tuple[Path, dict]]:

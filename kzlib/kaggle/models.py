@@ -1,7 +1,8 @@
 """Trained bundles (``kzlib export``) as Kaggle Models: a model, a PyTorch variation of it, and a new
 version of the variation each time a bundle is published.
 
-    kzlib export WORK --out BUNDLE --kaggle-model OWNER/MODEL/pytorch/VARIATION
+    kzlib export WORK --out BUNDLE
+    kzlib kaggle publish BUNDLE --model OWNER/MODEL/pytorch/VARIATION
 
 The bundle's folders are uploaded zipped and Kaggle unpacks them; a kernel attaches the version
 through ``model_sources`` (``kzlib kaggle render --read-model OWNER/MODEL/pytorch/VARIATION/N``) and
@@ -26,7 +27,7 @@ HANDLE = re.compile(r"^([A-Za-z0-9_-]+)/([a-z0-9-]+)/(pytorch)/([a-z0-9-]+)$")
 def parse_handle(handle: str) -> tuple[str, str, str, str]:
     m = HANDLE.match(handle or "")
     if not m:
-        raise UsageError(f"--kaggle-model {handle!r}: give OWNER/MODEL/pytorch/VARIATION (lowercase letters, digits "
+        raise UsageError(f"--model {handle!r}: give OWNER/MODEL/pytorch/VARIATION (lowercase letters, digits "
                          "and hyphens)")
     return m.groups()
 

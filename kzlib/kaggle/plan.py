@@ -15,6 +15,9 @@ kernel                      stages                                              
 ``kzlib-cls-{pk}-pl-f{k}``   detect-merge, classify-{pk}-pl-f{k}, -predict-f{k}       detectors, pseudolabel
 ``kzlib-stack``              stack (level 2 and the submission)                    every classifier kernel
 ==========================  =====================================================  ===========================
+
+``detect-test-f{k}`` is in the kernels of the test-box rule's folds only: fold 0's (``fold0``), or
+every fold's (``vote``).
 """
 
 from __future__ import annotations
@@ -137,7 +140,8 @@ def kernel_plan(cfg: PipelineConfig, prefix: str = "kzlib") -> list[Kernel]:
                     "-pl": "from scratch with pseudolabels"}[variant]
             what = f"classifier {first.kind}, fold {first.fold}: {what}"
         elif first.step.startswith("detect"):
-            what = f"detector, fold {first.fold}: train, out-of-fold boxes, test boxes"
+            what = f"detector, fold {first.fold}: train, out-of-fold boxes" + (
+                ", test boxes" if any(m.step == "detect-test" for m in members) else "")
             values = {"FOLD": first.fold}
         elif first.step == "pseudolabel":
             what = "pseudolabels from the blend of the base classifiers on test"
@@ -248,7 +252,7 @@ def render_read(model: str, user: str, out: Path, dataset_slug: str = DATASET_SL
     as a Kaggle Model (``model``: OWNER/MODEL/FRAMEWORK/VARIATION/VERSION, attached through
     ``model_sources``), writing ``submission.csv``."""
     if len(model.split("/")) != 5:
-        raise PlanError(f"--model {model!r}: give OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (kzlib export --kaggle-model "
+        raise PlanError(f"--model {model!r}: give OWNER/MODEL/FRAMEWORK/VARIATION/VERSION (kzlib kaggle publish "
                         "prints it)")
     check_docker_image(docker_image)
     k = Kernel(check_slug(f"{prefix}-read"), "the test pages read with a bundle from Kaggle Models", [], [], gpu, "read",

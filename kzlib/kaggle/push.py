@@ -148,6 +148,7 @@ class Scheduler:
             self.chain.update(image=pinned, image_from="render --docker-image")
         self.quota_unknown = False  # a quota refusal without a refresh time: no GPU push again in this run
         self.holds: dict[str, float] = {}  # "push" / "read": no such call before this time (a 429's Retry-After)
+        self.clock: Callable[[], float] = time.time  # run's clock
 
     @property
     def state_file(self) -> Path:
@@ -264,9 +265,9 @@ class Scheduler:
         named = None if isinstance(error, str) else kaggle_api.retry_after(error)
         wait = named if named is not None else min(3600.0, self.poll * 2 ** e.transient)
         e.checked_after = now + wait
-        if named is not None:  # Kaggle asked this account to wait: no call of that kind before then
-            kind = "read" if read else "push"
-            self.holds[kind] = max(self.holds.get(kind, 0.0), now + named)
+        if named is not None:  # Kaggle asked this account to wait: no call of that kind before then,
+            kind = "read" if read else "push"  # counted from its answer (``now`` was before the call went out)
+            self.holds[kind] = max(self.holds.get(kind, 0.0), max(now, self.clock()) + named)
         e.message = f"{what} failed ({text}); asking again in {wait:.0f} s" + (" (its Retry-After)" if named else "")
         self.log(f"{e.slug}: {e.message}")
 
@@ -518,6 +519,7 @@ class Scheduler:
         self.check_account()
         if max_weeks is not None and not any(e.pushes for e in self.entries.values()):
             self.check_before_first_push(max_weeks, force)
+        self.clock = clock
         last = last_wait = None
         cycle = 0
         while True:

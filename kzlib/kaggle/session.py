@@ -30,7 +30,7 @@ from kzlib import __version__
 from kzlib.config import config_from_dict
 from kzlib.errors import KzError
 from kzlib.io import write_json_atomic
-from kzlib.kaggle.inputs import STATUS_FILE, describe, find_bundle, find_competition, kernel_outputs
+from kzlib.kaggle.inputs import STATUS_FILE, describe, find_competition, kernel_outputs
 from kzlib.preset import PipelineConfig
 
 # import name -> distribution names (the first one installed gives the version)
@@ -277,7 +277,8 @@ class Session:
     def read(self, model: str) -> None:
         """Read every test page with the bundle attached as the Kaggle Model ``model``
         (OWNER/MODEL/FRAMEWORK/VARIATION/VERSION), into ``read/``, then ``submission.csv``."""
-        from kzlib.read import read_pages  # after the wheels, as in __enter__
+        from kzlib.export import find_bundle  # after the wheels, as in __enter__
+        from kzlib.read import read_pages
 
         try:
             bundle = find_bundle(self.input_root)

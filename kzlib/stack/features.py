@@ -12,10 +12,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from torchvision.ops import box_iou
 
 from kzlib.data import SEG_FP, DataError
-from kzlib.pages import xyxy_tensor
 from kzlib.detailed import KEY, blend_files, check_same_boxes, top_k_long
 from kzlib.stack.config import OVERLAPS
 
@@ -42,7 +40,11 @@ def max_overlap(df: pd.DataFrame, kind: str = "upstream") -> np.ndarray:
         raise ValueError(f"overlap {kind!r} is not one of {', '.join(OVERLAPS)}")
     out = np.zeros(len(df))
     b = df[["x", "y", "w", "h"]].to_numpy(np.float64)
-    xyxy = xyxy_tensor(b)
+    if kind == "iou":
+        import torch  # torchvision's box ops, only for this overlap: they bring torch._dynamo along
+        from torchvision.ops import box_convert, box_iou
+
+        xyxy = box_convert(torch.tensor(b), "xywh", "xyxy")
     for rows in df.groupby("image_id", sort=False).indices.values():
         if len(rows) < 2:
             continue
