@@ -252,3 +252,53 @@ def test_validate_every_skips_the_validations_between(tiny, tmp_path):
     train(tiny, tmp_path / "run", replace(TINY, epochs=3, validate_every=2), fold=0)
     log = pd.read_csv(tmp_path / "run" / "log.csv")
     assert log["f1"].isna().tolist() == [True, False, False]
+
+
+class _GlyphsOf54px:
+    """A stand-in detector for a page whose glyphs are 54 px high (of 1000): on an input of height H
+    it finds 10 boxes of 54 H / 1000 px (scores 0.9) and 10 small ones (scores 0.2), and notes H."""
+
+    def __init__(self):
+        self.heights = []
+
+    def __call__(self, images):
+        h = images[0].shape[1]
+        self.heights.append(h)
+        g = 54 * h / 1000
+        sure = [[10.0, 10 + 60 * i * h / 1000, 10 + g, 10 + 60 * i * h / 1000 + g] for i in range(10)]
+        faint = [[100.0, 10.0 + 5 * i, 104.0, 14.0 + 5 * i] for i in range(10)]
+        return [{"boxes": torch.tensor(sure + faint, dtype=torch.float32),
+                 "scores": torch.tensor([0.9] * 10 + [0.2] * 10)}]
+
+
+def test_glyph_height_reads_a_page_again_at_the_size_of_its_glyphs(tmp_path):
+    """With glyph_height, a page whose glyphs are larger than the training books' is read a second
+    time so that its boxes' median (above the score threshold) is glyph_height pixels high; boxes
+    come back in page pixels either way. Off, or with too few sure boxes, one pass at page_size."""
+    from kzlib.detect.predict import detect_page
+    path = tmp_path / "p.jpg"
+    cv2.imwrite(str(path), np.full((1000, 700, 3), 255, np.uint8))
+    cfg = replace(TINY, page_size=800, page_side="height", score_threshold=0.5, device="cpu")
+    cpu = torch.device("cpu")
+
+    model = _GlyphsOf54px()
+    xywh, scores = detect_page(model, path, replace(cfg, glyph_height=23.0), cpu)
+    assert model.heights == [800, 426]  # 1000 * 23 / 54
+    assert np.median(xywh[scores >= 0.5, 3]) == pytest.approx(54, abs=0.2)  # page pixels
+
+    model = _GlyphsOf54px()
+    detect_page(model, path, replace(cfg, glyph_height=0.0), cpu)
+    assert model.heights == [800]
+    model = _GlyphsOf54px()
+    detect_page(model, path, replace(cfg, glyph_height=43.0), cpu)  # 54 * 0.8 = 43.2: less than 5% to move
+    assert model.heights == [800]
+    model = _GlyphsOf54px()
+    detect_page(model, path, replace(cfg, glyph_height=23.0, score_threshold=0.95), cpu)  # no sure box
+    assert model.heights == [800]
+
+
+def test_glyph_height_scales_training_pages_by_their_true_boxes(tiny):
+    train_pages, _ = split_pages(tiny, 0, 3)
+    ds = CropDataset(train_pages, replace(TINY, glyph_height=20.0))
+    assert ds.scales == pytest.approx([20.0 / np.median(p.boxes[:, 3]) for p in train_pages])
+    assert CropDataset(train_pages, TINY).scales != ds.scales

@@ -20,7 +20,7 @@ class DetectConfig:
     # a stage's fingerprint leaves them out while they hold it (kzlib.stages)
     ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0, "validate_every": 1,
                              "rpn_pre_nms_train": 2000, "rpn_post_nms_train": 2000, "backbone_channels": (),
-                             "backbone_blocks": (), "cache_pages": False}
+                             "backbone_blocks": (), "cache_pages": False, "glyph_height": 0.0}
     # model
     backbone: str = "resnet152"
     fpn_channels: int = 256
@@ -48,6 +48,9 @@ class DetectConfig:
     brightness_contrast: float = 0.2
     gamma_aug: tuple[int, int] = (80, 120)
     min_visibility: float = 0.5  # boxes cut by the crop keep this fraction of their area or go
+    glyph_height: float = 0.0  # > 0: pages scaled so that their boxes' median height is this many pixels
+    #                            instead of page_size: in training from the true boxes, on a page to predict
+    #                            from a first pass at page_size (two passes; 0: off, one pass, as upstream)
     cache_pages: bool = False  # keep the decoded pages in memory between crops (small datasets, e.g. the demo)
     # training
     epochs: int = 45
@@ -91,7 +94,8 @@ class DetectConfig:
                        "lr", "fpn_channels", "max_detections", "rpn_pre_nms_test", "rpn_post_nms_test",
                        "n_folds", "box_batch_per_image", "validate_every", "rpn_pre_nms_train",
                        "rpn_post_nms_train")
-        check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", "time_budget_s", allow_zero=True)
+        check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", "time_budget_s", "glyph_height",
+                       allow_zero=True)
         if not 0 <= self.scale_aug < 1:
             raise ConfigError(f"scale_aug: must be in [0, 1), got {self.scale_aug}")
         check_zoom_range(self.zoom_range)

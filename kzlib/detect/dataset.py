@@ -18,7 +18,7 @@ from kzlib.training import sample_seed
 def crop_spec(cfg: DetectConfig) -> CropSpec:
     return CropSpec(cfg.page_size, cfg.page_side, cfg.crop_height, cfg.crop_width, cfg.scale_aug, cfg.min_visibility,
                     tuple(colour_transforms(cfg.hsv_aug, cfg.brightness_contrast, cfg.gamma_aug)),
-                    zoom_range=tuple(cfg.zoom_range), cache_pages=cfg.cache_pages)
+                    zoom_range=tuple(cfg.zoom_range), glyph_height=cfg.glyph_height, cache_pages=cfg.cache_pages)
 
 
 class CropDataset(PageCrops):

@@ -22,7 +22,7 @@ from kzlib.detect.config import DetectConfig, TestBoxRule
 from kzlib.detect.model import build_model
 from kzlib.devices import Precision, cudnn_benchmark, memory_format, pick_device
 from kzlib.io import ensure_writable, write_csv_atomic
-from kzlib.pages import Page, best_iou, scaled_height, to_tensor, xyxy_tensor
+from kzlib.pages import Page, best_iou, glyph_zoom, page_scale, scaled_height, to_tensor, xyxy_tensor
 from kzlib.metric import score_arrays
 from kzlib.runs import PagesInParts, RunDir
 
@@ -31,15 +31,42 @@ TEST_COLUMNS = OOF_COLUMNS[:-1]
 
 
 @torch.no_grad()
-def detect_page(model, path: Path, cfg: DetectConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes (x y w h in original-page pixels) and scores of one full page."""
+def detect_at(model, path: Path, height: int, cfg: DetectConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x y w h in original-page pixels) and scores of one full page read ``height`` rows high."""
     w0, h0 = image_size(path)
-    image = read_image(path, height=scaled_height(path, cfg.page_size, cfg.page_side))
+    image = read_image(path, height=height)
     sx, sy = image.shape[1] / w0, image.shape[0] / h0
     with Precision.of(cfg, device).autocast(), cudnn_benchmark(False):  # pages have many sizes: no autotuning
         out = model([to_tensor(image).to(device)])[0]
     xywh = box_convert(out["boxes"].double().cpu(), "xyxy", "xywh").numpy().reshape(-1, 4) / [sx, sy, sx, sy]
     return xywh, out["scores"].float().cpu().numpy()
+
+
+GLYPH_MIN_BOXES = 5  # a first pass with fewer boxes than this says too little about the page's glyphs
+GLYPH_TOLERANCE = 0.05  # a second pass only when it would read the page more than 5% larger or smaller
+
+
+def glyph_height_of(path: Path, first: tuple[np.ndarray, np.ndarray], cfg: DetectConfig) -> int | None:
+    """The height to read a page at so that the median of its first pass's boxes (those above the
+    score threshold) is ``cfg.glyph_height`` pixels high (``glyph_zoom``, within its limits), or None
+    where the first pass is enough: normalisation off, too few boxes, or less than 5% to move."""
+    if cfg.glyph_height <= 0:
+        return None
+    boxes = first[0][first[1] >= cfg.score_threshold]
+    if len(boxes) < GLYPH_MIN_BOXES:
+        return None
+    w0, h0 = image_size(path)
+    base = page_scale(w0, h0, cfg.page_size, cfg.page_side)
+    zoom = glyph_zoom(boxes, base, cfg.glyph_height)
+    return int(round(h0 * zoom)) if abs(zoom / base - 1) > GLYPH_TOLERANCE else None
+
+
+def detect_page(model, path: Path, cfg: DetectConfig, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (x y w h in original-page pixels) and scores of one full page, read at ``page_size``;
+    with ``glyph_height``, read again at the size that brings its glyphs to that height."""
+    found = detect_at(model, path, scaled_height(path, cfg.page_size, cfg.page_side), cfg, device)
+    height = glyph_height_of(path, found, cfg)
+    return found if height is None else detect_at(model, path, height, cfg, device)
 
 
 def detect_pages(model, pages: Sequence[Page], cfg: DetectConfig, device: torch.device, desc: str = "detect"):
