@@ -158,6 +158,18 @@ def check_positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
             raise ConfigError(f"{name}: must be {'>= 0' if allow_zero else '> 0'}, got {v}")
 
 
+def validates(epoch: int, epochs: int, every: int) -> bool:
+    """Whether a training of ``epochs`` epochs scores its held-out pages after epoch ``epoch``
+    (0-based): every ``every`` epochs and after the last; never when ``every`` is 0 (the held-out
+    pages are then scored only by the stage that predicts them, and the last epoch is the result)."""
+    return every > 0 and ((epoch + 1) % every == 0 or epoch + 1 == epochs)
+
+
+def validations(epochs: int, every: int) -> int:
+    """How many times a training of ``epochs`` epochs validates (``validates``)."""
+    return sum(validates(k, epochs, every) for k in range(epochs))
+
+
 def check_choices(cfg: Any, **choices: Sequence[str]) -> None:
     """Each named field holds one of its allowed values."""
     for name, allowed in choices.items():

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from kzlib import distributed
+from kzlib.config import validations
 from kzlib.devices import cudnn_benchmark
 from kzlib.training import TRAINING_AUTOTUNE, Optimisation, next_split, out_of_memory
 
@@ -94,12 +95,12 @@ def fit_memory(model: torch.nn.Module, step: Step, batch, cfg, device: torch.dev
 
 def epochs_within(budget_s: float, asked: int, epoch_s: float, validation_s: float, validate_every: int = 1) -> int:
     """The most epochs, at most ``asked`` and at least 1, whose training (``epoch_s`` each) and
-    validations (every ``validate_every`` epochs and after the last, ``validation_s`` each) fit in
+    validations (``config.validates``: every ``validate_every`` epochs and after the last, none for 0;
+    ``validation_s`` each) fit in
     ``budget_s`` seconds."""
     best = 1
     for e in range(1, asked + 1):
-        validations = sum(1 for k in range(e) if (k + 1) % validate_every == 0 or k + 1 == e)
-        if e * epoch_s + validations * validation_s <= budget_s:
+        if e * epoch_s + validations(e, validate_every) * validation_s <= budget_s:
             best = e
     return best
 
@@ -140,11 +141,11 @@ def fit_budget(cfg, model: torch.nn.Module, step: Step, batch: Callable[[int], o
         model.train()
         with cudnn_benchmark(TRAINING_AUTOTUNE):  # the algorithms the training will run
             step_s = time_step(lambda: step(model, b, opt)) + data_s
-        if n_val:
+        if n_val and cfg.validate_every:
             model.eval()
             validation_s = time_step(validate_one, repeats=1) * n_val
     epochs = int(distributed.all_max(epochs_within(cfg.time_budget_s, cfg.epochs, steps * step_s, validation_s,
-                                                   getattr(cfg, "validate_every", 1))))
+                                                   cfg.validate_every)))
     if distributed.is_main():
         print(budget_line(cfg, epochs, step_s, steps, validation_s), flush=True)
     return replace(cfg, epochs=epochs)

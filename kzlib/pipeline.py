@@ -242,5 +242,6 @@ def _jsonable(obj):
 
 def _brief(result: dict) -> str:
     keys = ("best_f1", "valid_f1", "oof_boxes", "test_boxes", "characters")
-    parts = [f"{k}={result[k]:.4f}" if isinstance(result.get(k), float) else f"{k}={result[k]}" for k in keys if k in result]
+    parts = [f"{k}={result[k]:.4f}" if isinstance(result.get(k), float) else f"{k}={result[k]}" for k in keys
+             if k in result and not (k == "best_f1" and result[k] < 0)]  # < 0: the training never validated
     return " ".join(parts)

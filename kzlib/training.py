@@ -277,12 +277,18 @@ class Training:
 
 
 def epoch_line(fold, epoch: int, epochs: int, train: str, scores: dict, best: float, seconds: float) -> str:
-    """The console line of one finished epoch; ``val -`` when it was not validated."""
+    """The console line of one finished epoch; ``val -`` when it was not validated, ``best -``
+    before any validation."""
     if scores:
         val = f"val F1 {scores['f1']:.4f}" + (f" acc {scores['accuracy']:.3f}" if "accuracy" in scores else "")
     else:
         val = "val -"
-    return f"fold {fold} epoch {epoch + 1}/{epochs}: {train} {val} (best {best:.4f}) {seconds:.0f} s"
+    return f"fold {fold} epoch {epoch + 1}/{epochs}: {train} {val} (best {_f1(best)}) {seconds:.0f} s"
+
+
+def _f1(best: float) -> str:
+    """A best validation F1 as printed: ``-`` when nothing was validated (-1)."""
+    return f"{best:.4f}" if best >= 0 else "-"
 
 
 def steps_per_epoch(n: int, batch_size: int) -> int:
@@ -331,6 +337,6 @@ def finish_training(result: dict, out, result_file=None) -> None:
     if distributed.is_main():
         if result_file is not None:
             write_json_atomic(result, result_file)
-        print(f"best validation F1 {result['best_f1']:.4f}; run folder {out}"
+        print(f"best validation F1 {_f1(result['best_f1'])}; run folder {out}"
               + ("; stopped for the time budget (rerun to resume)" if result.get("stopped_early") else ""))
     distributed.close()

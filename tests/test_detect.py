@@ -11,6 +11,7 @@ import torch
 from kzlib.data import DataError
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset
+from kzlib.detect.model import build_model
 from kzlib.detect.config import TestBoxRule
 from kzlib.detect.predict import SEG_FP, combine_test_boxes, match_true, merge_oof, merge_test, round_boxes
 from kzlib.detect.train import train
@@ -252,6 +253,26 @@ def test_validate_every_skips_the_validations_between(tiny, tmp_path):
     train(tiny, tmp_path / "run", replace(TINY, epochs=3, validate_every=2), fold=0)
     log = pd.read_csv(tmp_path / "run" / "log.csv")
     assert log["f1"].isna().tolist() == [True, False, False]
+
+
+def test_validate_every_0_never_validates_and_keeps_the_last_epoch(tiny, tmp_path):
+    """validate_every=0 (the demo: its held-out pages are scored by detect-oof anyway): no
+    validation in any epoch, and best.pth is the last epoch's model, as a run without held-out pages."""
+    run = tmp_path / "run"
+    train(tiny, run, replace(TINY, epochs=2, validate_every=0), fold=0)
+    log = pd.read_csv(run / "log.csv")
+    assert len(log) == 2 and ("f1" not in log or log["f1"].isna().all())
+    best, last = torch.load(run / "best.pth", weights_only=False), _params(run)
+    assert best["epoch"] == last["epoch"] == 1
+    for k in last["model"]:
+        torch.testing.assert_close(best["model"][k], last["model"][k], msg=k)
+
+
+def test_roi_sampling_ratio_reaches_the_box_head():
+    """The box head's roi_align takes the config's sampling points (torchvision's 2 by default, as
+    upstream; the demo's 1)."""
+    assert build_model(TINY).roi_heads.box_roi_pool.sampling_ratio == 2
+    assert build_model(replace(TINY, roi_sampling_ratio=1)).roi_heads.box_roi_pool.sampling_ratio == 1
 
 
 class _GlyphsOf54px:

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from kzlib import fit
+from kzlib.config import validates, validations
 from kzlib.errors import EnvironmentProblem
 from kzlib.fit import epochs_within, fit_memory
 from kzlib.training import TRAINING_AUTOTUNE, Epochs, lr_factor
@@ -43,6 +44,14 @@ def test_epochs_within_a_budget_count_training_and_validations():
     assert epochs_within(70, 8, 10, 5, validate_every=4) == 6
     assert epochs_within(1e9, 8, 10, 5) == 8  # never more than asked
     assert epochs_within(1, 8, 10, 5) == 1  # never fewer than one
+    assert epochs_within(60, 8, 10, 5, validate_every=0) == 6  # no validations at all
+
+
+def test_validations_every_k_epochs_and_after_the_last_or_never():
+    assert [k for k in range(10) if validates(k, 10, 4)] == [3, 7, 9]
+    assert [k for k in range(3) if validates(k, 3, 1)] == [0, 1, 2]
+    assert not any(validates(k, 10, 0) for k in range(10))
+    assert (validations(10, 4), validations(10, 10), validations(10, 0)) == (3, 1, 0)
 
 
 def test_the_memory_fit_warms_up_then_finds_the_split_and_leaves_the_model_as_it_was():

@@ -86,9 +86,10 @@ class ClassifyConfig:
         if self.max_targets < 0 or self.max_targets % 32:
             raise ConfigError(f"max_targets: must be 0 or a positive multiple of 32, not {self.max_targets}")
         check_positive(self, "batch_size", "accumulation_steps", "top_k", "epochs", "crops_per_page", "page_size",
-                       "test_size", "crop_width", "crop_height", "hidden", "roi_size", "validate_n_tta", "validate_every",
+                       "test_size", "crop_width", "crop_height", "hidden", "roi_size", "validate_n_tta",
                        "pseudo_oversample", "lr", "n_folds")
-        check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", "time_budget_s", allow_zero=True)
+        check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", "time_budget_s", "validate_every",
+                       allow_zero=True)
         check_choices(self, optimizer=("sgd", "adamw"), schedule=("step", "cosine"), page_side=("height", "longest"),
                       amp_dtype=("fp16", "bf16"), amp_cpu_dtype=("bf16", "fp16"))
         if not 0 <= self.label_smoothing < 1:

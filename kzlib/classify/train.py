@@ -21,6 +21,7 @@ from kzlib.classify.dataset import (CropDataset, cap_targets, check_inside, clas
                                     pages_from_boxes, pseudo_pages, read_boxes)
 from kzlib.classify.model import Classifier
 from kzlib.classify.predict import detailed_frame, detailed_scores, predict_pages, tta_sizes
+from kzlib.config import validates
 from kzlib.data import SEG_FP, DataDir, DataError, read_labels_csv
 from kzlib.images import image_size
 from kzlib.devices import describe, memory_format, pick_device
@@ -256,7 +257,7 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
                                  classes=len(classes), inputs=inputs, world_size=distributed.size()))
     distributed.barrier()
     t = Training.begin(model, cfg, device, run, checkpoint, steps, ("f1", "accuracy", "train_accuracy"),
-                       {"classes": classes}, keep_last_as_best=not val_pages, split=split)
+                       {"classes": classes}, keep_last_as_best=not val_pages or not cfg.validate_every, split=split)
     if distributed.is_main():
         print(f"device: {describe(device)}; {t.opt.precision}; {distributed.size()} process(es); "
               f"{t.opt.split} micro-batch(es) a step", flush=True)
@@ -270,7 +271,7 @@ def train(data_dir: Path, boxes: Path, out: Path, cfg: ClassifyConfig, fold: int
         last = epoch + 1 == cfg.epochs
         if distributed.is_main():
             scores = validate(model, val_pages, val_truth, classes, cfg, device) \
-                if (epoch + 1) % cfg.validate_every == 0 or last else {}
+                if validates(epoch, cfg.epochs, cfg.validate_every) else {}
             t.end_epoch(epoch, stats, scores, len(dataset), t_train, time.time() - t0, last)
             print(epoch_line(fold, epoch, cfg.epochs, f"loss {stats['loss']:.4f} train acc {stats['train_accuracy']:.3f}",
                              scores, t.best, time.time() - t0), flush=True)

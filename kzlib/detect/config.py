@@ -20,7 +20,8 @@ class DetectConfig:
     # a stage's fingerprint leaves them out while they hold it (kzlib.stages)
     ADDED: ClassVar[dict] = {"amp_dtype": "fp16", "amp_cpu_dtype": "bf16", "time_budget_s": 0.0, "validate_every": 1,
                              "rpn_pre_nms_train": 2000, "rpn_post_nms_train": 2000, "backbone_channels": (),
-                             "backbone_blocks": (), "cache_pages": False, "glyph_height": 0.0}
+                             "backbone_blocks": (), "cache_pages": False, "glyph_height": 0.0,
+                             "roi_sampling_ratio": 2}
     # model
     backbone: str = "resnet152"
     fpn_channels: int = 256
@@ -36,6 +37,8 @@ class DetectConfig:
     box_batch_per_image: int = 512  # proposals sampled per image for the box head while training
     rpn_pre_nms_train: int = 2000  # training: the RPN's best anchors per level before NMS (torchvision's default)
     rpn_post_nms_train: int = 2000  # training: proposals kept after NMS (torchvision's default); fewer: cheaper steps
+    roi_sampling_ratio: int = 2  # the box head's roi_align: sampling points per bin side (torchvision's default 2;
+    #                              1: a quarter of the points, for glyph-sized boxes a bin is about a feature pixel)
     # data
     page_size: int = 1685  # pages are read with this many pixels along page_side (train and test)
     page_side: str = "longest"  # "longest" (LongestMaxSize, as upstream) or "height"
@@ -92,10 +95,10 @@ class DetectConfig:
                       amp_dtype=("fp16", "bf16"), amp_cpu_dtype=("bf16", "fp16"))
         check_positive(self, "page_size", "crop_width", "crop_height", "crops_per_page", "epochs", "batch_size",
                        "lr", "fpn_channels", "max_detections", "rpn_pre_nms_test", "rpn_post_nms_test",
-                       "n_folds", "box_batch_per_image", "validate_every", "rpn_pre_nms_train",
+                       "n_folds", "box_batch_per_image", "rpn_pre_nms_train",
                        "rpn_post_nms_train")
         check_positive(self, "weight_decay", "warmup_epochs", "workers", "momentum", "time_budget_s", "glyph_height",
-                       allow_zero=True)
+                       "validate_every", "roi_sampling_ratio", allow_zero=True)
         if not 0 <= self.scale_aug < 1:
             raise ConfigError(f"scale_aug: must be in [0, 1), got {self.scale_aug}")
         check_zoom_range(self.zoom_range)

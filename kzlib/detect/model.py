@@ -12,7 +12,7 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import misc as misc_ops
+from torchvision.ops import MultiScaleRoIAlign, misc as misc_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from kzlib import weights
@@ -117,6 +117,7 @@ def build_model(cfg: DetectConfig, load_pretrained: bool = True) -> FasterRCNN:
         backbone,
         num_classes=2,
         rpn_anchor_generator=anchors,
+        box_roi_pool=MultiScaleRoIAlign(["0", "1", "2", "3"], 7, cfg.roi_sampling_ratio),
         box_score_thresh=cfg.score_threshold,
         box_nms_thresh=cfg.nms_iou,
         box_detections_per_img=cfg.max_detections,

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 from kzlib import distributed
+from kzlib.config import validates
 from kzlib.data import DataDir
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset, collate
@@ -135,7 +136,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
                                  world_size=distributed.size()))
     distributed.barrier()
     t = Training.begin(model, cfg, device, run, checkpoint, steps_per_epoch(len(dataset), cfg.batch_size),
-                       ("f1", "precision", "recall"), keep_last_as_best=not val_pages, split=split)
+                       ("f1", "precision", "recall"), keep_last_as_best=not val_pages or not cfg.validate_every, split=split)
     if distributed.is_main():
         print(f"device: {describe(device)}; {t.opt.precision}; {distributed.size()} process(es); "
               f"{t.opt.split} micro-batch(es) a step", flush=True)
@@ -148,7 +149,7 @@ def train(data_dir: Path, out: Path, cfg: DetectConfig, fold: int | None = None,
         last = epoch + 1 == cfg.epochs
         if distributed.is_main():
             scores = agnostic_f1(val_pages, detect_pages(model, val_pages, cfg, device, "validate")) \
-                if val_pages and ((epoch + 1) % cfg.validate_every == 0 or last) else {}
+                if val_pages and validates(epoch, cfg.epochs, cfg.validate_every) else {}
             t.end_epoch(epoch, losses, scores, len(dataset), t_train, time.time() - t0, last)
             print(epoch_line(fold, epoch, cfg.epochs, f"loss {losses.get('loss', 0):.4f}", scores, t.best,
                              time.time() - t0), flush=True)

@@ -26,6 +26,7 @@ import re
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
+from kzlib.config import validations
 from kzlib.kaggle.plan import kernel_plan
 from kzlib.preset import PipelineConfig, load_preset, preset_path
 
@@ -77,7 +78,7 @@ def _training_seconds(epochs: int, crops: int, pages: float, held_out: float, pa
     epoch = crops * pages / speed
     validation = held_out * page_crops * FORWARD_SHARE
     share = validation / (validation + crops * pages)
-    return epochs * epoch * (1 - share) / _gpus(cfg) + math.ceil(epochs / max(1, validate_every)) * epoch * share
+    return epochs * epoch * (1 - share) / _gpus(cfg) + validations(epochs, validate_every) * epoch * share
 
 
 @dataclass
@@ -133,7 +134,7 @@ def _settings(kernel, cfg: PipelineConfig) -> dict:
     if kernel.template == "detect":
         c = cfg.detect_config()
         return {"folds": cfg.n_folds, "backbone": c.backbone, "epochs": c.epochs, "crops a page": c.crops_per_page,
-                "page size": c.page_size, "validations": math.ceil(c.epochs / c.validate_every)}
+                "page size": c.page_size, "validations": validations(c.epochs, c.validate_every)}
     kind = kernel.values["KIND"]
     base = kind.removesuffix("-pl-ft").removesuffix("-pl")
     c = cfg.classify_config(base)
@@ -143,7 +144,7 @@ def _settings(kernel, cfg: PipelineConfig) -> dict:
     elif kind.endswith("-pl"):
         crops = cfg.refit_crops_per_page
     return {"folds": cfg.n_folds, "backbone": c.backbone, "epochs": epochs, "crops a page": crops,
-            "page size": c.test_size, "TTA scales": cfg.n_tta, "validations": math.ceil(epochs / c.validate_every)}
+            "page size": c.test_size, "TTA scales": cfg.n_tta, "validations": validations(epochs, c.validate_every)}
 
 
 def bill(kernels, cfg: PipelineConfig, budget_hours: float, train_pages: int = TRAIN_PAGES,
