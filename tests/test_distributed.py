@@ -196,6 +196,7 @@ def _uneven_step(rank: int, port: int, out: str, split: int, accumulation: int) 
     (split 2: its 1-box chunk joins the other, one part) against [3, 3] (two parts); with
     accumulation 2, process 0's second micro-batch has one box (dropped: BatchNorm needs two)."""
     import datetime
+    import faulthandler
 
     import torch.distributed as dist
 
@@ -204,6 +205,7 @@ def _uneven_step(rank: int, port: int, out: str, split: int, accumulation: int) 
     from kzlib.classify.train import train_one_epoch
     from kzlib.training import Optimisation
 
+    faulthandler.dump_traceback_later(200, exit=True)  # a hang shows its stack before the test's deadline
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2")
     dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=30))
     torch.set_num_threads(1)
@@ -230,7 +232,10 @@ def _uneven_step(rank: int, port: int, out: str, split: int, accumulation: int) 
     except Exception as e:  # noqa: BLE001  (what went wrong is the test's answer)
         result = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
     Path(out, f"{rank}.json").write_text(json.dumps(result))
-    dist.destroy_process_group()
+    # DDP goes before its process group, as in the kit's trainings (finish_training runs after
+    # train() returned): destroyed after it, DDP's reducer hung now and then in the process's exit
+    del ddp, opt, model
+    distributed.close()
 
 
 @pytest.mark.slow
