@@ -12,8 +12,11 @@ a finished run is read, not redone), FILE being the preset with every network's 
 Printed first: the CPU (model, avx512_bf16, amx), torch's threads, and the machine's reference step
 (``profile_epoch.reference_step``: the fp32 classifier step of the demo's 0.814 recipe) with the
 runner's limit on this machine: 15 min x (reference step / 1.1 s, the step of BENCHMARKS.md's
-2-core Xeon). Then per run: runner seconds, the trainings' and the rest's seconds, and the valid /
-test F1 of every model; then the mean and the worst seed per precision. Writes OUT/spread.csv.
+2-core Xeon). A VM's speed drifts over an hour, so the step is measured again after every run: a
+run is held to the limit of the mean of the steps just before and just after it, and the summary
+also gives the limit of the median of all. Then per run: runner seconds, its reference step and
+limit, the trainings' and the rest's seconds, and the valid / test F1 of every model; then the mean
+and the worst seed per precision. Writes OUT/spread.csv.
 """
 
 import argparse
@@ -55,20 +58,30 @@ def seeded_preset(preset: dict, seed: int, bf16: bool) -> dict:
     return p
 
 
-def run_chain(data: Path, work: Path, preset: dict) -> float:
-    """Runs (or finishes) the chain; the runner's wall seconds of this call (0 when it was done)."""
+def probe(data: Path) -> float:
+    """This machine's reference step now, printed with the runner's limit it gives."""
+    ref = reference_step(data)
+    limit = LIMIT_S * ref / XEON_STEP_S
+    print(f"reference step (fp32 classifier step of the 0.814 recipe): {ref:.3f} s -> the runner's limit now: "
+          f"15 min x {ref:.3f} / {XEON_STEP_S} = {limit:.0f} s ({limit / 60:.1f} min)", flush=True)
+    return ref
+
+
+def run_chain(data: Path, work: Path, preset: dict) -> tuple[float, bool]:
+    """Runs (or finishes) the chain: the runner's wall seconds, and whether it ran in this call
+    (False: a finished run, its seconds read back)."""
     work.mkdir(parents=True, exist_ok=True)
     preset_file = work.parent / f"{work.name}.preset.json"
     preset_file.write_text(json.dumps(preset, indent=1))
     seconds_file = work / "runner_seconds.txt"
     if seconds_file.exists():
-        return float(seconds_file.read_text())
+        return float(seconds_file.read_text()), False
     t0 = time.time()
     subprocess.run([sys.executable, str(ROOT / "run_local.py"), "--data", str(data), "--work", str(work),
                     "--preset", str(preset_file)], check=True)
     seconds = time.time() - t0
     seconds_file.write_text(f"{seconds:.1f}")
-    return seconds
+    return seconds, True
 
 
 def run_row(name: str, work: Path, seconds: float) -> dict:
@@ -99,10 +112,7 @@ def main():
     a = ap.parse_args()
     preset = json.loads(preset_path(a.preset).read_text())
     print(cpu_line(), flush=True)
-    ref = reference_step(a.data)
-    limit = LIMIT_S * ref / XEON_STEP_S
-    print(f"reference step (fp32 classifier step of the 0.814 recipe): {ref:.3f} s -> the runner's limit here: "
-          f"15 min x {ref:.3f} / {XEON_STEP_S} = {limit:.0f} s ({limit / 60:.1f} min)", flush=True)
+    steps = [probe(a.data)]
     precisions = [p for p in a.precisions if p == "fp32" or cpu_has_bf16()]
     if len(precisions) < len(a.precisions):
         print("bf16: this CPU has no native bf16 (AVX512-BF16 or AMX); fp32 only", flush=True)
@@ -113,19 +123,34 @@ def main():
     for precision, seed, again in runs:
         name = f"{precision}-s{seed}{again}"
         print(f"\n=== {name} ===", flush=True)
-        seconds = run_chain(a.data, a.out / name, seeded_preset(preset, seed, precision == "bf16"))
-        rows.append({**run_row(name, a.out / name, seconds), "precision": precision, "seed": seed})
+        work = a.out / name
+        seconds, ran = run_chain(a.data, work, seeded_preset(preset, seed, precision == "bf16"))
+        if ran:  # the run's own step: the mean of those just before and after it, kept with the run
+            steps.append(probe(a.data))
+            (work / "reference_step.txt").write_text(f"{(steps[-2] + steps[-1]) / 2:.4f}")
+        ref_file = work / "reference_step.txt"  # absent for a run made before the script kept it
+        ref = float(ref_file.read_text()) if ref_file.exists() else float("nan")
+        row = run_row(name, work, seconds)
+        rows.append({"run": name, "runner_s": row.pop("runner_s"), "ref_step_s": round(ref, 3),
+                     "limit_s": round(LIMIT_S * ref / XEON_STEP_S, 0), **row, "precision": precision, "seed": seed})
     df = pd.DataFrame(rows)
     a.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(a.out / "spread.csv", index=False)
     pd.set_option("display.width", 250)
-    print(f"\n{cpu_line()}\nreference step {ref:.3f} s; runner limit here {limit:.0f} s")
+    ref = float(pd.Series(steps).median())
+    limit = LIMIT_S * ref / XEON_STEP_S
+    print(f"\n{cpu_line()}\nreference steps {', '.join(f'{x:.3f}' for x in steps)} s: median {ref:.3f} s, "
+          f"runner limit here {limit:.0f} s")
     print(df.drop(columns=["precision", "seed"]).to_string(index=False))
     level2 = "level 2: test"
     for precision, g in df[~df["run"].str.endswith("-again")].groupby("precision", sort=False):
+        own = g.dropna(subset=["limit_s"])
+        own = ("no step of its own (made before the script kept one)" if own.empty else
+               f"{(own['runner_s'] <= own['limit_s']).sum()} of {len(own)} within")
         print(f"{precision}: level-2 test F1 mean {g[level2].mean():.4f}, worst {g[level2].min():.4f} "
-              f"({len(g)} seeds); runner {g['runner_s'].min():.0f}-{g['runner_s'].max():.0f} s against the limit "
-              f"{limit:.0f} s: {'within' if g['runner_s'].max() <= limit else 'OVER'}")
+              f"({len(g)} seeds); runner {g['runner_s'].min():.0f}-{g['runner_s'].max():.0f} s; each run against "
+              f"its own limit: {own}; against the median's {limit:.0f} s: "
+              f"{'within' if g['runner_s'].max() <= limit else 'OVER'}")
     if a.repeat:
         first, again = (df[df["run"] == f"fp32-s{a.seeds[0]}{x}"].iloc[0] for x in ("", "-again"))
         f1s = [c for c in df.columns if c.endswith((": valid", ": test"))]
