@@ -38,7 +38,8 @@ class DetectConfig:
     rpn_pre_nms_train: int = 2000  # training: the RPN's best anchors per level before NMS (torchvision's default)
     rpn_post_nms_train: int = 2000  # training: proposals kept after NMS (torchvision's default); fewer: cheaper steps
     roi_sampling_ratio: int = 2  # the box head's roi_align: sampling points per bin side (torchvision's default 2;
-    #                              1: a quarter of the points, for glyph-sized boxes a bin is about a feature pixel)
+    #                              1: a quarter of the points, for glyph-sized boxes a bin is about a feature pixel;
+    #                              0: torchvision's adaptive count, ceil(box side / 7) a bin side)
     # data
     page_size: int = 1685  # pages are read with this many pixels along page_side (train and test)
     page_side: str = "longest"  # "longest" (LongestMaxSize, as upstream) or "height"
