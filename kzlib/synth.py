@@ -71,6 +71,7 @@ class SynthConfig:
     glyph_scale: float = 1.0  # glyphs this many times the real relative size (fewer per page)
     workers: int = 0  # 0: one per CPU core
     overwrite: bool = False
+    test_books: int = 0  # books the test pages are dealt over; 0: one per 5 test pages
 
 
 @dataclass
@@ -489,6 +490,8 @@ def check(cfg: SynthConfig) -> None:
         raise ValueError("--height must be at least 200")
     if not 0.2 <= cfg.glyph_scale <= 10:
         raise ValueError("--glyph-scale must be between 0.2 and 10")
+    if cfg.test_books < 0 or (cfg.test_books and cfg.test_books > cfg.test_pages):
+        raise ValueError(f"--test-books must be within 0..--test-pages ({cfg.test_pages}), got {cfg.test_books}")
 
 
 def split_fonts(cfg: SynthConfig, fonts: list[Font]) -> tuple[list[Font], list[Font]]:
@@ -509,7 +512,7 @@ def split_fonts(cfg: SynthConfig, fonts: list[Font]) -> tuple[list[Font], list[F
 
 def plan_books(cfg: SynthConfig, train_fonts: list[Font], test_fonts: list[Font]) -> tuple[list[dict], list[_PageJob]]:
     """The books (id, split, style; test books after the training ones) and every page to render."""
-    n_test_books = max(1, math.ceil(cfg.test_pages / 5)) if cfg.test_pages else 0
+    n_test_books = (cfg.test_books or max(1, math.ceil(cfg.test_pages / 5))) if cfg.test_pages else 0
     books = []
     for b in range(cfg.books + n_test_books):
         split = "train" if b < cfg.books else "test"
@@ -632,11 +635,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--holdout-font", help="typeface kept out of training books (name, family or path substring); test books use only it")
     p.add_argument("--glyph-scale", type=float, default=1.0,
                    help="glyph size relative to the real distribution (e.g. 2 for small test pages)")
+    p.add_argument("--test-books", type=int, default=0,
+                   help="books the test pages are dealt over (default: one per 5 test pages); a page's image "
+                        "depends only on the seed, its book and its number, so --test-books 1 --test-pages 20 "
+                        "gives the 5-page test book's pages and 15 more of that book")
     p.add_argument("--workers", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     a = p.parse_args(argv)
     cfg = SynthConfig(a.out_dir, a.books, a.pages_per_book, a.test_pages, a.classes, a.height, a.seed,
-                      a.labels_source, a.font, a.holdout_font, a.glyph_scale, a.workers, a.overwrite)
+                      a.labels_source, a.font, a.holdout_font, a.glyph_scale, a.workers, a.overwrite,
+                      a.test_books)
     summary = generate(cfg, progress=sys.stderr.isatty())
     for k, v in summary.items():
         print(f"{k}: {v}")

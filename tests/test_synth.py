@@ -50,6 +50,22 @@ def test_deterministic_for_a_seed(tmp_path):
         assert img.read_bytes() == (tmp_path / "b" / "train_images" / img.name).read_bytes()
 
 
+def test_more_test_pages_of_one_book_keep_the_pages_already_made(tmp_path):
+    # a dev set held out by every fold: more pages of the same test book, the rest unchanged
+    generate(small(tmp_path / "a", test_pages=2), progress=False)
+    generate(small(tmp_path / "b", test_pages=6, test_books=1), progress=False)
+    a, b = (read_labels_csv(tmp_path / x / "test_labels.csv") for x in "ab")
+    assert len(b) == 6 and set(map(book_id, b["image_id"])) == set(map(book_id, a["image_id"]))
+    assert b.head(2).equals(a) and (tmp_path / "a" / "train.csv").read_text() == (tmp_path / "b" / "train.csv").read_text()
+    for img in (tmp_path / "a" / "test_images").iterdir():
+        assert img.read_bytes() == (tmp_path / "b" / "test_images" / img.name).read_bytes()
+    generate(small(tmp_path / "c", test_pages=6), progress=False)  # the default: one book per 5 test pages
+    c = read_labels_csv(tmp_path / "c" / "test_labels.csv")
+    assert len(set(map(book_id, c["image_id"]))) == 2
+    with pytest.raises(ValueError, match="--test-books"):
+        generate(small(tmp_path / "d", test_pages=2, test_books=3), progress=False)
+
+
 def test_class_frequencies_follow_labels_source(tmp_path):
     src = tmp_path / "real.csv"
     # あ most frequent, then い; う rare; ア never covered by the request of 2 classes
