@@ -52,7 +52,7 @@ from typing import Sequence
 from kzlib import __version__
 from kzlib.cli import one_line_errors, parser
 from kzlib.config import config_from_dict, read_json
-from kzlib.detect.config import TestBoxRule
+from kzlib.detect.config import TEST_MATCHES, TestBoxRule
 from kzlib.errors import DataError, EnvironmentProblem, UsageError
 from kzlib.io import file_sha256, io_message, write_json_atomic
 from kzlib.preset import PipelineConfig
@@ -63,7 +63,8 @@ from kzlib.work import WorkDir
 
 MANIFEST = "manifest.json"
 # 1: the test-box rule under "test_boxes"; 2: "test_box_rule", forced exports said (both: pickled best.pth);
-# 3: weights as safetensors, configs, class lists and scores as JSON: no pickle
+# 3: weights as safetensors, configs, class lists and scores as JSON: no pickle (and, added within 3,
+# "test_match": how the vote matches the folds' boxes; a manifest without it voted by IoU)
 FORMAT = 3
 OLD_FORMATS = (1, 2)
 FORMATS_OF_FILES = {"weights": "safetensors", "run": "json",
@@ -216,6 +217,9 @@ def check_manifest(path: Path, m) -> dict:
         raise BundleError(f"{path / MANIFEST}: 'n_tta' is {n_tta}, not at least 1; export the bundle again")
     _key(path, m, "test_box_rule", str, "the test-box rule")
     _key(path, m, "test_votes", int, "a number of votes")
+    if _key(path, m, "test_match", str, "how the vote matches boxes", optional=True) not in (None, *TEST_MATCHES):
+        raise BundleError(f"{path / MANIFEST}: 'test_match' is {m['test_match']!r}, not centre or iou; "
+                          "export the bundle again")
     _key(path, m, "n_folds", int, "a number of folds")
     _key(path, m, "level2", (str, type(None)), "a folder or null", optional=True)
     files = _key(path, m, "files", dict, "an object: file -> SHA-256")
@@ -294,7 +298,8 @@ def load(path: Path, trust: bool = False) -> Bundle:
         path = inner
     m = read_json(path / MANIFEST)
     verify(path, m, trust)
-    rule = TestBoxRule(m["test_box_rule"], m["test_votes"], m["n_folds"] or len(m["detectors"]))
+    rule = TestBoxRule(m["test_box_rule"], m["test_votes"], m["n_folds"] or len(m["detectors"]),
+                       m.get("test_match", "iou"))  # bundles made before the key voted by IoU
     unicode_csv = "unicode_translation.csv" in m["files"]
     return Bundle(path, [path / d for d in m["detectors"]], {k: [path / p for p in v] for k, v in m["classifiers"].items()},
                   rule, m["n_tta"], path / m["level2"] if m.get("level2") else None,
@@ -366,7 +371,7 @@ def export(work: Path, out: Path, folds: str = "all", level2: bool = True, force
                     "torch": torch.__version__, "safetensors": metadata.version("safetensors"),
                     "created": time.strftime("%Y-%m-%d %H:%M:%S"), "source": b.info["source"], "folds": folds,
                     "detectors": rel_det, "test_box_rule": b.rule.rule, "test_votes": b.rule.votes,
-                    "n_folds": b.rule.n_folds, "n_tta": b.n_tta, "classifiers": rel_cls,
+                    "test_match": b.rule.match, "n_folds": b.rule.n_folds, "n_tta": b.n_tta, "classifiers": rel_cls,
                     "level2": "level2" if b.level2 is not None else None,
                     **({"forced": b.info["forced"]} if force else {}),
                     "files": {f.relative_to(stage).as_posix(): file_sha256(f) for f in written}}

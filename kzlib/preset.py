@@ -36,6 +36,8 @@ class PipelineConfig:
     test_box_rule: str = "fold0"                        # test boxes of every classifier: "fold0" (the fold-0
     #                                                     detector's, as upstream) or "vote" (folds voting)
     test_votes: int = 0                                 # with "vote": folds agreeing on a box (0: majority)
+    test_match: str = "centre"                          # with "vote": two folds' boxes are one glyph when the
+    #                                                     centre of either is inside the other ("iou": IoU >= 0.5)
     pseudo_kind: str = ""                               # kind refitted with pseudolabels ("" = none)
     pseudo_min_gap: float = 5.0
     pseudo_max_second_score: float = 10.0
@@ -73,7 +75,7 @@ class PipelineConfig:
                                       f"gpus {self.gpus}; make it a multiple of {self.gpus}")
 
     def test_rule(self) -> TestBoxRule:
-        return TestBoxRule(self.test_box_rule, self.test_votes, self.n_folds)
+        return TestBoxRule(self.test_box_rule, self.test_votes, self.n_folds, self.test_match)
 
     def detect_config(self) -> DetectConfig:
         return config_from_dict(DetectConfig, {**self.detect, "device": self.device, "n_folds": self.n_folds})

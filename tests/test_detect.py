@@ -1,6 +1,7 @@
 import json
 import re
 from dataclasses import replace
+from functools import partial
 
 import cv2
 import numpy as np
@@ -212,9 +213,11 @@ def test_boxes_that_round_to_no_width_or_height_are_dropped(tmp_path):
     assert merge_test([tmp_path / "t.csv"], tmp_path / "m.csv", TestBoxRule("fold0"))["w"].tolist() == [3.0]
 
 
-def test_vote_boxes_keeps_majority_clusters_and_averages_them():
+@pytest.mark.parametrize("match", ["centre", "iou"])
+def test_vote_boxes_keeps_majority_clusters_and_averages_them(match):
     from kzlib.detect.predict import vote_boxes
 
+    vote_boxes = partial(vote_boxes, match=match)
     a = np.array([[10, 10, 20, 20], [100, 100, 20, 20], [300, 300, 10, 10]], float)
     b = np.array([[12, 10, 20, 20], [100, 102, 20, 20]], float)
     c = np.array([[10, 12, 20, 20], [500, 500, 10, 10]], float)
@@ -227,6 +230,38 @@ def test_vote_boxes_keeps_majority_clusters_and_averages_them():
     assert len(vote_boxes([a, np.empty((0, 4)), c], [s[0], np.empty(0), s[2]], min_votes=3)[0]) == 0
     one, _ = vote_boxes([a], [s[0]], 1)
     np.testing.assert_array_equal(one, a)
+
+
+def test_the_centre_vote_takes_two_folds_boxes_of_one_glyph_as_one():
+    """Two folds' boxes of one glyph that overlap by less than IoU 0.5 (one box the glyph's top
+    half) were kept both by the IoU vote: the metric then counts the second as a false positive."""
+    from kzlib.detect.predict import vote_boxes
+
+    f0 = np.array([[0, 0, 20, 40], [0, 50, 20, 20], [200, 200, 20, 40], [200, 205, 20, 20],
+                   [300, 300, 20, 20], [300, 318, 20, 20], [400, 400, 10, 10]], float)
+    f1 = np.array([[0, 0, 20, 18], [0, 72, 20, 20], [300, 305, 20, 24], [400, 400, 40, 40]], float)
+    s0, s1 = np.array([0.9, 0.9, 0.9, 0.8, 0.9, 0.8, 0.9]), np.array([0.7, 0.9, 0.5, 0.5])
+    boxes, scores = vote_boxes([f0, f1], [s0, s1], min_votes=1, match="centre")
+    got = {tuple(b): sc for b, sc in zip(boxes.tolist(), scores.tolist())}
+    assert len(got) == 8
+    assert got[(0, 0, 20, 29)] == pytest.approx((0.9 + 0.7) / 2)  # one glyph: the mean of both boxes
+    assert (0, 50, 20, 20) in got and (0, 72, 20, 20) in got  # neighbours: neither centre inside the other
+    assert (200, 200, 20, 40) in got and (200, 205, 20, 20) in got  # one detector's boxes are never merged
+    assert (300, 302.5, 20, 22) in got and (300, 318, 20, 20) in got  # the nearest of two candidate glyphs
+    assert (400, 400, 25, 25) in got  # the first box's centre inside the later one's is enough
+    assert len(vote_boxes([f0, f1], [s0, s1], min_votes=1, match="iou")[0]) == 10  # IoU 0.45: both kept
+    assert len(vote_boxes([f0, f1], [s0, s1], min_votes=2, match="centre")[0]) == 3
+
+
+def test_merge_test_votes_by_centres_unless_told_iou(tmp_path):
+    boxes = lambda rows: pd.DataFrame(rows, columns=["x", "y", "w", "h", "score"]).assign(image_id="p")
+    boxes([[0, 0, 20, 40, 0.9], [0, 50, 20, 20, 0.8]]).to_csv(tmp_path / "f0.csv", index=False)
+    boxes([[0, 0, 20, 18, 0.7]]).to_csv(tmp_path / "f1.csv", index=False)  # the top half of glyph 1: IoU 0.45
+    for flags, n in [([], 2), (["--test-match", "iou"], 3)]:
+        code, out, err = run_main(detect_cli, "merge-test", tmp_path / "f0.csv", tmp_path / "f1.csv",
+                                  "--out", tmp_path / "m.csv", "--test-votes", "1", *flags)
+        assert code == 0 and f"{n} boxes of 1 pages" in out, err
+        assert len(pd.read_csv(tmp_path / "m.csv")) == n
 
 
 def test_a_time_budget_chooses_the_epochs_and_keeps_the_training(tiny, tmp_path, capsys):

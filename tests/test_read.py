@@ -42,6 +42,14 @@ def test_bundle_has_every_part_with_hashes(finished_run, tmp_path):
         assert mine.keys() == theirs["model"].keys() and all(torch.equal(mine[k], theirs["model"][k]) for k in mine)
         assert json.loads((tmp_path / "bundle" / rel / "run.json").read_text())["epoch"] == theirs["epoch"]
     assert b.level2 == (tmp_path / "bundle" / "level2" if (work / "stack" / "models" / "stack.json").exists() else None)
+    assert m["test_match"] == "centre" and load(tmp_path / "bundle").rule.match == "centre"
+    manifest = tmp_path / "bundle" / "manifest.json"
+    manifest.write_text(json.dumps({k: v for k, v in m.items() if k != "test_match"}))
+    assert load(tmp_path / "bundle").rule.match == "iou"  # a bundle made before the key: its votes matched by IoU
+    manifest.write_text(json.dumps({**m, "test_match": "nearest"}))
+    with pytest.raises(BundleError, match="'test_match' is 'nearest', not centre or iou"):
+        load(tmp_path / "bundle")
+    manifest.write_text(json.dumps(m))
     fast = export(work, tmp_path / "fast", folds="best", log=lambda *_: None)
     assert len(fast.detectors) == 1 and fast.level2 is None and len(fast.classifiers["a"]) == 1
     with pytest.raises(DataError, match="several model bundles under .*bundle.*fast"):

@@ -6,7 +6,7 @@ from kzlib.cli import add_training_flags, device_arg, one_line_errors, parser
 from kzlib.config import add_config_flags, config_from_args, given_flags
 from kzlib.data import DataDir
 from kzlib.detect import __doc__ as DOC
-from kzlib.detect.config import DetectConfig, TestBoxRule
+from kzlib.detect.config import TEST_MATCHES, DetectConfig, TestBoxRule
 from kzlib.runs import RunDir
 
 
@@ -36,6 +36,9 @@ def main(argv=None) -> int:
     mt.add_argument("--test-votes", type=int, dest="min_votes",
                     help="folds that must agree on a box (default: a majority), as the preset's test_votes")
     mt.add_argument("--min-votes", type=int, dest="min_votes", help=argparse.SUPPRESS)  # deprecated name
+    mt.add_argument("--test-match", choices=TEST_MATCHES, default="centre",
+                    help="two folds' boxes are one glyph when the centre of either lies inside the other "
+                         "(centre, the default) or when their IoU is at least 0.5 (iou); the preset's test_match")
     a = p.parse_args(argv)
     if a.cmd == "train":
         cfg = config_from_args(DetectConfig, a, a.config)
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
         out = predict.predict(a.run_dir, a.data_dir, a.split, a.out, a.device, a.score_threshold)
         print(f"wrote {out}")
     elif a.cmd == "merge-test":
-        rule = TestBoxRule("vote" if len(a.files) > 1 else "fold0", a.min_votes or 0, len(a.files))
+        rule = TestBoxRule("vote" if len(a.files) > 1 else "fold0", a.min_votes or 0, len(a.files), a.test_match)
         df = predict.merge_test(a.files, a.out, rule)
         print(f"wrote {a.out}: {len(df)} boxes of {df['image_id'].nunique()} pages")
     else:

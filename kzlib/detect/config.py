@@ -111,24 +111,30 @@ class DetectConfig:
 
 
 TEST_BOX_RULES = ("fold0", "vote")
+TEST_MATCHES = ("centre", "iou")
 
 
 @dataclass(frozen=True)
 class TestBoxRule:
     """Which detectors' boxes every classifier reads on the test pages: ``fold0``, the fold-0
     detector's (the original solution), or ``vote``, the folds' boxes voted (a box is kept when
-    ``votes`` folds agree on it, a majority when 0; ``kzlib.detect.predict.vote_boxes``). One rule
-    for the runner, its bundles and ``kzlib read``."""
+    ``votes`` folds agree on it, a majority when 0; ``kzlib.detect.predict.vote_boxes``). The vote
+    takes two folds' boxes for one glyph when ``match`` says so: ``centre``, the centre of either
+    lies inside the other (the metric's own test of a hit), or ``iou``, IoU >= 0.5 (bundles made
+    before ``centre``). One rule for the runner, its bundles and ``kzlib read``."""
     __test__: ClassVar[bool] = False  # not a test class, whatever its name
     rule: str = "fold0"
     votes: int = 0
     n_folds: int = 1
+    match: str = "centre"
 
     def __post_init__(self) -> None:
         if self.rule not in TEST_BOX_RULES:
             raise ConfigError(f"test_box_rule: {self.rule!r} is not fold0 or vote")
         if not 0 <= self.votes <= len(self.folds):
             raise ConfigError(f"test_votes: must be within 0..{len(self.folds)}, got {self.votes}")
+        if self.match not in TEST_MATCHES:
+            raise ConfigError(f"test_match: {self.match!r} is not centre or iou")
 
     @property
     def folds(self) -> list[int]:

@@ -134,7 +134,7 @@ def combine_test_boxes(found: Sequence[tuple[np.ndarray, np.ndarray]], rule: Tes
     order: fold 0's as they are, or the folds' vote (``vote_boxes``), rounded as written."""
     if len(found) != len(rule.folds):
         raise ValueError(f"the test-box rule reads {len(rule.folds)} detector(s), {len(found)} given")
-    xywh, scores = vote_boxes([b for b, _ in found], [s for _, s in found], rule.min_votes)
+    xywh, scores = vote_boxes([b for b, _ in found], [s for _, s in found], rule.min_votes, match=rule.match)
     return round_boxes(xywh, scores)
 
 
@@ -216,17 +216,52 @@ def merge_oof(run_dirs: Sequence[Path], out: Path, data_dir: Path | None = None)
     return df
 
 
+def centre_groups(xyxy: np.ndarray, fold: np.ndarray, scores: np.ndarray) -> list[list[int]]:
+    """Boxes of several detectors (``xyxy``, the detector ``fold`` of each) grouped by glyph, from the
+    highest score down: a box joins the group whose first box is nearest (centre to centre) among
+    those whose first box holds its centre or has its centre inside it, and that has no box of its
+    detector yet; else it starts a group. One detector's boxes never share a group."""
+    centre = (xyxy[:, :2] + xyxy[:, 2:]) / 2
+    holds = ((centre[:, None] >= xyxy[None, :, :2]) & (centre[:, None] <= xyxy[None, :, 2:])).all(-1)  # [i, j]: i's centre in j
+    near = holds | holds.T
+    dist = ((centre[:, None] - centre[None]) ** 2).sum(-1)
+    heads: list[int] = []
+    groups: list[list[int]] = []
+    for i in np.argsort(-scores, kind="stable"):
+        if heads:
+            h = np.array(heads)
+            free = np.array([fold[i] not in fold[g] for g in groups])
+            cand = np.flatnonzero(near[i, h] & free)
+            if len(cand):
+                groups[cand[np.argmin(dist[i, h[cand]])]].append(i)
+                continue
+        heads.append(i)
+        groups.append([i])
+    return groups
+
+
 def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarray], min_votes: int,
-               iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
-    """Merge one page's boxes from several detectors: clusters around the boxes that survive NMS
-    over all of them, kept when at least ``min_votes`` detectors have a box of IoU >= ``iou`` with
-    the cluster's seed; the kept box is the mean of each voting detector's best-matching box and
-    its score the mean over all detectors (0 for a detector without a match)."""
+               iou: float = 0.5, match: str = "centre") -> tuple[np.ndarray, np.ndarray]:
+    """Merge one page's boxes from several detectors, each box kept when at least ``min_votes``
+    detectors found its glyph; the kept box is the mean of the voting detectors' boxes and its
+    score the mean over all detectors (0 for a detector without a match). ``match``: ``centre``,
+    the glyphs are ``centre_groups``; ``iou``, clusters around the boxes that survive NMS over all
+    of them, a detector voting with its box of highest IoU >= ``iou`` with the cluster's seed."""
 
     n = len(fold_boxes)
     boxes = [np.asarray(b, np.float64).reshape(-1, 4) for b in fold_boxes]
     if n == 1:
         return boxes[0], np.asarray(fold_scores[0], np.float64)
+    if match == "centre":
+        every = np.concatenate(boxes)
+        if len(every) == 0:
+            return np.empty((0, 4)), np.empty(0)
+        score = np.concatenate([np.asarray(s, np.float64).reshape(-1) for s in fold_scores])
+        fold = np.repeat(np.arange(n), [len(b) for b in boxes])
+        groups = centre_groups(np.c_[every[:, :2], every[:, :2] + every[:, 2:]], fold, score)
+        kept = [g for g in groups if len(g) >= min_votes]
+        xywh = np.array([every[g].mean(0) for g in kept]).reshape(-1, 4)
+        return xywh, np.array([score[g].sum() / n for g in kept])
     xyxy = [xyxy_tensor(b) for b in boxes]
     every = torch.cat(xyxy)
     if len(every) == 0:
