@@ -36,8 +36,8 @@ class PipelineConfig:
     test_box_rule: str = "fold0"                        # test boxes of every classifier: "fold0" (the fold-0
     #                                                     detector's, as upstream) or "vote" (folds voting)
     test_votes: int = 0                                 # with "vote": folds agreeing on a box (0: majority)
-    test_match: str = "centre"                          # with "vote": two folds' boxes are one glyph when the
-    #                                                     centre of either is inside the other ("iou": IoU >= 0.5)
+    test_match: str = "iou"                             # with "vote": two folds' boxes are one glyph at IoU >= 0.5,
+    #                                                     or with "centre" when the centre of either is inside the other
     pseudo_kind: str = ""                               # kind refitted with pseudolabels ("" = none)
     pseudo_min_gap: float = 5.0
     pseudo_max_second_score: float = 10.0

@@ -224,7 +224,7 @@ STEPS = {step.name: step for step in [
     Step("detect-merge", detect_merge,
          lambda w, s: [w.oof_boxes, w.test_boxes],
          lambda cfg, w, s: {"test_boxes": cfg.test_box_rule, "test_votes": cfg.test_votes}
-         | ({"test_match": cfg.test_match} if cfg.test_box_rule == "vote" else {})),
+         | ({"test_match": cfg.test_match} if cfg.test_box_rule == "vote" and cfg.test_match != "iou" else {})),
     Step("classify-train", classify_train,
          lambda w, s: [w.classifier(s.kind, s.fold).best], _classify_settings, _classifier),
     Step("classify-predict", classify_predict,

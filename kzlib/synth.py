@@ -15,7 +15,7 @@ a few pages without characters.
 
     python -m kzlib.synth OUT_DIR --books 6 --pages-per-book 10 --test-pages 10 --classes 300 \\
         --height 1500 --seed 0 [--labels-source train_labels_777.csv] [--font FILE ...] \\
-        [--holdout-font NAME]
+        [--holdout-font NAME] [--test-books N]
 
 Besides the Kaggle layout it writes ``reading_order.csv`` (every page's characters in reading
 order, in CODH's form: image_id,block_id,char_id,unicode,x,y,w,h), ``test_labels.csv`` (the test pages' truth, train.csv format,

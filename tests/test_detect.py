@@ -240,7 +240,7 @@ def test_the_centre_vote_takes_two_folds_boxes_of_one_glyph_as_one():
     f0 = np.array([[0, 0, 20, 40], [0, 50, 20, 20], [200, 200, 20, 40], [200, 205, 20, 20],
                    [300, 300, 20, 20], [300, 318, 20, 20], [400, 400, 10, 10]], float)
     f1 = np.array([[0, 0, 20, 18], [0, 72, 20, 20], [300, 305, 20, 24], [400, 400, 40, 40]], float)
-    s0, s1 = np.array([0.9, 0.9, 0.9, 0.8, 0.9, 0.8, 0.9]), np.array([0.7, 0.9, 0.5, 0.5])
+    s0, s1 = np.array([0.9, 0.9, 0.9, 0.8, 0.8, 0.9, 0.9]), np.array([0.7, 0.9, 0.5, 0.5])
     boxes, scores = vote_boxes([f0, f1], [s0, s1], min_votes=1, match="centre")
     got = {tuple(b): sc for b, sc in zip(boxes.tolist(), scores.tolist())}
     assert len(got) == 8
@@ -251,13 +251,15 @@ def test_the_centre_vote_takes_two_folds_boxes_of_one_glyph_as_one():
     assert (400, 400, 25, 25) in got  # the first box's centre inside the later one's is enough
     assert len(vote_boxes([f0, f1], [s0, s1], min_votes=1, match="iou")[0]) == 10  # IoU 0.45: both kept
     assert len(vote_boxes([f0, f1], [s0, s1], min_votes=2, match="centre")[0]) == 3
+    with pytest.raises(ValueError, match="'center' is not one of centre, iou"):
+        vote_boxes([f0, f1], [s0, s1], min_votes=1, match="center")
 
 
-def test_merge_test_votes_by_centres_unless_told_iou(tmp_path):
+def test_merge_test_votes_by_iou_unless_told_centres(tmp_path):
     boxes = lambda rows: pd.DataFrame(rows, columns=["x", "y", "w", "h", "score"]).assign(image_id="p")
     boxes([[0, 0, 20, 40, 0.9], [0, 50, 20, 20, 0.8]]).to_csv(tmp_path / "f0.csv", index=False)
     boxes([[0, 0, 20, 18, 0.7]]).to_csv(tmp_path / "f1.csv", index=False)  # the top half of glyph 1: IoU 0.45
-    for flags, n in [([], 2), (["--test-match", "iou"], 3)]:
+    for flags, n in [([], 3), (["--test-match", "centre"], 2)]:
         code, out, err = run_main(detect_cli, "merge-test", tmp_path / "f0.csv", tmp_path / "f1.csv",
                                   "--out", tmp_path / "m.csv", "--test-votes", "1", *flags)
         assert code == 0 and f"{n} boxes of 1 pages" in out, err

@@ -16,6 +16,8 @@ from kzlib.data import read_labels_csv
 from kzlib.metric import read_submission
 from kzlib.preset import load_preset, preset_path
 from kzlib.run import main as run_cli
+from kzlib.steps import STEPS
+from kzlib.work import WorkDir
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNNER = [sys.executable, str(ROOT / "run_local.py")]
@@ -30,6 +32,22 @@ def test_presets_are_valid():
     full = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
     rx = full.classify_config("resnext101")
     assert (rx.backbone, rx.frozen_start, rx.max_targets, rx.batch_size, rx.lr) == ("resnext101_32x8d", True, 256, 12, 0.016)
+
+
+def test_the_vote_match_is_read_checked_and_fingerprinted_only_where_it_was_chosen(tmp_path):
+    demo = load_preset(ROOT / "kzlib" / "configs" / "preset_demo.json")
+    assert demo.test_rule().match == "centre"
+    merge = lambda cfg: STEPS["detect-merge"].settings(cfg, WorkDir(tmp_path), None)
+    assert merge(demo) == {"test_boxes": "vote", "test_votes": 1, "test_match": "centre"}
+    # a preset without the key votes by IoU as before, and the stage's fingerprint is the one it had
+    write_preset(tmp_path / "old.json", test_box_rule="vote", test_votes=1)
+    old = load_preset(tmp_path / "old.json")
+    assert old.test_rule().match == "iou" and merge(old) == {"test_boxes": "vote", "test_votes": 1}
+    full = load_preset(ROOT / "kzlib" / "configs" / "preset_full.json")
+    assert merge(full) == {"test_boxes": "fold0", "test_votes": 0}
+    write_preset(tmp_path / "bad.json", test_box_rule="vote", test_match="nearest")
+    with pytest.raises(ConfigError, match="test_match: 'nearest' is not centre or iou"):
+        load_preset(tmp_path / "bad.json")
 
 
 def test_preset_names_are_not_shadowed_by_folders(tmp_path, monkeypatch):

@@ -36,9 +36,9 @@ def main(argv=None) -> int:
     mt.add_argument("--test-votes", type=int, dest="min_votes",
                     help="folds that must agree on a box (default: a majority), as the preset's test_votes")
     mt.add_argument("--min-votes", type=int, dest="min_votes", help=argparse.SUPPRESS)  # deprecated name
-    mt.add_argument("--test-match", choices=TEST_MATCHES, default="centre",
-                    help="two folds' boxes are one glyph when the centre of either lies inside the other "
-                         "(centre, the default) or when their IoU is at least 0.5 (iou); the preset's test_match")
+    mt.add_argument("--test-match", choices=TEST_MATCHES, default="iou",
+                    help="two folds' boxes are one glyph when their IoU is at least 0.5 (iou, the default) or "
+                         "when the centre of either lies inside the other (centre); the preset's test_match")
     a = p.parse_args(argv)
     if a.cmd == "train":
         cfg = config_from_args(DetectConfig, a, a.config)

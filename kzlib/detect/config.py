@@ -119,14 +119,14 @@ class TestBoxRule:
     """Which detectors' boxes every classifier reads on the test pages: ``fold0``, the fold-0
     detector's (the original solution), or ``vote``, the folds' boxes voted (a box is kept when
     ``votes`` folds agree on it, a majority when 0; ``kzlib.detect.predict.vote_boxes``). The vote
-    takes two folds' boxes for one glyph when ``match`` says so: ``centre``, the centre of either
-    lies inside the other (the metric's own test of a hit), or ``iou``, IoU >= 0.5 (bundles made
-    before ``centre``). One rule for the runner, its bundles and ``kzlib read``."""
+    takes two folds' boxes for one glyph when ``match`` says so: ``iou``, IoU >= 0.5 (the first
+    rule, and still the default), or ``centre``, the centre of either lies inside the other (edges
+    included; the metric's test of a hit). One rule for the runner, its bundles and ``kzlib read``."""
     __test__: ClassVar[bool] = False  # not a test class, whatever its name
     rule: str = "fold0"
     votes: int = 0
     n_folds: int = 1
-    match: str = "centre"
+    match: str = "iou"
 
     def __post_init__(self) -> None:
         if self.rule not in TEST_BOX_RULES:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from kzlib.data import SEG_FP, DataDir, DataError, parse_labels, read_labels_csv
 from kzlib.images import image_size, read_image
 from kzlib.config import config_from_dict
-from kzlib.detect.config import DetectConfig, TestBoxRule
+from kzlib.detect.config import TEST_MATCHES, DetectConfig, TestBoxRule
 from kzlib.detect.model import build_model
 from kzlib.devices import Precision, cudnn_benchmark, memory_format, pick_device
 from kzlib.io import ensure_writable, write_csv_atomic
@@ -224,30 +224,32 @@ def centre_groups(xyxy: np.ndarray, fold: np.ndarray, scores: np.ndarray) -> lis
     centre = (xyxy[:, :2] + xyxy[:, 2:]) / 2
     holds = ((centre[:, None] >= xyxy[None, :, :2]) & (centre[:, None] <= xyxy[None, :, 2:])).all(-1)  # [i, j]: i's centre in j
     near = holds | holds.T
-    dist = ((centre[:, None] - centre[None]) ** 2).sum(-1)
-    heads: list[int] = []
+    head = np.empty(len(xyxy), np.int64)  # group -> its first box
+    has = np.zeros((len(xyxy), int(fold.max()) + 1), bool)  # group -> the detectors with a box in it
     groups: list[list[int]] = []
     for i in np.argsort(-scores, kind="stable"):
-        if heads:
-            h = np.array(heads)
-            free = np.array([fold[i] not in fold[g] for g in groups])
-            cand = np.flatnonzero(near[i, h] & free)
-            if len(cand):
-                groups[cand[np.argmin(dist[i, h[cand]])]].append(i)
-                continue
-        heads.append(i)
-        groups.append([i])
+        g = len(groups)
+        cand = np.flatnonzero(near[i, head[:g]] & ~has[:g, fold[i]])
+        if len(cand):
+            g = cand[np.argmin(((centre[head[cand]] - centre[i]) ** 2).sum(-1))]
+            groups[g].append(i)
+        else:
+            head[g] = i
+            groups.append([i])
+        has[g, fold[i]] = True
     return groups
 
 
 def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarray], min_votes: int,
-               iou: float = 0.5, match: str = "centre") -> tuple[np.ndarray, np.ndarray]:
+               iou: float = 0.5, match: str = "iou") -> tuple[np.ndarray, np.ndarray]:
     """Merge one page's boxes from several detectors, each box kept when at least ``min_votes``
     detectors found its glyph; the kept box is the mean of the voting detectors' boxes and its
     score the mean over all detectors (0 for a detector without a match). ``match``: ``centre``,
     the glyphs are ``centre_groups``; ``iou``, clusters around the boxes that survive NMS over all
     of them, a detector voting with its box of highest IoU >= ``iou`` with the cluster's seed."""
 
+    if match not in TEST_MATCHES:
+        raise ValueError(f"match: {match!r} is not one of {', '.join(TEST_MATCHES)}")
     n = len(fold_boxes)
     boxes = [np.asarray(b, np.float64).reshape(-1, 4) for b in fold_boxes]
     if n == 1:
