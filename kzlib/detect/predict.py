@@ -260,7 +260,7 @@ def vote_boxes(fold_boxes: Sequence[np.ndarray], fold_scores: Sequence[np.ndarra
             return np.empty((0, 4)), np.empty(0)
         score = np.concatenate([np.asarray(s, np.float64).reshape(-1) for s in fold_scores])
         fold = np.repeat(np.arange(n), [len(b) for b in boxes])
-        groups = centre_groups(np.c_[every[:, :2], every[:, :2] + every[:, 2:]], fold, score)
+        groups = centre_groups(xyxy_tensor(every).numpy(), fold, score)
         kept = [g for g in groups if len(g) >= min_votes]
         xywh = np.array([every[g].mean(0) for g in kept]).reshape(-1, 4)
         return xywh, np.array([score[g].sum() / n for g in kept])
