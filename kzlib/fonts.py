@@ -58,34 +58,48 @@ def bundled_font() -> Path | None:
     return path if path.is_file() else None
 
 
-def find_fonts(paths: Sequence[str | Path] = ()) -> list[Font]:
-    """Fonts given as files, else the system's Japanese fonts, else the bundled fallback.
-
-    Fonts that resolve to the same file (symlinks) are listed once; fonts that lack common kana
-    and kanji are skipped. Raises FontError with the packages to install when none is usable."""
+def _candidates(paths: Sequence[str | Path] = ()) -> list[tuple[str, str]]:
+    """(file, family) of the fonts given as files, else of the system's Japanese fonts, else of
+    the bundled fallback; nothing read yet."""
     if paths:
-        candidates = []
         for p in map(Path, paths):
             if not p.is_file():
                 raise FontError(f"{p}: no such font file")
-            candidates.append((str(p), p.stem))
-    else:
-        candidates = _fontconfig_files()
-        if not candidates and (b := bundled_font()) is not None:
-            candidates = [(str(b), "IPAexGothic")]
-    fonts, seen = [], set()
+        return [(str(p), p.stem) for p in map(Path, paths)]
+    candidates = _fontconfig_files()
+    if not candidates and (b := bundled_font()) is not None:
+        candidates = [(str(b), "IPAexGothic")]
+    return candidates
+
+
+def _usable(candidates: Sequence[tuple[str, str]]):
+    """Fonts of the candidates that cover common kana and kanji, each file once (symlinks
+    resolved), in order, lazily: a caller that needs one reads one font's character map."""
+    seen = set()
     for file, family in candidates:
         real = Path(file).resolve()
         if real in seen or not covers(real, _PROBE):
             continue
         seen.add(real)
-        fonts.append(Font(real, family, real.parent.name))
+        yield Font(real, family, real.parent.name)
+
+
+def _no_font() -> FontError:
+    return FontError(
+        "no usable Japanese font found: install the Debian packages "
+        f"{DEBIAN_PACKAGES} (apt-get install ...), or `pip install matplotlib-fontja`, "
+        "or pass --font FILE"
+    )
+
+
+def find_fonts(paths: Sequence[str | Path] = ()) -> list[Font]:
+    """Fonts given as files, else the system's Japanese fonts, else the bundled fallback.
+
+    Fonts that resolve to the same file (symlinks) are listed once; fonts that lack common kana
+    and kanji are skipped. Raises FontError with the packages to install when none is usable."""
+    fonts = list(_usable(_candidates(paths)))
     if not fonts:
-        raise FontError(
-            "no usable Japanese font found: install the Debian packages "
-            f"{DEBIAN_PACKAGES} (apt-get install ...), or `pip install matplotlib-fontja`, "
-            "or pass --font FILE"
-        )
+        raise _no_font()
     return fonts
 
 
@@ -116,7 +130,12 @@ def pil_font(path: Path, size: int) -> ImageFont.FreeTypeFont:
 
 
 def label_font(size: int) -> ImageFont.FreeTypeFont:
-    """A font to write recognised characters on pictures (Mincho/Gothic preferred)."""
-    fonts = find_fonts()
-    plain = [f for f in fonts if "mincho" in f.family.lower() or "gothic" in f.family.lower()]
-    return pil_font((plain or fonts)[0].path, size)
+    """A font to write recognised characters on pictures: the first usable Mincho or Gothic,
+    else the first usable font. Reads the character maps of the fonts it tries only (one, where
+    a plain font comes first), not of every installed font."""
+    candidates = _candidates()
+    plain = [c for c in candidates if "mincho" in c[1].lower() or "gothic" in c[1].lower()]
+    font = next(_usable(plain), None) or next(_usable(candidates), None)
+    if font is None:
+        raise _no_font()
+    return pil_font(font.path, size)

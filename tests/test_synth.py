@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -97,6 +98,30 @@ def test_no_font_is_a_clear_error_and_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(kfonts.FontError, match="fonts-kouzan-mouhitsu"):
         generate(cfg, progress=False)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_label_font_reads_only_the_fonts_it_tries(tmp_path, monkeypatch):
+    """The picture's font: the first usable Mincho or Gothic, found without reading every
+    installed font's character map (the runner's summary paid 3 s for that)."""
+    font = bundled()
+    broken = tmp_path / "broken.ttf"
+    broken.write_bytes(b"not a font")
+    others = [(str(tmp_path / f"brush{i}.ttf"), f"Brush {i}") for i in range(5)]
+    for f, _ in others:
+        Path(f).symlink_to(font)
+    candidates = [*others[:2], (str(broken), "Broken Gothic"), (str(font), "IPAexGothic"), *others[2:]]
+    monkeypatch.setattr(kfonts, "_fontconfig_files", lambda: candidates)
+    read = []
+    real_coverage = kfonts.coverage.__wrapped__
+    monkeypatch.setattr(kfonts, "coverage", lambda p: read.append(p) or real_coverage(p))
+    assert Path(kfonts.label_font(12).path) == font.resolve()
+    assert read == [broken.resolve(), font.resolve()]  # the broken Gothic tried and skipped; no brush font read
+    monkeypatch.setattr(kfonts, "_fontconfig_files", lambda: [(str(broken), "Broken Gothic"), *others[:1]])
+    read.clear()
+    assert Path(kfonts.label_font(12).path) == font.resolve()  # no usable plain font: the first usable one
+    monkeypatch.setattr(kfonts, "_fontconfig_files", lambda: [(str(broken), "Broken Gothic")])
+    with pytest.raises(kfonts.FontError, match="fonts-kouzan-mouhitsu"):
+        kfonts.label_font(12)
 
 
 def test_cli_errors(tmp_path):
