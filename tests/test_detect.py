@@ -8,11 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hypothesis import given, settings, strategies as st
+from torchvision.ops import box_iou
 
 from kzlib.data import DataError
 from kzlib.detect.config import DetectConfig
 from kzlib.detect.dataset import CropDataset
-from kzlib.detect.model import build_model
+from kzlib.detect.model import build_model, overlap_box_iou
 from kzlib.detect.config import TestBoxRule
 from kzlib.detect.predict import SEG_FP, combine_test_boxes, match_true, merge_oof, merge_test, round_boxes
 from kzlib.detect.train import train
@@ -104,7 +106,7 @@ def test_config_rejects_unknown_keys_and_bad_values():
 def test_empty_page_trains(tmp_path):
     path = tmp_path / "e.jpg"
     cv2.imwrite(str(path), np.full((300, 200, 3), 230, np.uint8))
-    from kzlib.detect.model import build_model
+    from kzlib.detect.model import build_model, overlap_box_iou
 
     ds = CropDataset([Page("e_1", path, np.empty((0, 4)))], TINY)
     image, target = ds[0]
@@ -360,3 +362,69 @@ def test_glyph_height_scales_training_pages_by_their_true_boxes(tiny):
     ds = CropDataset(train_pages, replace(TINY, glyph_height=20.0))
     assert ds.scales == pytest.approx([20.0 / np.median(p.boxes[:, 3]) for p in train_pages])
     assert CropDataset(train_pages, TINY).scales != ds.scales
+
+
+def boxes_of(rows):
+    t = torch.tensor(rows, dtype=torch.float32).reshape(-1, 4)
+    return torch.cat([t[:, :2], t[:, :2] + t[:, 2:]], 1)  # x y w h -> x1 y1 x2 y2
+
+
+# coordinates on a coarse grid as well as anywhere: boxes that share edges, touch, repeat
+coord = st.one_of(st.integers(0, 60).map(float), st.floats(0, 60, width=32))
+size = st.one_of(st.integers(0, 40).map(float), st.floats(0, 90, width=32))
+xywh = st.tuples(coord, coord, size, size)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(xywh, max_size=12), st.lists(xywh, max_size=60))
+def test_overlap_box_iou_is_torchvisions_bit_for_bit(rows1, rows2):
+    b1, b2 = boxes_of(rows1), boxes_of(rows2)
+    got, want = overlap_box_iou(b1, b2), box_iou(b1, b2)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert torch.equal(got.nan_to_num(-1.0), want.nan_to_num(-1.0))  # zero-area boxes: 0/0 alike
+
+
+def test_overlap_box_iou_on_anchors_and_odd_input():
+    """The RPN's case (a crop's anchors, 5 sizes, against its characters), float64, and the input it
+    hands to torchvision (not finite, negative widths, no height, half precision, not on the CPU)."""
+    g = torch.Generator().manual_seed(0)
+    xy = torch.rand(300, 2, generator=g) * torch.tensor([512.0, 384.0])
+    chars = torch.cat([xy, xy + 8 + torch.rand(300, 2, generator=g) * 40], 1)
+    anchors = []
+    for stride, side in [(4, 12), (8, 24), (16, 32), (32, 64), (64, 96)]:
+        ys, xs = torch.meshgrid(torch.arange(0, 384, stride).float(), torch.arange(0, 512, stride).float(), indexing="ij")
+        centre = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 4)
+        anchors.append(centre + torch.tensor([-side, -side, side, side]) / 2)
+    anchors = torch.cat(anchors)
+    want = box_iou(chars, anchors)
+    assert (want > 0).sum() > 10_000 and torch.equal(overlap_box_iou(chars, anchors), want)
+    assert torch.equal(overlap_box_iou(chars.double(), anchors.double()), box_iou(chars.double(), anchors.double()))
+    odd = chars[:5].clone()
+    odd[0, 2] = odd[0, 0] - 3  # negative width
+    odd[1, 1] = float("nan")
+    odd[2, 3] = odd[2, 1]  # no height
+    for a, b in [(odd, anchors), (chars.half(), anchors.half())]:
+        assert torch.equal(overlap_box_iou(a, b).nan_to_num(-1.0), box_iou(a, b).nan_to_num(-1.0))
+    meta = overlap_box_iou(chars.to("meta"), anchors.to("meta"))  # off the CPU: torchvision's, untouched
+    assert meta.device.type == "meta" and meta.shape == want.shape
+    assert overlap_box_iou(chars[:0], anchors).shape == (0, len(anchors))
+    assert overlap_box_iou(chars, anchors[:0]).shape == (len(chars), 0)
+
+
+def test_detector_matches_anchors_with_overlap_box_iou():
+    """The detector's RPN uses it, and a training step's losses equal those with torchvision's
+    box_iou exactly."""
+    model = build_model(TINY)
+    assert model.rpn.box_similarity is overlap_box_iou
+    g = torch.Generator().manual_seed(1)
+    images = [torch.rand(3, 192, 256, generator=g) for _ in range(2)]
+    xy = torch.rand(40, 2, generator=g) * 150
+    targets = [{"boxes": torch.cat([xy[k::2], xy[k::2] + 12 + torch.rand(20, 2, generator=g) * 20], 1),
+                "labels": torch.ones(20, dtype=torch.int64)} for k in range(2)]
+    losses = []
+    for similarity in (overlap_box_iou, box_iou):
+        model.rpn.box_similarity = similarity
+        torch.manual_seed(0)
+        model.train()
+        losses.append({k: v.item() for k, v in model(images, targets).items()})
+    assert losses[0] == losses[1]
