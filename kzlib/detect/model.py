@@ -75,8 +75,8 @@ def overlap_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     """``torchvision.ops.box_iou`` (x1 y1 x2 y2 boxes; the same [N, M] matrix, bit for bit), working
     only on the pairs whose x ranges can overlap: every other pair's IoU is 0. The RPN's matcher
     compares each crop's characters with all its anchors (16,368 for the demo's 512x384 crops), and
-    torchvision forms every pair: on a 2-core CPU an eighth or more of the demo detector's training
-    step. Here the anchors are sorted by left edge within bands of similar width, and each character
+    torchvision forms every pair; leaving out the others made the demo detector's training step
+    11-19% faster on a 2-core CPU. The anchors are sorted by left edge within bands of similar width, and each character
     reads the anchors whose left edge lies within a band's widest anchor (+1 px) of its own.
     torchvision's ``box_iou`` does the rest: boxes on a GPU (where the full matrix is cheap and this
     would wait on the device), boxes that are not finite or have no width or height, and dtypes
