@@ -51,19 +51,27 @@ def initial(module, cfg, n_classes=None) -> dict:
     return (Classifier(cfg, n_classes) if module == "kzlib.classify" else build_model(cfg)).state_dict()
 
 
-def assert_same_updates(start: dict, a: dict, b: dict, rel=1e-3):
-    """The two runs moved every trained tensor the same way, to float precision: within ``rel`` of
-    how far it moved, or within the weights' own float32 resolution."""
-    moved = 0
+def assert_same_updates(start: dict, a: dict, b: dict, rel=1e-3, rel_tensor=1e-2):
+    """The two runs moved the trained tensors the same way, to float precision: all of them together
+    within ``rel`` of how far they moved, and each within ``rel_tensor`` of how far it moved or within
+    the weights' own float32 resolution. Per tensor the bound is looser: a tensor that barely moves
+    carries its gradient's summation-order noise relative to its own small update (a BatchNorm bias
+    moved 100x less than the convolutions differed by 0.16% on a 2-core AMD EPYC without AVX512, the
+    convolutions by up to 0.08%); a real divergence (gradients not averaged, or summed, a half batch
+    left out) moves tensors by tens of percent."""
+    moved, diff, size = 0, 0.0, 0.0
     for k, v in a.items():
         if not v.is_floating_point() or k.endswith(("running_mean", "running_var")):
             continue
         da, db = v - start[k], b[k] - start[k]
         if da.norm() > 0:
             moved += 1
+            diff, size = diff + float((da - db).norm()) ** 2, size + float(da.norm()) ** 2
             resolution = 1e-7 * float(v.abs().max()) * v.numel() ** 0.5
-            assert float((da - db).norm()) <= rel * float(da.norm()) + resolution, (k, float((da - db).norm() / da.norm()))
+            assert float((da - db).norm()) <= rel_tensor * float(da.norm()) + resolution, \
+                (k, float((da - db).norm() / da.norm()))
     assert moved > 10
+    assert diff ** 0.5 <= rel * size ** 0.5, diff ** 0.5 / size ** 0.5
 
 
 @pytest.mark.slow
