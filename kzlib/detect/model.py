@@ -76,8 +76,9 @@ def overlap_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
     only on the pairs whose x ranges can overlap: every other pair's IoU is 0. The RPN's matcher
     compares each crop's characters with all its anchors (16,368 for the demo's 512x384 crops), and
     torchvision forms every pair; leaving out the others made the demo detector's training step
-    11-19% faster on a 2-core CPU. The anchors are sorted by left edge within bands of similar width, and each character
-    reads the anchors whose left edge lies within a band's widest anchor (+1 px) of its own.
+    0-19% faster on a 2-core CPU (four calls of ``benchmarks/anchor_iou_speed.py``). The anchors are sorted by left
+    edge within bands of similar width, and each character reads the anchors whose left edge lies
+    within a band's widest anchor (+1 px) of its own.
     torchvision's ``box_iou`` does the rest: boxes on a GPU (where the full matrix is cheap and this
     would wait on the device), boxes that are not finite or have no width or height, and dtypes
     other than one of float32 / float64."""
