@@ -15,7 +15,9 @@ runner's limit on this machine: 15 min x (reference step / 1.1 s, the step of BE
 2-core Xeon). A VM's speed drifts over an hour, so the step is measured again after every run: a
 run is held to the limit of the mean of the steps just before and just after it, and the summary
 also gives the limit of the median of all. Then per run: runner seconds, its reference step and
-limit, the trainings' and the rest's seconds, and the valid / test F1 of every model; then the mean
+limit, the trainings' and the rest's seconds (stage seconds summed: with the preset's ``jobs`` 2
+two folds' stages run side by side, so they add up to more than the runner's), and the valid / test
+F1 of every model; then the mean
 and the worst seed per precision. Writes OUT/spread.csv.
 """
 

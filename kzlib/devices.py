@@ -186,6 +186,11 @@ def cudnn_benchmark(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = before
 
 
+def cpu_threads() -> int:
+    """The threads torch computes with on the CPU (its intra-op pool: the cores, or OMP_NUM_THREADS)."""
+    return torch.get_num_threads()
+
+
 def memory_format(model: torch.nn.Module, channels_last: bool) -> torch.nn.Module:
     """NHWC weights (``channels_last``): faster convolutions on recent CPUs and GPUs."""
     return model.to(memory_format=torch.channels_last) if channels_last else model

@@ -27,3 +27,12 @@ class UsageError(KzError, ValueError):
 class EnvironmentProblem(KzError, RuntimeError):
     """Something about the machine, not the data or the flags."""
     exit_code = 3
+
+
+class StageProcessFailed(KzError):
+    """A stage run in a process of its own (``kzlib run`` with jobs) failed: its exit code passed on
+    (its own error line is already on the console)."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

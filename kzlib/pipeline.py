@@ -12,9 +12,12 @@ a message. A stage's output goes to its log, and its progress lines to the conso
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import json
+import multiprocessing
+import multiprocessing.connection
 import os
 import re
 import shutil
@@ -25,7 +28,7 @@ from typing import Sequence
 
 from kzlib.config import config_dict
 from kzlib.data import DataDir, read_labels_csv
-from kzlib.errors import EnvironmentProblem, UsageError
+from kzlib.errors import EnvironmentProblem, KzError, StageProcessFailed, UsageError
 from kzlib.folds import fold_pages
 from kzlib.io import ensure_writable, exclusive_lock, io_message, write_json_atomic
 from kzlib.preset import PipelineConfig
@@ -35,6 +38,7 @@ from kzlib.steps import STEPS, Context
 from kzlib.work import WorkDir
 
 STATUSES = ("done", "changed", "stale", "partial", "to do")
+SKIPPED_EXIT = 75  # a group's process found one of its stages held by another runner
 
 
 class Pipeline:
@@ -120,7 +124,11 @@ class Pipeline:
         return only is None or s.name == only or s.name.startswith(only + "-")
 
     # ----------------------------------------------------------------------------- running
-    def run(self, only: str | None = None, dry_run: bool = False, rerun_changed: bool = False, log=print) -> dict:
+    def run(self, only: str | None = None, dry_run: bool = False, rerun_changed: bool = False, log=print,
+            jobs: int = 1, threads: int = 1) -> dict:
+        """Run the chosen stages (``only``: one stage or a prefix), each after those it reads.
+        ``jobs`` > 1: that many folds' groups of stages at once, each in its own process with
+        ``threads`` torch threads (``_run_jobs``)."""
         chosen = [s for s in self.stages if self.selected(s, only)]
         if only and not chosen:
             raise UsageError(f"--only {only!r} matches no stage (stages: {', '.join(s.name for s in self.stages)})")
@@ -141,43 +149,142 @@ class Pipeline:
                              "depend on it); rerun with --rerun-changed to redo them, or use another --work")
         ensure_writable(self.work.root, "work folder")  # before any compute starts
         write_json_atomic(config_dict(self.cfg), self.work.preset)  # what a model bundle is made with
+        heads = {s.name: f"[{i:>2}/{len(chosen)}] {s.name:<{width}}" for i, s in enumerate(chosen, 1)}
+        if jobs > 1:
+            return self._run_jobs(chosen, status, redo, heads, jobs, threads, log)
         results, blocked, skipped = {}, [], []
-        for i, s in enumerate(chosen, 1):
-            head = f"[{i:>2}/{len(chosen)}] {s.name:<{width}}"
+        for s in chosen:
+            head = heads[s.name]
             if status[s.name] == "done":
                 log(f"{head}  done earlier")
                 continue
-            waiting = [d for d in s.deps if self.record(d) is None or d in blocked or d in skipped
-                       or (d in redo and d not in results)]
+            waiting = self._waiting(s.deps, blocked + skipped, redo, results)
             if waiting:
                 blocked.append(s.name)
                 log(f"{head}  waiting for {', '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''}")
                 continue
-            with exclusive_lock(self.work.lock(s.name)) as held:
-                if not held:
-                    skipped.append(s.name)
-                    log(f"{head}  running in another process ({held.owner}); skipped here")
-                    continue
-                if self.statuses()[s.name] == "done":
-                    # another runner finished it after this one looked: the state is read again under the lock
-                    log(f"{head}  done by another process meanwhile")
-                    continue
-                if s.name in redo:
-                    self.set_aside(s)
-                log(f"{head}  running (log: {self.work.log(s.name)})")
-                t0 = time.time()
-                result = self.run_stage(s)
-                seconds = time.time() - t0
-            if result.get("stopped_early"):
-                log(f"{head}  stopped for the time budget after {seconds:.0f} s; rerun to resume it")
+            outcome, record = self.run_one(s, head, s.name in redo, log)
+            if outcome == "skipped":
+                skipped.append(s.name)
+            elif outcome == "stopped":
                 return {"ran": results, "blocked": blocked, "skipped": skipped, "stopped": s.name}
-            record = {"stage": s.name, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      "finished_at": time.time(), "fingerprint": self.fingerprint(s),
-                      "outputs": [str(p) for p in STEPS[s.step].writes(self.work, s)], "result": _jsonable(result)}
-            write_json_atomic(record, self.work.state(s.name))
-            results[s.name] = record
-            log(f"{head}  done in {seconds:6.1f} s  {_brief(result)}")
+            elif outcome == "ran":
+                results[s.name] = record
         return {"ran": results, "blocked": blocked, "skipped": skipped}
+
+    def _waiting(self, deps, not_run: list[str], redo: list[str], results: dict) -> list[str]:
+        """Of ``deps``, the stages not done (nor redone by this run when they had to be)."""
+        return [d for d in deps if self.record(d) is None or d in not_run or (d in redo and d not in results)]
+
+    def run_one(self, s: Stage, head: str, redo: bool, log=print) -> tuple[str, dict | None]:
+        """Run stage ``s`` under its lock (``redo``: its earlier outputs are set aside first) and
+        record it: (``ran`` with its record, ``skipped`` when another process holds it, ``meanwhile``
+        when another process finished it, or ``stopped`` for the time budget)."""
+        with exclusive_lock(self.work.lock(s.name)) as held:
+            if not held:
+                log(f"{head}  running in another process ({held.owner}); skipped here")
+                return "skipped", None
+            if self.statuses()[s.name] == "done":
+                # another runner finished it after this one looked: the state is read again under the lock
+                log(f"{head}  done by another process meanwhile")
+                return "meanwhile", None
+            if redo:
+                self.set_aside(s)
+            log(f"{head}  running (log: {self.work.log(s.name)})")
+            t0 = time.time()
+            result = self.run_stage(s)
+            seconds = time.time() - t0
+        if result.get("stopped_early"):
+            log(f"{head}  stopped for the time budget after {seconds:.0f} s; rerun to resume it")
+            return "stopped", None
+        record = {"stage": s.name, "seconds": round(seconds, 1), "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                  "finished_at": time.time(), "fingerprint": self.fingerprint(s),
+                  "outputs": [str(p) for p in STEPS[s.step].writes(self.work, s)], "result": _jsonable(result)}
+        write_json_atomic(record, self.work.state(s.name))
+        log(f"{head}  done in {seconds:6.1f} s  {_brief(result)}")
+        return "ran", record
+
+    def _run_jobs(self, chosen: list[Stage], status: dict, redo: list[str], heads: dict, jobs: int, threads: int,
+                  log) -> dict:
+        """The chosen stages with up to ``jobs`` folds at a time: each fold's group of stages (a
+        detector's training and its predictions, a classifier's training and its predictions: a Kaggle
+        kernel's) in a process of its own with ``threads`` torch threads, started as soon as the
+        stages it reads are done; a stage of every fold (merge, pseudolabels, level 2) in this
+        process, alone, once the groups before it have ended. On two CPU cores, two narrow networks
+        trained side by side on one thread each get through more steps than one on two threads."""
+        if self.ctx.deadline is not None:
+            raise UsageError("jobs > 1 cannot stop for a deadline; run with jobs 1")
+        units: list[list[Stage]] = []
+        for s in chosen:
+            if status[s.name] == "done":
+                log(f"{heads[s.name]}  done earlier")
+            elif units and s.fold is not None and s.kernel and (units[-1][-1].fold, units[-1][-1].kernel) == (
+                    s.fold, s.kernel):
+                units[-1].append(s)
+            else:
+                units.append([s])
+        spawn = multiprocessing.get_context("spawn")  # not fork: torch's thread pools do not survive one
+        running: dict = {}  # process -> (its stages, when it started)
+        results, blocked, skipped = {}, [], []
+        try:
+            while units or running:
+                for proc, (unit, t0) in list(running.items()):
+                    if proc.exitcode is None:
+                        continue
+                    del running[proc]
+                    for s in unit:
+                        rec = self.record(s.name)
+                        if rec is not None and rec.get("finished_at", 0.0) >= t0:
+                            results[s.name] = rec
+                        elif proc.exitcode == SKIPPED_EXIT:
+                            skipped.append(s.name)
+                        elif proc.exitcode != 0:
+                            raise StageProcessFailed(
+                                f"stage {s.name} failed in its process (exit code {proc.exitcode}); its log: "
+                                f"{self.work.log(s.name)}", proc.exitcode)
+                if self._start_next(units, running, results, blocked, skipped, redo, heads, jobs, threads, spawn,
+                                    log):
+                    continue
+                if not running:  # the plan lists every stage after those it reads: this cannot happen
+                    raise RuntimeError(f"no stage can start: {[s.name for unit in units for s in unit]}")
+                multiprocessing.connection.wait([p.sentinel for p in running], timeout=5)
+        finally:
+            for proc in running:  # interrupted, or another group failed: the trainings resume on a rerun
+                proc.terminate()
+            for proc in running:
+                proc.join()
+        return {"ran": results, "blocked": blocked, "skipped": skipped}
+
+    def _start_next(self, units, running, results, blocked, skipped, redo, heads, jobs, threads, spawn, log) -> bool:
+        """Start (or mark as waiting) the first group that can start now; whether one did."""
+        pending = {s.name for unit in units for s in unit} | {s.name for unit, _ in running.values() for s in unit}
+        for unit in units:
+            deps = sorted({d for s in unit for d in s.deps} - {s.name for s in unit})
+            if set(deps) & pending:
+                continue
+            waiting = self._waiting(deps, blocked + skipped, redo, results)
+            if not waiting and (len(running) >= jobs if unit[0].fold is not None else bool(running)):
+                return False  # a fold's group waits for a free job; a stage of every fold runs alone
+            units.remove(unit)
+            if waiting:
+                for s in unit:
+                    blocked.append(s.name)
+                    log(f"{heads[s.name]}  waiting for {', '.join(waiting[:3])}{' ...' if len(waiting) > 3 else ''}")
+            elif unit[0].fold is None:  # in this process, with every thread
+                for s in unit:
+                    outcome, record = self.run_one(s, heads[s.name], s.name in redo, log)
+                    if outcome == "skipped":
+                        skipped.append(s.name)
+                    elif outcome == "ran":
+                        results[s.name] = record
+            else:
+                args = (self.data, self.work.root, self.cfg, [(s.name, heads[s.name], s.name in redo) for s in unit],
+                        threads)
+                proc = spawn.Process(target=_run_group, args=args, name=unit[0].kernel)
+                running[proc] = (unit, time.time())
+                proc.start()
+            return True
+        return False
 
     def run_stage(self, s: Stage) -> dict:
         """Run one stage with its output in its log (its progress lines on the console too); an I/O
@@ -207,6 +314,29 @@ class Pipeline:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(str(step.run_folder(self.work, s).root), str(dest))
             print(f"{s.name}: its earlier run folder is kept in {dest}", flush=True)
+
+
+def _run_group(data: Path, work: Path, cfg: PipelineConfig, stages: list[tuple[str, str, bool]],
+               threads: int) -> None:
+    """A process of ``Pipeline._run_jobs``: a fold's stages (name, console head, redo) one after
+    the other with ``threads`` torch threads; the kit's errors as one line and their exit code."""
+    import torch  # heavy: only in the group's own process
+
+    torch.set_num_threads(threads)
+    pipe = Pipeline(data, work, cfg)
+    by_name = {s.name: s for s in pipe.stages}
+    try:
+        for name, head, redo in stages:
+            if pipe.run_one(by_name[name], head, redo, functools.partial(print, flush=True))[0] == "skipped":
+                sys.exit(SKIPPED_EXIT)
+    except KzError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except OSError as e:
+        print(f"error: {io_message(e)}", file=sys.stderr, flush=True)
+        sys.exit(EnvironmentProblem.exit_code)
+    except KeyboardInterrupt:  # Ctrl-C reaches every process of the terminal: the runner says it once
+        sys.exit(130)
 
 
 class _StageOutput(io.TextIOBase):

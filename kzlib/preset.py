@@ -30,6 +30,8 @@ class PipelineConfig:
     n_folds: int = 5
     device: str = "cuda"
     gpus: int = 1                                       # processes per training (torchrun, one GPU each)
+    jobs: int = 1                                       # on the CPU, folds trained at once by kzlib run, each in a
+    #                                                     process of its own with the cores shared among them
     detect: dict = field(default_factory=dict)          # DetectConfig fields
     kinds: dict = field(default_factory=dict)           # model kind -> ClassifyConfig fields
     n_tta: int = 4
@@ -59,8 +61,8 @@ class PipelineConfig:
             config_from_dict(ClassifyConfig, values, None, f"kinds.{name}.")
         if self.pseudo_kind and self.pseudo_kind not in self.kinds:
             raise ConfigError(f"pseudo_kind: {self.pseudo_kind!r} is not one of the kinds ({', '.join(self.kinds)})")
-        check_positive(self, "n_folds", "n_tta", "gpus", "pseudo_oversample", "finetune_epochs", "finetune_lr_factor",
-                       "finetune_crops_per_page", "refit_crops_per_page")
+        check_positive(self, "n_folds", "n_tta", "gpus", "jobs", "pseudo_oversample", "finetune_epochs",
+                       "finetune_lr_factor", "finetune_crops_per_page", "refit_crops_per_page")
         check_positive(self, "finetune_time_budget_s", allow_zero=True)
         self.test_rule()  # the rule and its votes are valid
         config_from_dict(StackConfig, self.stack, None, "stack.")

@@ -3,8 +3,12 @@ pseudolabels and their refits, level-2 stacking, submission. Resumable: rerun th
 after an interruption and finished stages are skipped, an interrupted training resumes.
 
   kzlib run --data DATA_DIR --work RUNS_DIR --preset full|demo|FILE.json   (or python run_local.py ...)
-                      [--folds 0,1] [--only STAGE] [--dry-run] [--device cpu]
+                      [--folds 0,1] [--only STAGE] [--dry-run] [--device cpu] [--jobs N]
                       [--pretrained-dir DIR] [--allow-scratch] [--rerun-changed] [--time-scale X]
+
+On the CPU, --jobs N (the preset's ``jobs``; the demo's: 2) trains N folds at once, each in a process of
+its own with the CPU's threads shared among them: on two cores two narrow networks on one thread each
+get through more steps than one network on two threads.
 
 Several GPUs: start one runner per GPU on the same work folder with different --folds, e.g.
   CUDA_VISIBLE_DEVICES=0 kzlib run ... --folds 0,1,2 &
@@ -13,6 +17,7 @@ Each runs the stages of its folds that are ready and reports the rest as waiting
 --folds) once they finish, and the stages that need every fold (merges, pseudolabels, level 2) run.
 """
 
+import functools
 import sys
 import time
 from dataclasses import replace
@@ -35,6 +40,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", help="run only this stage (or stage prefix, e.g. detect, classify-resnet18)")
     p.add_argument("--dry-run", action="store_true", help="print the plan with each stage's status")
     p.add_argument("--device", type=device_arg, help="override the preset's device (cpu, cuda)")
+    p.add_argument("--jobs", type=int, help="on the CPU: folds trained at once, each in a process of its own with "
+                                            "the threads shared (default: the preset's jobs)")
     p.add_argument("--pretrained-dir", type=Path,
                    help="folder of the pretrained weights (default $KZLIB_PRETRAINED or pretrained/)")
     p.add_argument("--rerun-changed", action="store_true",
@@ -68,6 +75,15 @@ def main(argv=None) -> int:
     from kzlib import devices, pipeline, summary
 
     print(devices.describe_asked(cfg.device), flush=True)
+    jobs = cfg.jobs if a.jobs is None else a.jobs
+    if jobs < 1:
+        raise UsageError(f"--jobs: {jobs}: at least 1")
+    if jobs > 1 and cfg.device != "cpu":
+        print(f"note: jobs {jobs} is for the CPU; on {cfg.device} the folds run one at a time")
+        jobs = 1
+    threads = max(1, devices.cpu_threads() // jobs)
+    if jobs > 1 and not a.dry_run:
+        print(f"jobs: {jobs} folds at a time, {threads} thread(s) each", flush=True)
     if not a.dry_run:
         problem = devices.cuda_problem(cfg.device) if cfg.device.startswith("cuda") else None
         if problem:
@@ -79,7 +95,7 @@ def main(argv=None) -> int:
     if pipe.fold_mode == "page":
         print(f"note: fewer books than the {cfg.n_folds} folds: folds are made by page, not by book")
     t0 = time.time()
-    result = pipe.run(a.only, a.dry_run, a.rerun_changed)
+    result = pipe.run(a.only, a.dry_run, a.rerun_changed, functools.partial(print, flush=True), jobs, threads)
     if a.dry_run:
         return 0
     print(f"\nfinished in {time.time() - t0:.0f} s; work folder {a.work}")

@@ -102,7 +102,8 @@ def report(p: Pipeline, log=print) -> None:
         write_csv_atomic(table, p.work.summary)
     if len(times):
         write_csv_atomic(times, p.work.stage_times)
-        log(f"\nwall time per stage: {p.work.stage_times} (total {times['seconds'].sum():.0f} s)")
+        log(f"\nwall time per stage: {p.work.stage_times} (summed {times['seconds'].sum():.0f} s; with jobs > 1 "
+            "the folds' stages overlap)")
     if p.work.submission.exists():
         log(f"submission: {p.work.submission}")
         picture = save_picture(p.data, p.work.submission, p.work.picture)

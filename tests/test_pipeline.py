@@ -1,5 +1,6 @@
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -188,6 +189,62 @@ def test_a_stage_another_runner_holds_is_skipped(tiny, tmp_path):
         code, out, err = run_main(run_cli, "--data", tiny, "--work", work, "--preset", PRESET, "--only", "detect-f0")
     assert code == 0 and "running in another process (pid" in out, out + err
     assert not (work / "state" / "detect-f0.json").exists() and not (work / "detect" / "fold0").exists()
+
+
+@pytest.mark.slow
+def test_jobs_run_the_folds_in_processes_of_their_own_with_the_files_of_one_thread(tiny, tmp_path):
+    """jobs 2 (the demo's): each fold's detector stages in a process of its own with the threads it
+    is given (2 here: the tests' processes have 1, OMP_NUM_THREADS), the merge in the runner after
+    them; every file and weight is the same as the same stages' one after the other in one process
+    on as many threads."""
+    import torch
+
+    from kzlib.pipeline import Pipeline
+    from kzlib.runs import load_checkpoint
+
+    cfg = load_preset(write_preset(tmp_path / "p.json", n_folds=2))
+    said = []
+    par = Pipeline(tiny, tmp_path / "par", cfg).run("detect", log=said.append, jobs=2, threads=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ser = Pipeline(tiny, tmp_path / "ser", cfg).run("detect", log=lambda *_: None)
+    finally:
+        torch.set_num_threads(before)
+    assert set(par["ran"]) == set(ser["ran"]) and {"detect-f0", "detect-f1", "detect-merge"} <= set(par["ran"])
+    assert any(line.startswith("[") and "detect-merge" in line and "done in" in line for line in said)
+    pids = {k: re.search(r"\(pid (\d+)\)", (tmp_path / "par" / "logs" / f"detect-{k}.log").read_text()).group(1)
+            for k in ("f0", "f1", "merge")}
+    assert pids["merge"] == str(os.getpid()) and len(set(pids.values())) == 3
+    for fold in ("f0", "f1"):  # the device line of each training: the threads it was given
+        assert "device: CPU (2 threads of " in (tmp_path / "par" / "logs" / f"detect-{fold}.log").read_text()
+    csvs = sorted(p.relative_to(tmp_path / "ser") for p in (tmp_path / "ser" / "detect").rglob("*.csv")
+                  if p.name != "log.csv")
+    assert len(csvs) >= 4
+    for rel in csvs:
+        assert (tmp_path / "par" / rel).read_bytes() == (tmp_path / "ser" / rel).read_bytes(), rel
+    for fold in ("fold0", "fold1"):
+        a, b = (load_checkpoint(tmp_path / w / "detect" / fold / "best.pth")["model"] for w in ("par", "ser"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), fold
+
+
+@pytest.mark.slow
+def test_a_fold_failing_in_its_process_ends_the_run_with_its_exit_code(tiny, tmp_path):
+    """A fold's process that fails (here its run folder is a file) prints its own error line; the
+    runner stops the others and ends with that process's exit code, naming the stage and its log;
+    nothing after it is recorded."""
+    work = tmp_path / "work"
+    (work / "detect").mkdir(parents=True)
+    (work / "detect" / "fold1").write_text("not a folder")
+    preset = write_preset(tmp_path / "p.json", n_folds=2)
+    code, out, err = run_main(run_cli, "--data", tiny, "--work", work, "--preset", preset, "--only", "detect",
+                              "--jobs", "2")
+    assert code == 3, out + err
+    assert err.startswith("error: stage detect-f1 failed in its process (exit code 3); its log: ") and (
+        "detect-f1.log" in err), err
+    assert "jobs: 2 folds at a time" in out
+    assert not (work / "state" / "detect-f1.json").exists() and not (work / "state" / "detect-merge.json").exists()
+    assert "error: stage detect-f1: " in (work / "logs" / "detect-f1.log").read_text()
 
 
 def test_a_full_disk_is_one_line_naming_the_stage_and_file(tiny, tmp_path, monkeypatch):
