@@ -53,6 +53,8 @@ def main(argv=None) -> int:
                    help="multiply the preset's time budgets (time_budget_s) by this: more time, more epochs "
                         "on a slow CPU (the demo's budgets keep it near 15 minutes)")
     a = p.parse_args(argv)
+    if a.jobs is not None and a.jobs < 1:
+        raise UsageError(f"--jobs: {a.jobs}: at least 1")
     cfg = load_preset(preset_path(a.preset))
     if a.time_scale != 1.0:
         scaled = cfg.with_time_scale(a.time_scale)
@@ -76,10 +78,8 @@ def main(argv=None) -> int:
 
     print(devices.describe_asked(cfg.device), flush=True)
     jobs = cfg.jobs if a.jobs is None else a.jobs
-    if jobs < 1:
-        raise UsageError(f"--jobs: {jobs}: at least 1")
     if jobs > 1 and cfg.device != "cpu":
-        print(f"note: jobs {jobs} is for the CPU; on {cfg.device} the folds run one at a time")
+        print(f"note: jobs {jobs} is for the CPU; on {cfg.device} the folds run one at a time", flush=True)
         jobs = 1
     threads = max(1, devices.cpu_threads() // jobs)
     if jobs > 1 and not a.dry_run:

@@ -321,3 +321,9 @@ def test_folds_that_are_not_numbers_are_the_parsers_one_line(capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and f"argument --folds: '{folds}': comma-separated fold numbers" in err
         assert "Traceback" not in err
+
+
+def test_jobs_below_one_are_refused_before_anything_is_read(tmp_path):
+    code, out, err = run_main(run_cli, "--data", tmp_path / "none", "--work", tmp_path / "w", "--jobs", "0")
+    assert code == 2 and err.strip() == "error: --jobs: 0: at least 1", err
+    assert not (tmp_path / "w").exists()
