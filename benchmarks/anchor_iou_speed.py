@@ -3,8 +3,8 @@
 
     .venv/bin/python benchmarks/anchor_iou_speed.py --data demo/data [--preset demo] [--rounds 3]
 
-Prints the milliseconds of one call for a demo crop's anchors (512x384, 5 sizes of 12-96 px, 16,368
-anchors) against 254 characters, then the seconds of a training step (``profile_epoch.step_parts``:
+Prints the milliseconds of one call for the anchors of one of the preset's detector crops (the demo's:
+512x384, 16,368 anchors) against 254 characters, then the seconds of a training step (``profile_epoch.step_parts``:
 the preset's detector and batch, fp32) with either function, alternating in one process so that the
 machine's drift falls on both, and the median of each.
 """
@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import torch
+from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,16 +29,13 @@ from kzlib.pages import split_pages  # noqa: E402
 from kzlib.preset import load_preset, preset_path  # noqa: E402
 
 
-def demo_crop() -> tuple[torch.Tensor, torch.Tensor]:
-    """254 characters (8-48 px) and the anchors of a 512x384 crop at the FPN's strides 4-64."""
+def demo_crop(model, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """254 characters (8-48 px) and the anchors ``model``'s RPN makes for a crop of that size."""
     g = torch.Generator().manual_seed(0)
-    xy = torch.rand(254, 2, generator=g) * torch.tensor([512.0, 384.0])
+    xy = torch.rand(254, 2, generator=g) * torch.tensor([float(width), float(height)])
     chars = torch.cat([xy, xy + 8 + torch.rand(254, 2, generator=g) * 40], 1)
-    anchors = []
-    for stride, side in [(4, 12), (8, 24), (16, 32), (32, 64), (64, 96)]:
-        ys, xs = torch.meshgrid(torch.arange(0, 384, stride).float(), torch.arange(0, 512, stride).float(), indexing="ij")
-        anchors.append(torch.stack([xs, ys, xs, ys], -1).reshape(-1, 4) + torch.tensor([-side, -side, side, side]) / 2)
-    return chars, torch.cat(anchors)
+    feats = [torch.zeros(1, 1, height // s, width // s) for s in (4, 8, 16, 32, 64)]  # the FPN's levels
+    return chars, model.rpn.anchor_generator(ImageList(torch.zeros(1, 3, height, width), [(height, width)]), feats)[0]
 
 
 def call_ms(f, a, b, n=10) -> float:
@@ -57,14 +55,14 @@ def main():
     ap.add_argument("--steps", type=int, default=6)
     a = ap.parse_args()
     functions = {"torchvision box_iou": box_iou, "overlap_box_iou": overlap_box_iou}
-    chars, anchors = demo_crop()
+    cfg = load_preset(preset_path(a.preset))
+    d = cfg.detect_config()
+    chars, anchors = demo_crop(build_model(d), d.crop_height, d.crop_width)
     assert torch.equal(box_iou(chars, anchors), overlap_box_iou(chars, anchors))
     print(f"torch threads {torch.get_num_threads()}; {len(chars)} characters x {len(anchors)} anchors")
     for name, f in functions.items():
         print(f"  {name:<20} {call_ms(f, chars, anchors):7.1f} ms a call", flush=True)
 
-    cfg = load_preset(preset_path(a.preset))
-    d = cfg.detect_config()
     train, _ = split_pages(a.data, 0, cfg.n_folds)
     ds = CropDataset(train, d)
     batches = [collate([ds[i * d.batch_size + j] for j in range(d.batch_size)]) for i in range(3)]

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings, strategies as st
+from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_iou
 
 from kzlib.data import DataError
@@ -390,12 +391,9 @@ def test_overlap_box_iou_on_anchors_and_odd_input():
     g = torch.Generator().manual_seed(0)
     xy = torch.rand(300, 2, generator=g) * torch.tensor([512.0, 384.0])
     chars = torch.cat([xy, xy + 8 + torch.rand(300, 2, generator=g) * 40], 1)
-    anchors = []
-    for stride, side in [(4, 12), (8, 24), (16, 32), (32, 64), (64, 96)]:
-        ys, xs = torch.meshgrid(torch.arange(0, 384, stride).float(), torch.arange(0, 512, stride).float(), indexing="ij")
-        centre = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 4)
-        anchors.append(centre + torch.tensor([-side, -side, side, side]) / 2)
-    anchors = torch.cat(anchors)
+    rpn = build_model(tiny_detect(), load_pretrained=False).rpn  # its anchors on a 512x384 crop, levels 4-64 px
+    feats = [torch.zeros(1, 1, 384 // s, 512 // s) for s in (4, 8, 16, 32, 64)]
+    anchors = rpn.anchor_generator(ImageList(torch.zeros(1, 3, 384, 512), [(384, 512)]), feats)[0]
     want = box_iou(chars, anchors)
     assert (want > 0).sum() > 10_000 and torch.equal(overlap_box_iou(chars, anchors), want)
     assert torch.equal(overlap_box_iou(chars.double(), anchors.double()), box_iou(chars.double(), anchors.double()))
